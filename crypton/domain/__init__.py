@@ -1,0 +1,1 @@
+"""The exchange core: pure, typed and deterministic. No I/O, no clock, no randomness."""

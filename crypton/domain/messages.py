@@ -1,0 +1,274 @@
+"""Every message on the log, declared once and shared by dataflow, API, audit and tests.
+
+Each message is a ``msgspec.Struct`` encoded as JSON with a type tag (``msg``)
+and a schema version (``v``). Amounts are integers of the smallest unit;
+prices are quote units per whole base unit (see ``crypton.domain.markets``).
+Times are milliseconds since the epoch, stamped by the API on the command:
+the dataflow never reads a clock, so a replay produces the same bytes.
+
+Inbox messages passed between the two keyed state machines carry their
+origin (``src``) and a sequence number that grows by one per (origin,
+destination) pair; the receiver applies sequence ``n`` only after ``n - 1``
+and ignores anything it has already applied, which makes the dataflow's
+at-least-once delivery effectively-once.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+__all__ = [
+    "CANCELED", "EXPIRED", "FILLED", "NEW", "OPEN", "PARTIALLY_FILLED", "REJECTED",
+    "TERMINAL", "Balance", "BalanceState", "BookCancel", "BookInbox", "BookOrder",
+    "CancelAll", "CancelOrder", "Credit", "DeadLetter", "Debit", "DepthState",
+    "Message", "OrderState", "PlaceOrder", "Rejection", "Release", "Settle", "Trade",
+    "TransferState", "WalletInbox",
+]
+
+SCHEMA_VERSION: Final = 1
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["limit", "market"]
+TimeInForce = Literal["GTC", "IOC", "FOK"]
+SelfTradePrevention = Literal["expire_taker", "expire_maker", "expire_both"]
+OrderStatus = Literal[
+    "NEW", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED"
+]
+
+NEW: Final = "NEW"
+OPEN: Final = "OPEN"
+PARTIALLY_FILLED: Final = "PARTIALLY_FILLED"
+FILLED: Final = "FILLED"
+CANCELED: Final = "CANCELED"
+REJECTED: Final = "REJECTED"
+EXPIRED: Final = "EXPIRED"
+TERMINAL: Final = frozenset({FILLED, CANCELED, REJECTED, EXPIRED})
+
+FEE_ACCOUNT: Final = "_fees"
+"""The wallet that collects trading fees. User ids starting with ``_`` are reserved."""
+
+
+class Message(msgspec.Struct, tag_field="msg", kw_only=True):
+    """Base of every message: the tag names the type, ``v`` the schema version."""
+
+    v: int = SCHEMA_VERSION
+
+
+# --- Commands, written by the API to the wallet inbox (key: user_id) -----------------
+
+
+class PlaceOrder(Message, tag="place_order"):
+    """Place an order. ``order_id`` is derived from (user, client_order_id) by the API,
+    so a retried request names the same order and can never create a second one."""
+
+    user_id: str
+    order_id: str
+    client_order_id: str
+    market: str
+    side: Side
+    type: OrderType
+    price: int | None = None
+    quantity: int | None = None
+    funds: int | None = None
+    """Market buys: the most quote to spend, fees included."""
+    time_in_force: TimeInForce = "GTC"
+    post_only: bool = False
+    stp: SelfTradePrevention = "expire_taker"
+    ts: int
+
+
+class CancelOrder(Message, tag="cancel_order"):
+    user_id: str
+    order_id: str
+    ts: int
+
+
+class CancelAll(Message, tag="cancel_all"):
+    """Cancel every open order of the user, in one market or (``market=None``) all."""
+
+    user_id: str
+    market: str | None = None
+    ts: int
+
+
+class Credit(Message, tag="credit"):
+    """Add to ``available``. A repeated ``transfer_id`` has no further effect."""
+
+    user_id: str
+    asset: str
+    amount: int
+    transfer_id: str
+    ts: int
+
+
+class Debit(Message, tag="debit"):
+    """Take from ``available``; rejected if that is more than available."""
+
+    user_id: str
+    asset: str
+    amount: int
+    transfer_id: str
+    ts: int
+
+
+# --- The book's reports to the wallets (key: user_id) ---------------------------------
+
+
+class Trade(Message, tag="trade"):
+    """One execution, at the maker's price. Emitted once by the book; both wallets
+    (and the fee account) settle from this same event."""
+
+    market: str
+    seq: int
+    """Per-market trade sequence: 1, 2, 3, ... with no gap."""
+    price: int
+    quantity: int
+    notional: int
+    taker_side: Side
+    maker_order_id: str
+    taker_order_id: str
+    maker_user_id: str
+    taker_user_id: str
+    maker_fee: int
+    taker_fee: int
+    buyer_release: int
+    """Quote the buyer held but does not need: price improvement of a limit buy."""
+    time: int
+
+
+class Settle(Message, tag="settle"):
+    """Deliver a trade to one of the wallets it concerns."""
+
+    user_id: str
+    src: str
+    seq: int
+    trade: Trade
+
+
+class Release(Message, tag="release"):
+    """The order is closed in the book: release whatever is still held for it."""
+
+    user_id: str
+    src: str
+    seq: int
+    order_id: str
+    status: OrderStatus
+
+
+WalletInbox = PlaceOrder | CancelOrder | CancelAll | Credit | Debit | Settle | Release
+
+
+# --- The wallet's requests to the books (key: market) ---------------------------------
+
+
+class BookOrder(Message, tag="book_order"):
+    """An order whose funds are held, for the book to match or rest."""
+
+    market: str
+    src: str
+    seq: int
+    order: PlaceOrder
+    hold: int
+
+
+class BookCancel(Message, tag="book_cancel"):
+    market: str
+    src: str
+    seq: int
+    order_id: str
+    ts: int
+
+
+BookInbox = BookOrder | BookCancel
+
+
+# --- State topics: upserts by key with a version --------------------------------------
+
+
+class OrderState(Message, tag="order"):
+    """The latest state of an order (key: order_id). Readers keep the highest version."""
+
+    order_id: str
+    user_id: str
+    client_order_id: str
+    market: str
+    side: Side
+    type: OrderType
+    price: int | None
+    quantity: int | None
+    funds: int | None
+    time_in_force: TimeInForce
+    post_only: bool
+    stp: SelfTradePrevention
+    status: OrderStatus
+    reason: str | None = None
+    filled_quantity: int = 0
+    filled_funds: int = 0
+    """Quote notional of the fills, fees excluded."""
+    fee: int = 0
+    created_at: int
+    updated_at: int
+    version: int
+
+
+class Balance(msgspec.Struct, array_like=True):
+    available: int = 0
+    held: int = 0
+
+
+class BalanceState(Message, tag="balances"):
+    """All balances of a user (key: user_id), versioned by the wallet's change counter."""
+
+    user_id: str
+    version: int
+    balances: dict[str, Balance]
+    ts: int
+
+
+class TransferState(Message, tag="transfer"):
+    """The outcome of a credit or debit (key: user_id/transfer_id)."""
+
+    user_id: str
+    transfer_id: str
+    direction: Literal["credit", "debit"]
+    asset: str
+    amount: int
+    status: Literal["ACCEPTED", "REJECTED"]
+    reason: str | None = None
+    ts: int
+
+
+class DepthState(Message, tag="depth"):
+    """Aggregated book levels (key: market) as of book sequence ``seq``.
+
+    ``bids`` best (highest) first, ``asks`` best (lowest) first: [price, quantity].
+    """
+
+    market: str
+    seq: int
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+    ts: int
+
+
+class Rejection(Message, tag="rejection"):
+    """A command refused with no state record of its own, e.g. cancel of an unknown order."""
+
+    user_id: str
+    command: str
+    ref: str
+    reason: str
+    ts: int
+
+
+class DeadLetter(Message, tag="dead_letter"):
+    """Input that could not be decoded or processed, kept with the reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str

@@ -1,0 +1,97 @@
+"""Exact amounts: integers of an asset's smallest unit inside, decimal strings at the edge.
+
+Nothing in Crypton ever holds money in a float. An amount enters as a decimal
+string, is checked digit by digit and becomes an ``int`` of the asset's
+smallest unit (satoshi for BTC); it leaves the same way.
+
+>>> to_units("1.5", 8)
+150000000
+>>> to_text(150000000, 8)
+'1.5'
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["AmountError", "notional", "to_text", "to_units"]
+
+# Plain decimal notation only: no exponents, signs other than a leading minus,
+# underscores, spaces or "NaN"/"inf", which Python's Decimal would accept.
+_DECIMAL = re.compile(r"(-)?(\d+)(?:\.(\d+))?")
+# Longer strings are refused before any arithmetic: 40 digits already exceed
+# every balance the exchange can hold, and this bounds the work per request.
+_MAX_CHARS = 40
+MAX_UNITS = 2**63 - 1
+"""The largest amount we accept: it fits a signed 64-bit column (ksqlDB BIGINT)."""
+
+
+class AmountError(ValueError):
+    """An amount that is not a valid decimal of the asset's precision."""
+
+
+def to_units(text: str, precision: int, *, allow_zero: bool = False) -> int:
+    """Parse a decimal string into an integer of the smallest unit.
+
+    Rejects negatives, more decimals than ``precision``, exponents, NaN and
+    infinities, and amounts beyond a signed 64-bit integer, with the reason.
+
+    >>> to_units("0.00000001", 8)
+    1
+    >>> to_units("0.000000001", 8)
+    Traceback (most recent call last):
+    ...
+    crypton.domain.money.AmountError: '0.000000001' has more than 8 decimals
+    """
+    if not isinstance(text, str):
+        raise AmountError(f"amount must be a decimal string, not {type(text).__name__}")
+    if len(text) > _MAX_CHARS:
+        raise AmountError(f"amount has more than {_MAX_CHARS} characters")
+    match = _DECIMAL.fullmatch(text)
+    if match is None:
+        raise AmountError(f"{text!r} is not a plain decimal number")
+    minus, whole, fraction = match.groups()
+    fraction = fraction or ""
+    if len(fraction) > precision:
+        stripped = fraction.rstrip("0")
+        if len(stripped) > precision:
+            raise AmountError(f"{text!r} has more than {precision} decimals")
+        fraction = stripped
+    units = int(whole) * 10**precision + int(fraction.ljust(precision, "0") or "0")
+    if minus and units:
+        raise AmountError(f"{text!r} is negative")
+    if units == 0 and not allow_zero:
+        raise AmountError(f"{text!r} must be greater than zero")
+    if units > MAX_UNITS:
+        raise AmountError(f"{text!r} is too large")
+    return units
+
+
+def to_text(units: int, precision: int) -> str:
+    """Format an integer of the smallest unit as a decimal string, without trailing zeros.
+
+    >>> to_text(123, 2)
+    '1.23'
+    >>> to_text(-5, 3)
+    '-0.005'
+    >>> to_text(100, 2)
+    '1'
+    """
+    sign = "-" if units < 0 else ""
+    whole, fraction = divmod(abs(units), 10**precision)
+    if precision == 0 or fraction == 0:
+        return f"{sign}{whole}"
+    digits = str(fraction).rjust(precision, "0").rstrip("0")
+    return f"{sign}{whole}.{digits}"
+
+
+def notional(price: int, quantity: int, base_scale: int) -> int:
+    """Quote units paid for ``quantity`` base units at ``price`` quote units per whole base.
+
+    Markets are validated so that tick times step is a whole quote unit,
+    which makes this division exact for every valid price and quantity.
+
+    >>> notional(50_000_000000, 1000, 10**8)  # 0.00001 BTC at 50,000 USDT
+    500000
+    """
+    return price * quantity // base_scale
