@@ -59,7 +59,7 @@ class Message(msgspec.Struct, tag_field="msg", kw_only=True):
 # --- Commands, written by the API to the wallet inbox (key: user_id) -----------------
 
 
-class PlaceOrder(Message, tag="place_order"):
+class PlaceOrder(Message, tag="place_order", kw_only=True):
     """Place an order. ``order_id`` is derived from (user, client_order_id) by the API,
     so a retried request names the same order and can never create a second one."""
 
@@ -79,13 +79,13 @@ class PlaceOrder(Message, tag="place_order"):
     ts: int
 
 
-class CancelOrder(Message, tag="cancel_order"):
+class CancelOrder(Message, tag="cancel_order", kw_only=True):
     user_id: str
     order_id: str
     ts: int
 
 
-class CancelAll(Message, tag="cancel_all"):
+class CancelAll(Message, tag="cancel_all", kw_only=True):
     """Cancel every open order of the user, in one market or (``market=None``) all."""
 
     user_id: str
@@ -93,7 +93,7 @@ class CancelAll(Message, tag="cancel_all"):
     ts: int
 
 
-class Credit(Message, tag="credit"):
+class Credit(Message, tag="credit", kw_only=True):
     """Add to ``available``. A repeated ``transfer_id`` has no further effect."""
 
     user_id: str
@@ -103,7 +103,7 @@ class Credit(Message, tag="credit"):
     ts: int
 
 
-class Debit(Message, tag="debit"):
+class Debit(Message, tag="debit", kw_only=True):
     """Take from ``available``; rejected if that is more than available."""
 
     user_id: str
@@ -116,7 +116,7 @@ class Debit(Message, tag="debit"):
 # --- The book's reports to the wallets (key: user_id) ---------------------------------
 
 
-class Trade(Message, tag="trade"):
+class Trade(Message, tag="trade", kw_only=True):
     """One execution, at the maker's price. Emitted once by the book; both wallets
     (and the fee account) settle from this same event."""
 
@@ -138,7 +138,7 @@ class Trade(Message, tag="trade"):
     time: int
 
 
-class Settle(Message, tag="settle"):
+class Settle(Message, tag="settle", kw_only=True):
     """Deliver a trade to one of the wallets it concerns."""
 
     user_id: str
@@ -147,7 +147,7 @@ class Settle(Message, tag="settle"):
     trade: Trade
 
 
-class Release(Message, tag="release"):
+class Release(Message, tag="release", kw_only=True):
     """The order is closed in the book: release whatever is still held for it."""
 
     user_id: str
@@ -155,6 +155,7 @@ class Release(Message, tag="release"):
     seq: int
     order_id: str
     status: OrderStatus
+    ts: int
 
 
 WalletInbox = PlaceOrder | CancelOrder | CancelAll | Credit | Debit | Settle | Release
@@ -163,7 +164,7 @@ WalletInbox = PlaceOrder | CancelOrder | CancelAll | Credit | Debit | Settle | R
 # --- The wallet's requests to the books (key: market) ---------------------------------
 
 
-class BookOrder(Message, tag="book_order"):
+class BookOrder(Message, tag="book_order", kw_only=True):
     """An order whose funds are held, for the book to match or rest."""
 
     market: str
@@ -173,7 +174,7 @@ class BookOrder(Message, tag="book_order"):
     hold: int
 
 
-class BookCancel(Message, tag="book_cancel"):
+class BookCancel(Message, tag="book_cancel", kw_only=True):
     market: str
     src: str
     seq: int
@@ -187,7 +188,7 @@ BookInbox = BookOrder | BookCancel
 # --- State topics: upserts by key with a version --------------------------------------
 
 
-class OrderState(Message, tag="order"):
+class OrderState(Message, tag="order", kw_only=True):
     """The latest state of an order (key: order_id). Readers keep the highest version."""
 
     order_id: str
@@ -218,7 +219,7 @@ class Balance(msgspec.Struct, array_like=True):
     held: int = 0
 
 
-class BalanceState(Message, tag="balances"):
+class BalanceState(Message, tag="balances", kw_only=True):
     """All balances of a user (key: user_id), versioned by the wallet's change counter."""
 
     user_id: str
@@ -227,7 +228,7 @@ class BalanceState(Message, tag="balances"):
     ts: int
 
 
-class TransferState(Message, tag="transfer"):
+class TransferState(Message, tag="transfer", kw_only=True):
     """The outcome of a credit or debit (key: user_id/transfer_id)."""
 
     user_id: str
@@ -240,7 +241,7 @@ class TransferState(Message, tag="transfer"):
     ts: int
 
 
-class DepthState(Message, tag="depth"):
+class DepthState(Message, tag="depth", kw_only=True):
     """Aggregated book levels (key: market) as of book sequence ``seq``.
 
     ``bids`` best (highest) first, ``asks`` best (lowest) first: [price, quantity].
@@ -253,7 +254,7 @@ class DepthState(Message, tag="depth"):
     ts: int
 
 
-class Rejection(Message, tag="rejection"):
+class Rejection(Message, tag="rejection", kw_only=True):
     """A command refused with no state record of its own, e.g. cancel of an unknown order."""
 
     user_id: str
@@ -263,7 +264,7 @@ class Rejection(Message, tag="rejection"):
     ts: int
 
 
-class DeadLetter(Message, tag="dead_letter"):
+class DeadLetter(Message, tag="dead_letter", kw_only=True):
     """Input that could not be decoded or processed, kept with the reason."""
 
     topic: str

@@ -1,0 +1,286 @@
+"""The book state machine: one market's matching engine, keyed by market.
+
+It reads the book inbox (orders whose funds the wallet holds, cancels) and
+matches in price-time priority at the maker's price. A maker's remaining
+quantity is reduced in the same call that emits the trade, so nothing can be
+filled twice. Each trade is one event carrying both sides; it is delivered to
+the maker's, the taker's and the fee account's wallets, which all settle from
+that same event. Every order the book closes is reported to its wallet with a
+``Release`` so the wallet frees what is left of the hold, exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crypton.domain.book import Level, OrderBook, RestingOrder
+from crypton.domain.markets import Market
+from crypton.domain.messages import (
+    CANCELED,
+    EXPIRED,
+    FEE_ACCOUNT,
+    FILLED,
+    OPEN,
+    PARTIALLY_FILLED,
+    REJECTED,
+    BookCancel,
+    BookInbox,
+    BookOrder,
+    DepthState,
+    Message,
+    OrderState,
+    PlaceOrder,
+    Rejection,
+    Release,
+    Settle,
+    Trade,
+)
+from crypton.domain.sequencing import Inbound, Outbound
+
+__all__ = ["BookMachine"]
+
+STP_REASON = "self-trade prevented"
+
+
+class BookMachine:
+    """One market: ``handle`` an inbox message, get the messages it causes."""
+
+    def __init__(self, market: Market) -> None:
+        self.market = market
+        self.book = OrderBook()
+        self.seq = 0  # inbox messages applied: the book's version
+        self.trade_seq = 0
+        self.inbound: Inbound[BookOrder | BookCancel] = Inbound()
+        self.outbound = Outbound()
+
+    def handle(self, msg: BookInbox) -> list[Message]:
+        out: list[Message] = []
+        for due in self.inbound.accept(msg.src, msg.seq, msg):
+            self.seq += 1
+            if isinstance(due, BookOrder):
+                self._take(due.order, due.hold, out)
+            else:
+                self._cancel(due, out)
+        return out
+
+    def depth(self, levels: int, ts: int) -> DepthState:
+        """The aggregated top ``levels`` of each side as of this book's ``seq``."""
+        bids, asks = self.book.depth(levels)
+        return DepthState(market=self.market.symbol, seq=self.seq, bids=bids, asks=asks, ts=ts)
+
+    # --- cancel --------------------------------------------------------------------
+
+    def _cancel(self, msg: BookCancel, out: list[Message]) -> None:
+        order = self.book.remove(msg.order_id)
+        if order is None or order.user_id != msg.src:
+            # Filled or expired while the cancel was on its way: say so, don't drop it.
+            out.append(
+                Rejection(
+                    user_id=msg.src, command="cancel_order", ref=msg.order_id,
+                    reason="order is not open", ts=msg.ts,
+                )
+            )
+            return
+        self._close(order, CANCELED, "canceled by user", msg.ts, out)
+
+    # --- matching ------------------------------------------------------------------
+
+    def _take(self, cmd: PlaceOrder, hold: int, out: list[Message]) -> None:
+        taker = RestingOrder(cmd, hold)
+        side = cmd.side
+        opposite = "sell" if side == "buy" else "buy"
+        book = self.book
+        if cmd.post_only and self._crosses(side, cmd.price):
+            self._close(taker, REJECTED, "post-only order would take liquidity", cmd.ts, out)
+            return
+        if cmd.time_in_force == "FOK" and not self._fills_in_full(taker, opposite):
+            self._close(taker, EXPIRED, "FOK: not enough liquidity to fill in full", cmd.ts, out)
+            return
+        by_funds = cmd.quantity is None  # a market buy spending funds
+        reason: str | None = None
+        while True:
+            if not by_funds and taker.remaining == 0:
+                break
+            level = book.best_level(opposite)
+            if level is None:
+                reason = "no more liquidity"
+                break
+            if taker.price is not None and (
+                level.price > taker.price if side == "buy" else level.price < taker.price
+            ):
+                break
+            maker = level.front()
+            if maker.user_id == taker.user_id:
+                if cmd.stp != "expire_taker":
+                    book.remove(maker.order_id)
+                    self._close(maker, EXPIRED, STP_REASON, cmd.ts, out)
+                if cmd.stp != "expire_maker":
+                    reason = STP_REASON
+                    break
+                continue
+            if by_funds:
+                quantity = self._affordable(taker, level.price, maker.remaining)
+                if quantity == 0:  # what is left of the funds buys less than a step
+                    if not taker.filled_quantity:
+                        reason = "funds buy less than one quantity step"
+                    break
+            else:
+                quantity = min(taker.remaining, maker.remaining)
+            self._trade(taker, maker, level, quantity, cmd.ts, out)
+
+        if by_funds:
+            status = FILLED if taker.filled_quantity and reason is None else EXPIRED
+            self._close(taker, status, None if status == FILLED else reason, cmd.ts, out)
+        elif taker.remaining == 0:
+            self._close(taker, FILLED, None, cmd.ts, out)
+        elif reason == STP_REASON or cmd.type == "market":
+            self._close(taker, EXPIRED, reason or "no more liquidity", cmd.ts, out)
+        elif cmd.time_in_force != "GTC":
+            self._close(taker, EXPIRED, f"{cmd.time_in_force}: unfilled remainder expired",
+                        cmd.ts, out)
+        else:
+            book.rest(taker)
+            out.append(self._state(taker, PARTIALLY_FILLED if taker.filled_quantity else OPEN,
+                                   None, cmd.ts))
+
+    def _crosses(self, side: str, price: int | None) -> bool:
+        if side == "buy":
+            ask = self.book.best_ask()
+            return ask is not None and (price is None or price >= ask)
+        bid = self.book.best_bid()
+        return bid is not None and (price is None or price <= bid)
+
+    def _fills_in_full(self, taker: RestingOrder, opposite: str) -> bool:
+        """Whether matching now would fill ``taker`` completely (FOK), walking the
+        book exactly as the matching loop would, self-trade prevention included."""
+        need = taker.remaining
+        limit, buying = taker.price, taker.side == "buy"
+        for level in self.book.levels_from_best(opposite):
+            if limit is not None and (level.price > limit if buying else level.price < limit):
+                return False
+            for maker in level.orders:
+                if not maker.live:
+                    continue
+                if maker.user_id == taker.user_id:
+                    if taker.cmd.stp != "expire_maker":
+                        return False
+                    continue
+                need -= maker.remaining
+                if need <= 0:
+                    return True
+        return False
+
+    def _affordable(self, taker: RestingOrder, price: int, most: int) -> int:
+        """The largest quantity (a multiple of the step, at most ``most``) a market buy
+        can still pay for at ``price``, its taker fee included."""
+        market = self.market
+        budget = taker.hold - taker.spent
+        bps = market.taker_fee_bps
+        # value + ceil((fee_num + value * bps) / 10_000) - fee <= budget, solved for value
+        value = ((budget + taker.fee) * 10_000 - taker.fee_num) // (10_000 + bps)
+        quantity = min(value * market.base.scale // price, most)
+        quantity -= quantity % market.step
+        while quantity > 0:
+            value = market.notional(price, quantity)
+            fee = -(-(taker.fee_num + value * bps) // 10_000) - taker.fee
+            if value + fee <= budget:
+                break
+            quantity -= market.step
+        return quantity
+
+    def _trade(
+        self, taker: RestingOrder, maker: RestingOrder, level: Level, quantity: int, ts: int,
+        out: list[Message],
+    ) -> None:
+        market = self.market
+        price = level.price
+        value = market.notional(price, quantity)
+        taker_fee = taker.charge(quantity, value, market.taker_fee_bps)
+        maker_fee = maker.charge(quantity, value, market.maker_fee_bps)
+        self.book.fill_front(level, maker, quantity)
+        buyer_release = 0
+        if taker.side == "buy":
+            taker.spent += value + taker_fee
+            if taker.price is not None:  # a limit buy held its own price: refund the gain
+                buyer_release = market.notional(taker.price, quantity) - value
+                taker.spent += buyer_release
+        self.trade_seq += 1
+        trade = Trade(
+            market=market.symbol, seq=self.trade_seq, price=price, quantity=quantity,
+            notional=value, taker_side=taker.side, maker_order_id=maker.order_id,
+            taker_order_id=taker.order_id, maker_user_id=maker.user_id,
+            taker_user_id=taker.user_id, maker_fee=maker_fee, taker_fee=taker_fee,
+            buyer_release=buyer_release, time=ts,
+        )
+        out.append(trade)
+        out.append(self._deliver_trade(maker.user_id, trade))
+        out.append(self._deliver_trade(taker.user_id, trade))
+        if maker_fee or taker_fee:
+            out.append(self._deliver_trade(FEE_ACCOUNT, trade))
+        if maker.remaining == 0:
+            self._close(maker, FILLED, None, ts, out)
+        else:
+            out.append(self._state(maker, PARTIALLY_FILLED, None, ts))
+
+    def _deliver_trade(self, user_id: str, trade: Trade) -> Settle:
+        return Settle(
+            user_id=user_id, src=self.market.symbol, seq=self.outbound.next(user_id),
+            trade=trade,
+        )
+
+    def _close(
+        self, order: RestingOrder, status: Any, reason: str | None, ts: int,
+        out: list[Message],
+    ) -> None:
+        """Report an order's final state and tell its wallet to release what is left."""
+        out.append(self._state(order, status, reason, ts))
+        out.append(
+            Release(
+                user_id=order.user_id, src=self.market.symbol,
+                seq=self.outbound.next(order.user_id), order_id=order.order_id,
+                status=status, ts=ts,
+            )
+        )
+
+    def _state(self, order: RestingOrder, status: Any, reason: str | None, ts: int) -> OrderState:
+        order.version += 1
+        cmd = order.cmd
+        return OrderState(
+            order_id=cmd.order_id, user_id=cmd.user_id, client_order_id=cmd.client_order_id,
+            market=cmd.market, side=cmd.side, type=cmd.type, price=cmd.price,
+            quantity=cmd.quantity, funds=cmd.funds, time_in_force=cmd.time_in_force,
+            post_only=cmd.post_only, stp=cmd.stp, status=status, reason=reason,
+            filled_quantity=order.filled_quantity, filled_funds=order.filled_funds,
+            fee=order.fee, created_at=cmd.ts, updated_at=ts, version=order.version,
+        )
+
+    # --- recovery ------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """A compact copy for Bytewax recovery: counters and the resting orders as
+        flat tuples in priority order (no deep copy of the book's structure)."""
+        resting = [
+            (o.cmd, o.hold, o.remaining, o.spent, o.filled_quantity, o.filled_funds, o.fee,
+             o.fee_num, o.version)
+            for o in self.book.resting()
+        ]
+        return (
+            self.market.symbol, self.seq, self.trade_seq, self.inbound.snapshot(),
+            dict(self.outbound.sent), resting,
+        )
+
+    @classmethod
+    def restore(cls, snapshot: tuple[Any, ...], market: Market) -> BookMachine:
+        _symbol, seq, trade_seq, inbound, sent, resting = snapshot
+        machine = cls(market)
+        machine.seq, machine.trade_seq = seq, trade_seq
+        applied, parked = inbound
+        machine.inbound = Inbound(dict(applied), {s: dict(w) for s, w in parked.items()})
+        machine.outbound = Outbound(dict(sent))
+        for cmd, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version in resting:
+            order = RestingOrder(cmd, hold)
+            order.remaining, order.spent = remaining, spent
+            order.filled_quantity, order.filled_funds = filled_q, filled_f
+            order.fee, order.fee_num, order.version = fee, fee_num, version
+            machine.book.rest(order)
+        return machine

@@ -1,0 +1,298 @@
+"""The wallet state machine: one user's funds, keyed by user id.
+
+It reads the wallet inbox (commands from the API, reports from the books) and
+decides: it validates orders and holds their funds before any book sees them,
+settles trades, releases what a closed order no longer needs, and applies
+credits and debits. It is the only writer of a user's balances.
+
+Funds are released only when the book reports the order closed (``Release``),
+never on the cancel request itself, so a cancel can never release twice.
+
+>>> from crypton.config import load_markets
+>>> wallet = WalletMachine("alice", load_markets())
+>>> out = wallet.handle(Credit(user_id="alice", asset="USDT", amount=100, transfer_id="t1", ts=1))
+>>> wallet.balance("USDT")
+(100, 0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crypton.domain.markets import Markets
+from crypton.domain.messages import (
+    FEE_ACCOUNT,
+    NEW,
+    REJECTED,
+    Balance,
+    BalanceState,
+    BookCancel,
+    BookOrder,
+    CancelAll,
+    CancelOrder,
+    Credit,
+    Debit,
+    Message,
+    OrderState,
+    PlaceOrder,
+    Rejection,
+    Release,
+    Settle,
+    Trade,
+    TransferState,
+    WalletInbox,
+)
+from crypton.domain.money import MAX_UNITS, to_text
+from crypton.domain.orders import hold_for, order_problem
+from crypton.domain.sequencing import Inbound, Outbound
+
+__all__ = ["InvariantBreach", "WalletMachine"]
+
+
+class InvariantBreach(RuntimeError):
+    """A report that contradicts the wallet's state: a bug, never a user error."""
+
+
+class _Hold:
+    """What an open order still holds: asset, amount, and where it trades."""
+
+    __slots__ = ("amount", "asset", "market")
+
+    def __init__(self, market: str, asset: str, amount: int) -> None:
+        self.market = market
+        self.asset = asset
+        self.amount = amount
+
+
+class WalletMachine:
+    """One user's wallet: ``handle`` a message, get the messages it causes."""
+
+    def __init__(self, user_id: str, markets: Markets) -> None:
+        self.user_id = user_id
+        self.markets = markets
+        self.balances: dict[str, list[int]] = {}  # asset -> [available, held]
+        self.holds: dict[str, _Hold] = {}  # open order id -> what it holds
+        self.orders_seen: dict[str, None] = {}  # every order id ever placed (dedupe)
+        self.transfers_seen: dict[str, None] = {}
+        self.version = 0
+        self.inbound: Inbound[Settle | Release] = Inbound()
+        self.outbound = Outbound()
+
+    # --- queries -----------------------------------------------------------------
+
+    def balance(self, asset: str) -> tuple[int, int]:
+        """(available, held) of ``asset``."""
+        row = self.balances.get(asset)
+        return (row[0], row[1]) if row else (0, 0)
+
+    # --- the machine ---------------------------------------------------------------
+
+    def handle(self, msg: WalletInbox) -> list[Message]:
+        """Apply one inbox message; return what it causes, in a fixed order."""
+        if isinstance(msg, Settle | Release):
+            out: list[Message] = []
+            for due in self.inbound.accept(msg.src, msg.seq, msg):
+                if isinstance(due, Settle):
+                    self._settle(due.trade)
+                    out.append(self._balances(due.trade.time))
+                elif self._release(due.order_id):
+                    out.append(self._balances(due.ts))
+            return out
+        if isinstance(msg, PlaceOrder):
+            return self._place(msg)
+        if isinstance(msg, CancelOrder):
+            return self._cancel(msg)
+        if isinstance(msg, CancelAll):
+            return [
+                self._book_cancel(hold.market, order_id, msg.ts)
+                for order_id, hold in list(self.holds.items())
+                if msg.market is None or hold.market == msg.market
+            ]
+        return self._transfer(msg)
+
+    def _row(self, asset: str) -> list[int]:
+        row = self.balances.get(asset)
+        if row is None:
+            row = self.balances[asset] = [0, 0]
+        return row
+
+    def _balances(self, ts: int) -> BalanceState:
+        self.version += 1
+        return BalanceState(
+            user_id=self.user_id,
+            version=self.version,
+            balances={a: Balance(row[0], row[1]) for a, row in self.balances.items()},
+            ts=ts,
+        )
+
+    def _place(self, cmd: PlaceOrder) -> list[Message]:
+        if cmd.order_id in self.orders_seen:
+            return []  # a retry of an order we already have: the original stands
+        self.orders_seen[cmd.order_id] = None
+        market = self.markets.get(cmd.market)
+        if market is None:
+            return [_order_state(cmd, REJECTED, f"unknown market {cmd.market}")]
+        problem = order_problem(market, cmd)
+        if problem:
+            return [_order_state(cmd, REJECTED, problem)]
+        asset, amount = hold_for(market, cmd)
+        row = self._row(asset)
+        if row[0] < amount:
+            precision = self.markets.asset(asset).precision
+            return [
+                _order_state(
+                    cmd, REJECTED,
+                    f"insufficient {asset}: available {to_text(row[0], precision)}, "
+                    f"needed {to_text(amount, precision)}",
+                )
+            ]
+        row[0] -= amount
+        row[1] += amount
+        self.holds[cmd.order_id] = _Hold(cmd.market, asset, amount)
+        return [
+            _order_state(cmd, NEW, None),
+            self._balances(cmd.ts),
+            BookOrder(
+                market=cmd.market, src=self.user_id, seq=self.outbound.next(cmd.market),
+                order=cmd, hold=amount,
+            ),
+        ]
+
+    def _cancel(self, cmd: CancelOrder) -> list[Message]:
+        hold = self.holds.get(cmd.order_id)
+        if hold is not None:
+            return [self._book_cancel(hold.market, cmd.order_id, cmd.ts)]
+        reason = "order is not open" if cmd.order_id in self.orders_seen else "unknown order"
+        return [
+            Rejection(
+                user_id=self.user_id, command="cancel_order", ref=cmd.order_id,
+                reason=reason, ts=cmd.ts,
+            )
+        ]
+
+    def _book_cancel(self, market: str, order_id: str, ts: int) -> BookCancel:
+        return BookCancel(
+            market=market, src=self.user_id, seq=self.outbound.next(market),
+            order_id=order_id, ts=ts,
+        )
+
+    def _transfer(self, cmd: Credit | Debit) -> list[Message]:
+        key = cmd.transfer_id
+        if key in self.transfers_seen:
+            return []
+        self.transfers_seen[key] = None
+        direction: Any = "credit" if isinstance(cmd, Credit) else "debit"
+        reason: str | None = None
+        if self.user_id.startswith("_") and self.user_id != FEE_ACCOUNT:
+            reason = "reserved account"
+        elif cmd.asset not in self.markets.assets:
+            reason = f"unknown asset {cmd.asset}"
+        elif not 0 < cmd.amount <= MAX_UNITS:
+            reason = "amount must be positive"
+        else:
+            row = self._row(cmd.asset)
+            if isinstance(cmd, Credit):
+                if row[0] + row[1] + cmd.amount > MAX_UNITS:
+                    reason = "balance would exceed the largest amount"
+                else:
+                    row[0] += cmd.amount
+            elif row[0] < cmd.amount:
+                precision = self.markets.asset(cmd.asset).precision
+                reason = (
+                    f"insufficient {cmd.asset}: available {to_text(row[0], precision)}, "
+                    f"requested {to_text(cmd.amount, precision)}"
+                )
+            else:
+                row[0] -= cmd.amount
+        state = TransferState(
+            user_id=self.user_id, transfer_id=key, direction=direction, asset=cmd.asset,
+            amount=cmd.amount, status="REJECTED" if reason else "ACCEPTED", reason=reason,
+            ts=cmd.ts,
+        )
+        return [state] if reason else [state, self._balances(cmd.ts)]
+
+    def _settle(self, trade: Trade) -> None:
+        market = self.markets.market(trade.market)
+        base, quote = market.base.code, market.quote.code
+        if self.user_id == FEE_ACCOUNT:
+            self._row(quote)[0] += trade.maker_fee + trade.taker_fee
+            return
+        if self.user_id == trade.taker_user_id:
+            side, order_id, fee = trade.taker_side, trade.taker_order_id, trade.taker_fee
+        elif self.user_id == trade.maker_user_id:
+            side = "sell" if trade.taker_side == "buy" else "buy"
+            order_id, fee = trade.maker_order_id, trade.maker_fee
+        else:
+            raise InvariantBreach(f"trade {trade.market}#{trade.seq} is not {self.user_id}'s")
+        hold = self.holds.get(order_id)
+        if hold is None:
+            raise InvariantBreach(f"trade {trade.market}#{trade.seq}: order {order_id} not open")
+        if side == "buy":
+            # Pay value and fee from the hold; hand back price improvement at once.
+            spent = trade.notional + fee
+            release = trade.buyer_release if order_id == trade.taker_order_id else 0
+            self._take_hold(hold, quote, spent + release)
+            quote_row = self._row(quote)
+            quote_row[0] += release
+            self._row(base)[0] += trade.quantity
+        else:
+            self._take_hold(hold, base, trade.quantity)
+            self._row(quote)[0] += trade.notional - fee
+
+    def _take_hold(self, hold: _Hold, asset: str, amount: int) -> None:
+        row = self._row(asset)
+        if hold.asset != asset or amount > hold.amount or amount > row[1]:
+            raise InvariantBreach(
+                f"{self.user_id}: settling {amount} {asset} exceeds the hold of {hold.amount}"
+            )
+        hold.amount -= amount
+        row[1] -= amount
+
+    def _release(self, order_id: str) -> int:
+        """Free what the closed order still holds; return the amount."""
+        hold = self.holds.pop(order_id, None)
+        if hold is None:
+            raise InvariantBreach(f"{self.user_id}: release of {order_id}, which holds nothing")
+        row = self._row(hold.asset)
+        row[1] -= hold.amount
+        row[0] += hold.amount
+        return hold.amount
+
+    # --- recovery ------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """A compact, immutable copy of the state for Bytewax recovery."""
+        return (
+            self.user_id,
+            {asset: (row[0], row[1]) for asset, row in self.balances.items()},
+            {oid: (h.market, h.asset, h.amount) for oid, h in self.holds.items()},
+            tuple(self.orders_seen),
+            tuple(self.transfers_seen),
+            self.version,
+            self.inbound.snapshot(),
+            dict(self.outbound.sent),
+        )
+
+    @classmethod
+    def restore(cls, snapshot: tuple[Any, ...], markets: Markets) -> WalletMachine:
+        user_id, balances, holds, orders, transfers, version, inbound, sent = snapshot
+        wallet = cls(user_id, markets)
+        wallet.balances = {asset: [a, h] for asset, (a, h) in balances.items()}
+        wallet.holds = {oid: _Hold(*spec) for oid, spec in holds.items()}
+        wallet.orders_seen = dict.fromkeys(orders)
+        wallet.transfers_seen = dict.fromkeys(transfers)
+        wallet.version = version
+        applied, parked = inbound
+        wallet.inbound = Inbound(dict(applied), {s: dict(w) for s, w in parked.items()})
+        wallet.outbound = Outbound(dict(sent))
+        return wallet
+
+
+def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
+    return OrderState(
+        order_id=cmd.order_id, user_id=cmd.user_id, client_order_id=cmd.client_order_id,
+        market=cmd.market, side=cmd.side, type=cmd.type, price=cmd.price,
+        quantity=cmd.quantity, funds=cmd.funds, time_in_force=cmd.time_in_force,
+        post_only=cmd.post_only, stp=cmd.stp, status=status, reason=reason,
+        created_at=cmd.ts, updated_at=cmd.ts, version=1,
+    )
