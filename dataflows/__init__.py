@@ -1,0 +1,1 @@
+"""The Bytewax dataflow of the exchange and its Kafka wiring."""
