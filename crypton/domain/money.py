@@ -17,8 +17,10 @@ import re
 __all__ = ["AmountError", "notional", "to_text", "to_units"]
 
 # Plain decimal notation only: no exponents, signs other than a leading minus,
-# underscores, spaces or "NaN"/"inf", which Python's Decimal would accept.
-_DECIMAL = re.compile(r"(-)?(\d+)(?:\.(\d+))?")
+# underscores, spaces or "NaN"/"inf", which Python's Decimal would accept. ASCII
+# digits only: ``\d`` also matches full-width and other scripts' digits, which
+# ``int()`` would happily read as numbers.
+_DECIMAL = re.compile(r"(-)?([0-9]+)(?:\.([0-9]+))?")
 # Longer strings are refused before any arithmetic: 40 digits already exceed
 # every balance the exchange can hold, and this bounds the work per request.
 _MAX_CHARS = 40
