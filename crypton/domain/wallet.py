@@ -129,6 +129,11 @@ class WalletMachine:
         if cmd.order_id in self.orders_seen:
             return []  # a retry of an order we already have: the original stands
         self.orders_seen[cmd.order_id] = None
+        if self.user_id.startswith("_"):
+            # Reserved accounts never trade: the fee account settles a trade by
+            # collecting its fees only, so an order of its own would create or
+            # destroy funds when it fills.
+            return [_order_state(cmd, REJECTED, "reserved account")]
         market = self.markets.get(cmd.market)
         if market is None:
             return [_order_state(cmd, REJECTED, f"unknown market {cmd.market}")]

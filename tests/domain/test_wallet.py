@@ -1,0 +1,340 @@
+"""The wallet machine: transfers, holds, settlement, release, recovery."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from crypton.domain.messages import (
+    FEE_ACCOUNT,
+    Balance,
+    BalanceState,
+    BookCancel,
+    BookOrder,
+    CancelOrder,
+    Message,
+    OrderState,
+    Rejection,
+    Release,
+    Settle,
+    Trade,
+    TransferState,
+    WalletInbox,
+)
+from crypton.domain.wallet import InvariantBreach, WalletMachine
+
+from .support import (
+    MARKETS,
+    btc,
+    cancel,
+    cancel_all,
+    credit,
+    debit,
+    limit,
+    market_buy,
+    oid,
+    only,
+    usdt,
+)
+
+PRICE = usdt("50000")
+
+
+def wallet(user: str = "alice", **funds: int) -> WalletMachine:
+    machine = WalletMachine(user, MARKETS)
+    for asset, amount in funds.items():
+        machine.handle(credit(user, asset, amount, tid=f"seed-{asset}"))
+    return machine
+
+
+def trade(seq: int = 1, **fields: object) -> Trade:
+    base: dict[str, object] = {
+        "market": "BTC-USDT", "seq": seq, "price": PRICE, "quantity": btc("0.01"),
+        "notional": usdt("500"), "taker_side": "buy", "maker_order_id": oid("bob", "s"),
+        "taker_order_id": oid("alice", "b"), "maker_user_id": "bob", "taker_user_id": "alice",
+        "maker_fee": usdt("0.5"), "taker_fee": usdt("1"), "buyer_release": 0, "time": 5,
+    }  # fmt: skip
+    return Trade(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def settle(user: str, seq: int, t: Trade) -> Settle:
+    return Settle(user_id=user, src=t.market, seq=seq, trade=t)
+
+
+def release(user: str, seq: int, order_id: str) -> Release:
+    return Release(user_id=user, src="BTC-USDT", seq=seq, order_id=order_id, status="CANCELED",
+                   ts=0)  # fmt: skip
+
+
+# --- transfers ------------------------------------------------------------------------
+
+
+def test_credit_and_debit_move_available() -> None:
+    w = wallet()
+    out = w.handle(credit("alice", "USDT", 100, tid="t1", ts=7))
+    assert out == [
+        TransferState(user_id="alice", transfer_id="t1", direction="credit", asset="USDT",
+                      amount=100, status="ACCEPTED", ts=7),
+        BalanceState(user_id="alice", version=1, balances={"USDT": Balance(100, 0)}, ts=7),
+    ]  # fmt: skip
+    w.handle(debit("alice", "USDT", 30, tid="t2"))
+    assert w.balance("USDT") == (70, 0)
+    assert w.version == 2
+
+
+def test_duplicate_transfer_id_has_no_effect() -> None:
+    w = wallet()
+    w.handle(credit("alice", "USDT", 100, tid="t1"))
+    assert w.handle(credit("alice", "USDT", 100, tid="t1")) == []
+    assert w.handle(debit("alice", "USDT", 10, tid="t1")) == []  # same id, other direction
+    assert w.balance("USDT") == (100, 0)
+
+
+def test_debit_of_more_than_available_is_rejected() -> None:
+    w = wallet(USDT=100)
+    out = w.handle(debit("alice", "USDT", 101, tid="t2"))
+    assert len(out) == 1
+    state = out[0]
+    assert isinstance(state, TransferState)
+    assert state.status == "REJECTED"
+    assert state.reason == "insufficient USDT: available 0.0001, requested 0.000101"
+    assert w.balance("USDT") == (100, 0)
+
+
+def test_debit_cannot_take_held_funds() -> None:
+    w = wallet(BTC=btc("1"))
+    w.handle(limit("alice", "s", "sell", PRICE, btc("0.6")))
+    out = w.handle(debit("alice", "BTC", btc("0.5"), tid="t"))
+    assert only(out, TransferState)[0].status == "REJECTED"
+    assert w.balance("BTC") == (btc("0.4"), btc("0.6"))
+
+
+@pytest.mark.parametrize(
+    ("user", "asset", "amount", "reason"),
+    [
+        ("_ops", "USDT", 1, "reserved account"),
+        ("alice", "DOGE", 1, "unknown asset DOGE"),
+        ("alice", "USDT", 0, "amount must be positive"),
+        ("alice", "USDT", -5, "amount must be positive"),
+        ("alice", "USDT", 2**63, "amount must be positive"),
+    ],
+)
+def test_rejected_transfers(user: str, asset: str, amount: int, reason: str) -> None:
+    w = WalletMachine(user, MARKETS)
+    for command in (credit(user, asset, amount, tid="a"), debit(user, asset, amount, tid="b")):
+        out = w.handle(command)
+        assert [(s.status, s.reason) for s in only(out, TransferState)] == [("REJECTED", reason)]
+        assert len(out) == 1
+    assert w.balances.get(asset, [0, 0]) == [0, 0]
+
+
+def test_credit_beyond_the_largest_amount_is_rejected() -> None:
+    w = wallet(USDT=2**63 - 10)
+    out = w.handle(credit("alice", "USDT", 11, tid="big"))
+    assert only(out, TransferState)[0].reason == "balance would exceed the largest amount"
+    assert w.balance("USDT") == (2**63 - 10, 0)
+
+
+def test_fee_account_may_receive_and_pay_out() -> None:
+    w = WalletMachine(FEE_ACCOUNT, MARKETS)
+    w.handle(credit(FEE_ACCOUNT, "USDT", 10, tid="a"))
+    w.handle(debit(FEE_ACCOUNT, "USDT", 4, tid="b"))
+    assert w.balance("USDT") == (6, 0)
+
+
+# --- placing orders -------------------------------------------------------------------
+
+
+def test_place_holds_exactly_hold_for() -> None:
+    w = wallet(USDT=usdt("1000"), BTC=btc("1"))
+    cmd = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=3)
+    out = w.handle(cmd)
+    assert [type(m) for m in out] == [OrderState, BalanceState, BookOrder]
+    state, balances, book_order = out
+    assert isinstance(state, OrderState) and state.status == "NEW" and state.version == 1
+    assert isinstance(book_order, BookOrder)
+    assert book_order == BookOrder(market="BTC-USDT", src="alice", seq=1, order=cmd,
+                                   hold=usdt("501"))  # fmt: skip
+    assert w.balance("USDT") == (usdt("499"), usdt("501"))
+    w.handle(limit("alice", "s", "sell", PRICE, btc("0.25")))
+    assert w.balance("BTC") == (btc("0.75"), btc("0.25"))
+    w.handle(market_buy("alice", "m", usdt("100")))
+    assert w.balance("USDT") == (usdt("399"), usdt("601"))
+    assert {k: (h.asset, h.amount) for k, h in w.holds.items()} == {
+        oid("alice", "b"): ("USDT", usdt("501")),
+        oid("alice", "s"): ("BTC", btc("0.25")),
+        oid("alice", "m"): ("USDT", usdt("100")),
+    }
+    assert w.outbound.sent == {"BTC-USDT": 3}
+
+
+def test_duplicate_order_id_is_ignored() -> None:
+    w = wallet(USDT=usdt("1000"))
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
+    assert w.handle(limit("alice", "b", "buy", PRICE, btc("0.01"))) == []
+    assert w.handle(limit("alice", "b", "sell", PRICE, btc("1"))) == []  # same id, any terms
+    assert w.balance("USDT") == (usdt("499"), usdt("501"))
+
+
+def test_rejected_orders_hold_nothing() -> None:
+    w = wallet(USDT=usdt("100"))
+    out = w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
+    assert [(s.status, s.reason) for s in only(out, OrderState)] == [
+        ("REJECTED", "insufficient USDT: available 100, needed 501")
+    ]
+    out = w.handle(limit("alice", "x", "buy", PRICE, btc("0.01"), market="DOGE-USDT"))
+    assert [(s.status, s.reason) for s in only(out, OrderState)] == [
+        ("REJECTED", "unknown market DOGE-USDT")
+    ]
+    out = w.handle(limit("alice", "y", "buy", PRICE + 1, btc("0.001")))
+    assert only(out, OrderState)[0].reason == "price must be a multiple of the tick 0.01"
+    assert len(out) == 1
+    assert w.balance("USDT") == (usdt("100"), 0)
+    assert w.holds == {}
+    # A rejected order's id is spent: retrying it is a duplicate.
+    assert w.handle(limit("alice", "b", "buy", PRICE, btc("0.001"))) == []
+
+
+def test_reserved_accounts_cannot_place_orders() -> None:
+    fees = WalletMachine(FEE_ACCOUNT, MARKETS)
+    fees.handle(credit(FEE_ACCOUNT, "USDT", usdt("1000"), tid="t"))
+    out = fees.handle(limit(FEE_ACCOUNT, "b", "buy", PRICE, btc("0.01")))
+    assert [(s.status, s.reason) for s in only(out, OrderState)] == [
+        ("REJECTED", "reserved account")
+    ]
+    assert len(out) == 1
+    assert fees.balance("USDT") == (usdt("1000"), 0)
+
+
+# --- cancel and release ---------------------------------------------------------------
+
+
+def test_cancel_forwards_to_the_book_and_releases_nothing_itself() -> None:
+    w = wallet(USDT=usdt("1000"))
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
+    out = w.handle(cancel("alice", "b", ts=9))
+    assert out == [BookCancel(market="BTC-USDT", src="alice", seq=2, order_id=oid("alice", "b"),
+                              ts=9)]  # fmt: skip
+    assert w.balance("USDT") == (usdt("499"), usdt("501"))
+    # Until the book answers, a second cancel is forwarded too (the book rejects it).
+    assert len(only(w.handle(cancel("alice", "b")), BookCancel)) == 1
+
+
+def test_cancel_of_unknown_or_closed_orders_is_rejected() -> None:
+    w = wallet(USDT=usdt("1000"))
+    out = w.handle(CancelOrder(user_id="alice", order_id="nope", ts=1))
+    assert out == [Rejection(user_id="alice", command="cancel_order", ref="nope",
+                             reason="unknown order", ts=1)]  # fmt: skip
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
+    w.handle(release("alice", 1, oid("alice", "b")))
+    out = w.handle(cancel("alice", "b"))
+    assert [r.reason for r in only(out, Rejection)] == ["order is not open"]
+
+
+def test_release_after_close_frees_the_rest_once() -> None:
+    w = wallet(USDT=usdt("1000"))
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
+    out = w.handle(release("alice", 1, oid("alice", "b")))
+    assert [type(m) for m in out] == [BalanceState]
+    assert w.balance("USDT") == (usdt("1000"), 0)
+    assert w.handle(release("alice", 1, oid("alice", "b"))) == []  # a replay
+    assert w.holds == {}
+    with pytest.raises(InvariantBreach):
+        w.handle(release("alice", 2, oid("alice", "b")))  # a second close is a bug
+
+
+def test_cancel_all_cancels_open_orders_in_placement_order() -> None:
+    w = wallet(USDT=usdt("10000"))
+    for cid in ("b1", "b2", "b3"):
+        w.handle(limit("alice", cid, "buy", PRICE, btc("0.01")))
+    w.handle(limit("alice", "e", "buy", usdt("2000"), btc("0.01"), market="ETH-USDT"))
+    out = w.handle(cancel_all("alice", "BTC-USDT"))
+    assert [(m.order_id, m.seq) for m in only(out, BookCancel)] == [
+        (oid("alice", "b1"), 4), (oid("alice", "b2"), 5), (oid("alice", "b3"), 6)
+    ]  # fmt: skip
+    out = w.handle(cancel_all("alice"))
+    assert [m.market for m in only(out, BookCancel)] == ["BTC-USDT"] * 3 + ["ETH-USDT"]
+
+
+# --- settlement -----------------------------------------------------------------------
+
+
+def test_settle_as_buyer_seller_and_fee_account() -> None:
+    buyer = wallet("alice", USDT=usdt("1000"))
+    # Holds 500.01 plus the 20 bps taker fee reserve on it, 1.00002.
+    buyer.handle(limit("alice", "b", "buy", usdt("50001"), btc("0.01")))
+    seller = wallet("bob", BTC=btc("1"))
+    seller.handle(limit("bob", "s", "sell", PRICE, btc("0.01")))
+    fees = WalletMachine(FEE_ACCOUNT, MARKETS)
+    t = trade(buyer_release=usdt("0.01"), taker_fee=usdt("1"), maker_fee=usdt("0.5"))
+    buyer.handle(settle("alice", 1, t))
+    seller.handle(settle("bob", 1, t))
+    fees.handle(settle(FEE_ACCOUNT, 1, t))
+    # The buyer paid 500 + 1 fee from the hold and got the 0.01 improvement back.
+    assert buyer.balance("USDT") == (usdt("498.99998"), usdt("0.00002"))
+    assert buyer.balance("BTC") == (btc("0.01"), 0)
+    assert seller.balance("BTC") == (btc("0.99"), 0)
+    assert seller.balance("USDT") == (usdt("499.5"), 0)
+    assert fees.balance("USDT") == (usdt("1.5"), 0)
+    # The rest of the buyer's hold (unused fee reserve) comes back on release.
+    buyer.handle(release("alice", 2, oid("alice", "b")))
+    assert buyer.balance("USDT") == (usdt("1000") - usdt("501"), 0)
+
+
+def test_settle_as_maker_buyer() -> None:
+    maker = wallet("bob", USDT=usdt("1000"))
+    maker.handle(limit("bob", "b", "buy", PRICE, btc("0.02")))  # holds 1000 + 2 ... too much
+    assert maker.holds == {}  # rejected: 1002 needed
+    maker.handle(limit("bob", "b2", "buy", PRICE, btc("0.01")))
+    t = trade(taker_side="sell", maker_order_id=oid("bob", "b2"), taker_order_id=oid("al", "s"),
+              maker_user_id="bob", taker_user_id="al")  # fmt: skip
+    maker.handle(settle("bob", 1, t))
+    assert maker.balance("USDT") == (usdt("499"), usdt("501") - usdt("500.5"))
+    assert maker.balance("BTC") == (btc("0.01"), 0)
+
+
+def test_settle_of_a_foreign_or_closed_order_is_a_breach() -> None:
+    w = wallet("carol", USDT=usdt("1000"))
+    with pytest.raises(InvariantBreach, match="is not carol's"):
+        w.handle(settle("carol", 1, trade()))
+    w2 = wallet("alice", USDT=usdt("1000"))
+    with pytest.raises(InvariantBreach, match="not open"):
+        w2.handle(settle("alice", 1, trade()))
+
+
+def test_settle_replays_and_gaps() -> None:
+    w = wallet("alice", USDT=usdt("10000"))
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.03")))
+    t1, t2 = trade(1), trade(2)
+    assert w.handle(settle("alice", 2, t2)) == []  # early: parked
+    assert w.balance("BTC") == (0, 0)
+    assert len(w.handle(settle("alice", 1, t1))) == 2  # both apply, in order
+    assert w.handle(settle("alice", 1, t1)) == []
+    assert w.handle(settle("alice", 2, t2)) == []
+    assert w.balance("BTC") == (btc("0.02"), 0)
+
+
+# --- recovery -------------------------------------------------------------------------
+
+
+def test_snapshot_restore_gives_identical_outputs() -> None:
+    w = wallet("alice", USDT=usdt("10000"), BTC=btc("1"))
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.03")))
+    w.handle(limit("alice", "s", "sell", usdt("60000"), btc("0.5")))
+    w.handle(settle("alice", 2, trade(2)))  # parked
+    snapshot = w.snapshot()
+    rest: list[WalletInbox] = [
+        settle("alice", 1, trade(1)),
+        cancel_all("alice"),
+        credit("alice", "USDT", 5, tid="later"),
+        credit("alice", "USDT", 5, tid="seed-USDT"),
+        limit("alice", "b", "buy", PRICE, btc("0.01")),
+        limit("alice", "b9", "buy", PRICE, btc("0.01")),
+        release("alice", 3, oid("alice", "s")),
+    ]
+    restored = WalletMachine.restore(snapshot, MARKETS)
+    first: list[Message] = [m for cmd in rest for m in w.handle(cmd)]
+    second: list[Message] = [m for cmd in rest for m in restored.handle(cmd)]
+    assert msgspec.json.encode(first) == msgspec.json.encode(second)
+    assert w.snapshot() == restored.snapshot()
+    assert len(first) > 8
