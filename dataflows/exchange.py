@@ -55,63 +55,115 @@ def _failed(step: str, msg: Message, exc: Exception) -> DeadLetter:
     )
 
 
-class WalletLogic(StatefulBatchLogic[Message, Message, Any]):
-    """The wallet step for one user: a ``WalletMachine`` and its snapshots."""
+class _PartitionLogic(StatefulBatchLogic[Message, Message, Any]):
+    """The machines of one inbox partition, fed in the partition's log order.
 
-    def __init__(self, markets: Markets, resume: Any) -> None:
+    Keying the step by partition rather than by user or market makes what it
+    writes to the other inbox a function of the log alone: one logic sees its
+    partition's records in offset order and emits in that order, however the
+    consumer batched them. A crash and replay therefore re-emits the same
+    messages in the same order, and the other side applies the first copy
+    of each: a crash changes nothing, not even the interleaving.
+    """
+
+    step = ""
+
+    def __init__(self, markets: Markets, resume: dict[str, Any] | None) -> None:
         self.markets = markets
-        self.machine = WalletMachine.restore(resume, markets) if resume is not None else None
+        self.machines: dict[str, Any] = {}
+        # Machines untouched since the last snapshot reuse their snapshot tuple,
+        # so an epoch pays only for the keys it changed.
+        self.snapshots: dict[str, Any] = dict(resume or {})
+        self.dirty: dict[str, None] = {}
+        for key, snapshot in self.snapshots.items():
+            self.machines[key] = self.restore(key, snapshot)
+
+    def restore(self, key: str, snapshot: Any) -> Any:
+        raise NotImplementedError
+
+    def create(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def key_of(self, msg: Any) -> str:
+        raise NotImplementedError
+
+    def finish(self, touched: dict[str, Message], out: list[Message]) -> None:
+        """Called after each batch with the machines it touched and their last message."""
 
     def on_batch(self, values: list[Message]) -> tuple[list[Message], bool]:
         out: list[Message] = []
+        touched: dict[str, Message] = {}
         for msg in values:
-            if self.machine is None:
-                self.machine = WalletMachine(msg.user_id, self.markets)  # type: ignore[attr-defined]
             try:
-                out.extend(self.machine.handle(msg))  # type: ignore[arg-type]
+                key = self.key_of(msg)
+                machine = self.machines.get(key)
+                if machine is None:
+                    machine = self.machines[key] = self.create(key)
+                self.dirty[key] = None
+                out.extend(machine.handle(msg))
+                touched[key] = msg
             except Exception as exc:
-                out.append(_failed("wallet", msg, exc))
-        metrics.count("wallet", len(values), out)
+                out.append(_failed(self.step, msg, exc))
+        self.finish(touched, out)
+        metrics.count(self.step, len(values), out)
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> Any:
-        return self.machine.snapshot() if self.machine is not None else None
+    def snapshot(self) -> dict[str, Any]:
+        for key in self.dirty:
+            self.snapshots[key] = self.machines[key].snapshot()
+        self.dirty.clear()
+        return dict(self.snapshots)
 
 
-class BookLogic(StatefulBatchLogic[Message, Message, Any]):
-    """The book step for one market; publishes a depth snapshot after each batch."""
+class WalletLogic(_PartitionLogic):
+    """The wallets of the users on one wallet-inbox partition."""
 
-    def __init__(self, markets: Markets, resume: Any, depth_levels: int) -> None:
-        self.markets = markets
+    step = "wallet"
+
+    def restore(self, key: str, snapshot: Any) -> WalletMachine:
+        return WalletMachine.restore(snapshot, self.markets)
+
+    def create(self, key: str) -> WalletMachine:
+        return WalletMachine(key, self.markets)
+
+    def key_of(self, msg: Any) -> str:
+        return msg.user_id  # type: ignore[no-any-return]
+
+
+class BookLogic(_PartitionLogic):
+    """The books of the markets on one book-inbox partition; after each batch it
+    publishes a depth snapshot of every book the batch changed."""
+
+    step = "book"
+
+    def __init__(
+        self, markets: Markets, resume: dict[str, Any] | None, depth_levels: int = DEPTH_LEVELS
+    ) -> None:
+        super().__init__(markets, resume)
         self.depth_levels = depth_levels
-        self.machine: BookMachine | None = None
-        if resume is not None:
-            self.machine = BookMachine.restore(resume, markets.market(resume[0]))
 
-    def on_batch(self, values: list[Message]) -> tuple[list[Message], bool]:
-        out: list[Message] = []
-        before = self.machine.seq if self.machine is not None else 0
-        ts = 0
-        for msg in values:
-            assert isinstance(msg, BookOrder | BookCancel)
-            try:
-                if self.machine is None:
-                    self.machine = BookMachine(self.markets.market(msg.market))
-                out.extend(self.machine.handle(msg))
-                ts = msg.ts if isinstance(msg, BookCancel) else msg.order.ts
-            except Exception as exc:
-                out.append(_failed("book", msg, exc))
-        if self.machine is not None and self.machine.seq != before:
-            out.append(self.machine.depth(self.depth_levels, ts))
-        metrics.count("book", len(values), out)
-        return out, StatefulBatchLogic.RETAIN
+    def restore(self, key: str, snapshot: Any) -> BookMachine:
+        return BookMachine.restore(snapshot, self.markets.market(key))
 
-    def snapshot(self) -> Any:
-        return self.machine.snapshot() if self.machine is not None else None
+    def create(self, key: str) -> BookMachine:
+        return BookMachine(self.markets.market(key))
+
+    def key_of(self, msg: Any) -> str:
+        assert isinstance(msg, BookOrder | BookCancel)
+        return msg.market
+
+    def finish(self, touched: dict[str, Message], out: list[Message]) -> None:
+        for market, msg in touched.items():
+            ts = msg.order.ts if isinstance(msg, BookOrder) else msg.ts  # type: ignore[attr-defined]
+            out.append(self.machines[market].depth(self.depth_levels, ts))
 
 
-def _is_message(item: Message) -> bool:
-    return not isinstance(item, DeadLetter)
+def _is_message(item: tuple[str, Message]) -> bool:
+    return not isinstance(item[1], DeadLetter)
+
+
+def _value(item: tuple[str, Message]) -> Message:
+    return item[1]
 
 
 def _encoder(prefix: str) -> Callable[[Message], tuple[str, Record]]:
@@ -128,28 +180,31 @@ def _encoder(prefix: str) -> Callable[[Message], tuple[str, Record]]:
 
 def build_flow(
     markets: Markets,
-    wallet_inbox: Source[Message],
-    book_inbox: Source[Message],
+    wallet_inbox: Source[tuple[str, Message]],
+    book_inbox: Source[tuple[str, Message]],
     sink: Sink[tuple[str, Record]],
     *,
     prefix: str = "",
     depth_levels: int = DEPTH_LEVELS,
 ) -> Dataflow:
-    """The exchange flow over any sources and sink (Kafka in production, in-memory in tests)."""
+    """The exchange flow over any sources and sink (Kafka in production, in-memory in tests).
+
+    The sources yield ``(partition, message)``: the steps are keyed by inbox partition.
+    """
     flow = Dataflow("crypton")
     wallet_in = op.branch("wallet_decoded", op.input("wallet_inbox", flow, wallet_inbox),
                           _is_message)
     book_in = op.branch("book_decoded", op.input("book_inbox", flow, book_inbox), _is_message)
-    by_user = op.key_on("by_user", wallet_in.trues, lambda m: m.user_id)  # type: ignore[attr-defined]
-    by_market = op.key_on("by_market", book_in.trues, lambda m: m.market)  # type: ignore[attr-defined]
-    wallets = op.stateful_batch("wallet", by_user, lambda s: WalletLogic(markets, s))
-    books = op.stateful_batch("book", by_market, lambda s: BookLogic(markets, s, depth_levels))
+    wallets = op.stateful_batch("wallet", wallet_in.trues, lambda s: WalletLogic(markets, s))
+    books = op.stateful_batch(
+        "book", book_in.trues, lambda s: BookLogic(markets, s, depth_levels)
+    )
     out = op.merge(
         "outputs",
-        op.map("wallet_out", wallets, lambda kv: kv[1]),
-        op.map("book_out", books, lambda kv: kv[1]),
-        wallet_in.falses,
-        book_in.falses,
+        op.map("wallet_out", wallets, _value),
+        op.map("book_out", books, _value),
+        op.map("wallet_dead", wallet_in.falses, _value),
+        op.map("book_dead", book_in.falses, _value),
     )
     op.output("log", op.map("encode", out, _encoder(prefix)), sink)
     return flow

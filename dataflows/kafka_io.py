@@ -40,7 +40,7 @@ Record = tuple[str, bytes, bytes]
 _IDLE = timedelta(milliseconds=2)  # back-off of an empty partition; bounds the hop latency
 
 
-class _InboxPartition(StatefulSourcePartition[Message, int]):
+class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
     def __init__(
         self, settings: Settings, topic: str, partition: int, offset: int | None,
         decode: Callable[[bytes], Message], batch_size: int,
@@ -51,19 +51,20 @@ class _InboxPartition(StatefulSourcePartition[Message, int]):
         start = OFFSET_BEGINNING if offset is None else offset
         self._consumer.assign([KafkaPartition(topic, partition, start)])
         self._topic, self._partition = topic, partition
+        self._key = str(partition)
         self._offset = offset if offset is not None else 0
         self._decode = decode
         self._batch_size = batch_size
         self._awake: datetime | None = None
 
-    def next_batch(self) -> list[Message]:
+    def next_batch(self) -> list[tuple[str, Message]]:
         records = self._consumer.consume(self._batch_size, 0)
         if not records:
             self._awake = datetime.now(UTC) + _IDLE
             return []
         self._awake = None
-        items: list[Message] = []
-        decode = self._decode
+        items: list[tuple[str, Message]] = []
+        decode, key = self._decode, self._key
         for record in records:
             error = record.error()
             if error is not None:
@@ -76,14 +77,13 @@ class _InboxPartition(StatefulSourcePartition[Message, int]):
             self._offset = record.offset() + 1
             value = record.value()
             try:
-                items.append(decode(value))
+                items.append((key, decode(value)))
             except Exception as exc:  # undecodable input is kept, with its reason
-                items.append(
-                    DeadLetter(
-                        topic=self._topic, partition=self._partition, offset=record.offset(),
-                        key=record.key(), value=value, reason=f"undecodable: {exc}",
-                    )
+                dead = DeadLetter(
+                    topic=self._topic, partition=self._partition, offset=record.offset(),
+                    key=record.key(), value=value, reason=f"undecodable: {exc}",
                 )
+                items.append((key, dead))
         return items
 
     def next_awake(self) -> datetime | None:
@@ -96,8 +96,10 @@ class _InboxPartition(StatefulSourcePartition[Message, int]):
         self._consumer.close()
 
 
-class InboxSource(FixedPartitionedSource[Message, int]):
-    """Every partition of one inbox topic, decoded with ``decode``."""
+class InboxSource(FixedPartitionedSource[tuple[str, Message], int]):
+    """Every partition of one inbox topic, decoded with ``decode``, each message keyed
+    by its partition: the steps process a partition in log order, whatever batches
+    the consumer happens to return."""
 
     def __init__(
         self, settings: Settings, topic: str, decode: Callable[[bytes], Message],

@@ -9,6 +9,7 @@ next round; rounds go on until the flow writes nothing more to either inbox.
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +34,11 @@ _DECODERS: dict[str, Any] = {
     topics.REJECTIONS: codec.rejections,
     topics.DEAD_LETTERS: codec.dead_letters,
 }
+
+
+def _part(key: str, partitions: int = 3) -> str:
+    """The inbox partition of ``key``, stable like Kafka's partitioner."""
+    return str(zlib.crc32(key.encode()) % partitions)
 
 
 class Loop:
@@ -65,8 +71,8 @@ class Loop:
         out: list[Any] = []
         flow = build_flow(
             self.markets,
-            TestingSource(list(self.wallet_log), batch_size=7),
-            TestingSource(list(self.book_log), batch_size=7),
+            TestingSource([(_part(m.user_id), m) for m in self.wallet_log], batch_size=7),
+            TestingSource([(_part(m.market), m) for m in self.book_log], batch_size=7),
             TestingSink(out),
         )
         config = RecoveryConfig(str(self.recovery))

@@ -1,0 +1,234 @@
+"""``crypton audit``: the Kappa check.
+
+Reads both inbox topics from the beginning and replays them through the pure
+core: every keyed machine's input is exactly its inbox partition restricted to
+its key, so the replay reproduces what the dataflow must have done. It then
+checks, and exits non-zero on any discrepancy, that:
+
+* the state topics (orders, balances, trades, transfers, depth) folded to
+  their latest versions equal what the replay emits;
+* what each machine sent the other is in the other's inbox, byte for byte,
+  and nothing else is (duplicates from at-least-once writes are fine when
+  identical);
+* trade sequences are contiguous per market with no duplicate in effect;
+* funds are conserved per asset (all balances, fee account included, equal
+  accepted credits minus accepted debits), none is negative, every held
+  amount is backed by an open order, and no book is crossed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from crypton import codec, topics
+from crypton.config import Settings
+from crypton.domain import invariants
+from crypton.domain.markets import Markets
+from crypton.domain.matching import BookMachine
+from crypton.domain.messages import BookCancel, BookOrder, Message, Release, Settle
+from crypton.domain.views import View
+from crypton.domain.wallet import WalletMachine
+from crypton.logreader import read_topics
+
+__all__ = ["AuditReport", "audit", "main"]
+
+_MAX_SHOWN = 10
+_STATE_TOPICS = (topics.ORDERS, topics.BALANCES, topics.TRADES, topics.TRANSFERS, topics.DEPTH)
+_DECODERS: dict[str, Any] = {
+    topics.ORDERS: codec.orders,
+    topics.BALANCES: codec.balances,
+    topics.TRADES: codec.trades,
+    topics.TRANSFERS: codec.transfers,
+    topics.DEPTH: codec.depth,
+}
+
+LinkKey = tuple[str, str, int]  # (destination key, origin, sequence)
+
+
+@dataclass
+class AuditReport:
+    records: int = 0
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    dead_letters: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def check(self, name: str, problems: list[str], summary: str) -> None:
+        self.problems.extend(f"{name}: {p}" for p in problems)
+        status = "ok" if not problems else f"{len(problems)} problem(s)"
+        self.lines.append(f"  {name:<12} {summary:<40} {status}")
+        for problem in problems[:_MAX_SHOWN]:
+            self.lines.append(f"      - {problem}")
+        if len(problems) > _MAX_SHOWN:
+            self.lines.append(f"      ... and {len(problems) - _MAX_SHOWN} more")
+
+
+class _Replay:
+    """The pure core fed with the inbox topics, partition by partition."""
+
+    def __init__(self, markets: Markets) -> None:
+        self.markets = markets
+        self.wallets: dict[str, WalletMachine] = {}
+        self.books: dict[str, BookMachine] = {}
+        self.view = View()
+        self.sent: dict[str, dict[LinkKey, bytes]] = {
+            topics.WALLET_INBOX: {}, topics.BOOK_INBOX: {}
+        }
+        self.failures: list[str] = []
+
+    def wallet(self, msg: Any) -> list[Message]:
+        machine = self.wallets.get(msg.user_id)
+        if machine is None:
+            machine = self.wallets[msg.user_id] = WalletMachine(msg.user_id, self.markets)
+        return machine.handle(msg)
+
+    def book(self, msg: BookOrder | BookCancel) -> list[Message]:
+        machine = self.books.get(msg.market)
+        if machine is None:
+            machine = self.books[msg.market] = BookMachine(self.markets.market(msg.market))
+        return machine.handle(msg)
+
+    def feed(self, logical: str, msg: Any, where: str) -> None:
+        try:
+            out = self.wallet(msg) if logical == topics.WALLET_INBOX else self.book(msg)
+        except Exception as exc:  # the dataflow dead-letters these too
+            self.failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            return
+        for item in out:
+            if isinstance(item, Settle | Release):
+                self.sent[topics.WALLET_INBOX][(item.user_id, item.src, item.seq)] = (
+                    codec.encode(item)
+                )
+            elif isinstance(item, BookOrder | BookCancel):
+                self.sent[topics.BOOK_INBOX][(item.market, item.src, item.seq)] = (
+                    codec.encode(item)
+                )
+            else:
+                self.view.apply(item)
+
+
+def _compare(name: str, expected: dict[Any, Any], actual: dict[Any, Any]) -> list[str]:
+    problems = []
+    for key in sorted(expected.keys() | actual.keys(), key=repr):
+        want, got = expected.get(key), actual.get(key)
+        if want is None:
+            problems.append(f"{key} is on the {name} topic but the replay never produced it")
+        elif got is None:
+            problems.append(f"{key} is missing from the {name} topic")
+        elif want != got:
+            problems.append(f"{key} differs: log has {got!r}, replay gives {want!r}")
+    return problems
+
+
+def audit(settings: Settings, progress: Any = None) -> AuditReport:
+    """Run every check against the cluster of ``settings``."""
+    markets = settings.markets()
+    report = AuditReport()
+    replay = _Replay(markets)
+    actual = View()
+    received: dict[str, dict[LinkKey, set[bytes]]] = defaultdict(lambda: defaultdict(set))
+    trade_copies: Counter[tuple[str, int]] = Counter()
+    trades_seen: dict[tuple[str, int], set[bytes]] = defaultdict(set)
+    logical_of = {topics.topic_name(s.logical, settings.topic_prefix): s.logical
+                  for s in topics.TOPICS}
+    names = [topics.topic_name(t, settings.topic_prefix)
+             for t in (topics.WALLET_INBOX, topics.BOOK_INBOX, *_STATE_TOPICS,
+                       topics.DEAD_LETTERS)]
+    for record in read_topics(settings, names):
+        report.records += 1
+        if progress is not None and report.records % 100_000 == 0:
+            progress(f"audit: {report.records} records read")
+        logical = logical_of[record.topic]
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        if logical == topics.DEAD_LETTERS:
+            report.dead_letters += 1
+            continue
+        if logical in (topics.WALLET_INBOX, topics.BOOK_INBOX):
+            decoder = codec.wallet_inbox if logical == topics.WALLET_INBOX else codec.book_inbox
+            try:
+                msg = decoder.decode(record.value or b"")
+            except Exception:
+                continue  # undecodable input is the dead-letter topic's business
+            if isinstance(msg, Settle | Release):
+                received[logical][(msg.user_id, msg.src, msg.seq)].add(record.value or b"")
+            elif isinstance(msg, BookOrder | BookCancel):
+                received[logical][(msg.market, msg.src, msg.seq)].add(record.value or b"")
+            replay.feed(logical, msg, where)
+            continue
+        state = _DECODERS[logical].decode(record.value or b"")
+        if logical == topics.TRADES:
+            trades_seen[(state.market, state.seq)].add(record.value or b"")
+            trade_copies[(state.market, state.seq)] += 1
+        actual.apply(state)
+
+    expected = replay.view
+    report.check("orders", _compare("orders", expected.orders, actual.orders),
+                 f"{len(actual.orders)} orders")
+    report.check("balances", _compare("balances", expected.balances, actual.balances),
+                 f"{len(actual.balances)} accounts")
+    trade_problems = _compare("trades", expected.trades, actual.trades)
+    trade_problems += [f"trade {k} written with different contents"
+                       for k, v in sorted(trades_seen.items()) if len(v) > 1]
+    trade_problems += invariants.trade_sequence_problems(actual.trades.values())
+    duplicates = sum(n - 1 for n in trade_copies.values())
+    report.check("trades", trade_problems,
+                 f"{len(actual.trades)} trades, {duplicates} duplicate writes")
+    report.check("transfers", _compare("transfers", expected.transfers, actual.transfers),
+                 f"{len(actual.transfers)} transfers")
+    final_depth = {m: b.depth(len(b.book), 0) for m, b in replay.books.items()}
+    depth_problems = []
+    for market, depth in sorted(actual.depth.items()):
+        want = final_depth.get(market)
+        if want is None or (depth.seq, depth.bids, depth.asks) != (
+            want.seq, want.bids[: len(depth.bids)], want.asks[: len(depth.asks)]
+        ):
+            depth_problems.append(f"{market}: depth at seq {depth.seq} is not the replayed book")
+    report.check("depth", depth_problems, f"{len(actual.depth)} markets")
+
+    link_problems: list[str] = []
+    for logical, sent in replay.sent.items():
+        got = received[logical]
+        for key in sorted(sent.keys() | got.keys()):
+            copies = got.get(key, set())
+            if key not in sent:
+                link_problems.append(f"{logical} {key} was never sent by the replayed core")
+            elif not copies:
+                link_problems.append(f"{logical} {key} was sent but never arrived")
+            elif copies != {sent[key]}:
+                link_problems.append(f"{logical} {key} arrived with other contents")
+    link_problems += replay.failures
+    sent_total = sum(len(s) for s in replay.sent.values())
+    report.check("inbox loop", link_problems, f"{sent_total} messages between machines")
+
+    balances = actual.balance_table()
+    net = invariants.net_transfers(actual.transfers.values())
+    report.check("supply", invariants.supply_problems(balances, net),
+                 ", ".join(f"{a} {v}" for a, v in sorted(net.items())) or "no transfers")
+    hold_problems = [p for w in replay.wallets.values() for p in invariants.hold_problems(w)]
+    book_problems = [p for b in replay.books.values() for p in invariants.book_problems(b)]
+    report.check("holds", hold_problems, f"{len(replay.wallets)} wallets")
+    report.check("books", book_problems, f"{len(replay.books)} books uncrossed")
+    return report
+
+
+def main(settings: Settings, args: argparse.Namespace | None = None) -> int:
+    """Print the audit and return the exit code: 0 clean, 1 discrepancies."""
+    print(f"audit: reading the log at {settings.bootstrap_servers} ...", file=sys.stderr)
+    report = audit(settings, progress=lambda line: print(line, file=sys.stderr))
+    print(f"audit: {report.records} records replayed")
+    for line in report.lines:
+        print(line)
+    if report.dead_letters:
+        print(f"  note: {report.dead_letters} dead letter(s) on the dead-letter topic")
+    if report.clean:
+        print("verdict: CLEAN")
+        return 0
+    print(f"verdict: {len(report.problems)} DISCREPANCIES")
+    return 1

@@ -1,0 +1,69 @@
+"""Read whole topics, from the beginning to where they ended when the read began.
+
+The audit and the tests fold complete topics; the high watermarks taken at
+the start bound the read, so it finishes even while producers keep writing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from crypton.config import Settings
+from crypton.kafka import consumer_config
+
+__all__ = ["Record", "read_topics"]
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_topics(settings: Settings, names: list[str], timeout: float = 60.0) -> Iterator[Record]:
+    """Every record of ``names`` up to their current ends, each partition in offset order."""
+    consumer = Consumer(consumer_config(settings, **{"group.id": "crypton-reader"}))
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        ends: dict[tuple[str, int], int] = {}
+        for name in names:
+            topic = metadata.topics.get(name)
+            if topic is None or topic.error is not None:
+                raise RuntimeError(f"topic {name} does not exist")
+            for partition in sorted(topic.partitions):
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(name, partition), timeout=timeout
+                )
+                if high > 0:
+                    ends[(name, partition)] = high
+        if not ends:
+            return
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
+        deadline = time.monotonic() + timeout
+        while ends:
+            batch = consumer.consume(5000, 0.5)
+            if not batch and time.monotonic() > deadline:
+                missing = ", ".join(f"{t}[{p}]" for t, p in sorted(ends))
+                raise TimeoutError(f"reading stalled before the end of {missing}")
+            for record in batch:
+                error = record.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"kafka: {error}")
+                where = (record.topic(), record.partition())
+                end = ends.get(where)
+                if end is None or record.offset() >= end:
+                    continue
+                deadline = time.monotonic() + timeout
+                yield Record(where[0], where[1], record.offset(), record.key(), record.value())
+                if record.offset() + 1 >= end:
+                    del ends[where]
+    finally:
+        consumer.close()
