@@ -10,7 +10,7 @@ from crypton.domain.messages import PlaceOrder
 from crypton.domain.money import MAX_UNITS
 from crypton.domain.orders import hold_for, order_problem
 
-from .support import BTC_USDT, btc, usdt
+from .support import BTC_USDT, MARKETS, btc, usdt
 
 PRICE = usdt("50000")
 QTY = btc("0.01")
@@ -89,8 +89,6 @@ def test_every_rejection_reason(fields: dict[str, Any], reason: str) -> None:
 
 
 def test_quantity_below_the_minimum() -> None:
-    from .support import MARKETS
-
     eth = MARKETS.market("ETH-USDT")  # min_quantity 0.001 = 10 steps
     cmd = order(market="ETH-USDT", quantity=btc("0.0009"), price=usdt("10000"))
     assert order_problem(eth, cmd) == "quantity below the minimum 0.001"

@@ -150,7 +150,7 @@ def test_place_holds_exactly_hold_for() -> None:
     cmd = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=3)
     out = w.handle(cmd)
     assert [type(m) for m in out] == [OrderState, BalanceState, BookOrder]
-    state, balances, book_order = out
+    state, _balances, book_order = out
     assert isinstance(state, OrderState) and state.status == "NEW" and state.version == 1
     assert isinstance(book_order, BookOrder)
     assert book_order == BookOrder(market="BTC-USDT", src="alice", seq=1, order=cmd,
