@@ -71,8 +71,12 @@ class BookMachine:
     # --- cancel --------------------------------------------------------------------
 
     def _cancel(self, msg: BookCancel, out: list[Message]) -> None:
-        order = self.book.remove(msg.order_id)
-        if order is None or order.user_id != msg.src:
+        # Check the owner before taking the order out: removing first would let a
+        # cancel naming someone else's order drop it from the book with no Release,
+        # leaving its funds held for ever.
+        resting = self.book.orders.get(msg.order_id)
+        order = self.book.remove(msg.order_id) if resting and resting.user_id == msg.src else None
+        if order is None:
             # Filled or expired while the cancel was on its way: say so, don't drop it.
             out.append(
                 Rejection(
