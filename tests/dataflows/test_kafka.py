@@ -1,0 +1,107 @@
+"""The real dataflow process on the real broker: commands in, state topics out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from crypton.config import Settings, load_markets
+from crypton.domain.messages import CancelOrder, Credit, PlaceOrder
+from crypton.process import Child
+from tests.dataflows.kafka_support import (
+    produce,
+    produce_raw,
+    start_dataflow,
+    state_view,
+    wait_clean_audit,
+    wait_settled,
+)
+from tests.dataflows.scenarios import funding, trading
+
+pytestmark = pytest.mark.integration
+
+MARKETS = load_markets()
+
+
+def test_orders_trade_and_settle_through_kafka(
+    settings: Settings, spawn: Callable[..., Child]
+) -> None:
+    commands = funding(MARKETS) + trading(MARKETS, 600, seed=11)
+    produce(settings, commands)
+    start_dataflow(spawn, settings)
+    view = wait_settled(settings, commands)
+    assert len(view.trades) > 20
+    report = wait_clean_audit(settings)
+    assert report.clean, report.lines
+
+
+@pytest.mark.parametrize("workers", ["-w2", "two-processes"])
+def test_parallel_runs_agree_with_the_log(
+    settings: Settings, spawn: Callable[..., Child], workers: str
+) -> None:
+    commands = funding(MARKETS) + trading(MARKETS, 400, seed=12)
+    produce(settings, commands)
+    if workers == "-w2":
+        start_dataflow(spawn, settings, "-w", "2")
+    else:
+        from crypton.process import free_port
+
+        addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+        for proc in ("0", "1"):
+            start_dataflow(spawn, settings, "-i", proc, "-a", addresses, name=f"dataflow-{proc}")
+    wait_settled(settings, commands)
+    report = wait_clean_audit(settings)
+    assert report.clean, report.lines
+
+
+def test_garbage_goes_to_dead_letters_and_the_flow_keeps_going(
+    settings: Settings, spawn: Callable[..., Child]
+) -> None:
+    produce_raw(settings, b'{"msg": "place_order", "user_id": 42}', key=b"mallory")
+    produce_raw(settings, b"\xff not json")
+    credit = Credit(user_id="u", asset="USDT", amount=10**6, transfer_id="t", ts=1)
+    produce(settings, [credit])
+    start_dataflow(spawn, settings)
+    view = wait_settled(settings, [credit])
+    assert view.transfers[("u", "t")].status == "ACCEPTED"
+    report = wait_clean_audit(settings)
+    assert report.dead_letters == 2, report.lines
+    assert report.clean, report.lines
+
+
+def test_cancel_releases_exactly_the_hold(settings: Settings, spawn: Callable[..., Child]) -> None:
+    start_dataflow(spawn, settings)
+    place = PlaceOrder(user_id="u", order_id="o1", client_order_id="c1", market="BTC-USDT",
+                       side="buy", type="limit", price=30_000 * 10**6, quantity=20_000, ts=2)
+    credit = Credit(user_id="u", asset="USDT", amount=100 * 10**6, transfer_id="t", ts=1)
+    produce(settings, [credit, place])
+    view = wait_settled(settings, [credit, place])
+    assert view.balance_table()["u"]["USDT"] == (100 * 10**6 - 6_012_000, 6_012_000)
+    produce(settings, [CancelOrder(user_id="u", order_id="o1", ts=3)])
+    deadline = time.monotonic() + 30
+    while view.orders["o1"].status != "CANCELED" or view.balance_table()["u"]["USDT"][1]:
+        assert time.monotonic() < deadline, view.orders["o1"]
+        time.sleep(0.3)
+        view = state_view(settings)
+    assert view.balance_table()["u"]["USDT"] == (100 * 10**6, 0)
+
+
+def test_flow_resumes_after_a_broker_restart(
+    kafka_broker: object, settings: Settings, spawn: Callable[..., Child]
+) -> None:
+    from crypton.broker import EmbeddedBroker
+
+    if not isinstance(kafka_broker, EmbeddedBroker) or kafka_broker.settings.broker != "noida":
+        pytest.skip("needs the embedded noida broker, which keeps its data")
+    first = funding(MARKETS, users=("a", "b"))
+    produce(settings, first)
+    start_dataflow(spawn, settings)
+    wait_settled(settings, first)
+    kafka_broker.restart(timeout=60)
+    second = trading(MARKETS, 200, seed=13, users=("a", "b"))
+    produce(settings, second)
+    wait_settled(settings, second, timeout=180)
+    report = wait_clean_audit(settings)
+    assert report.clean, report.lines
