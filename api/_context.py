@@ -1,0 +1,35 @@
+"""Everything a request handler needs, built once per app by ``create_app``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from crypton.config import Settings
+from crypton.domain.markets import Markets
+
+from ._config import ApiConfig
+from ._hub import Hub
+from ._producer import CommandLog
+from .metrics import Metrics
+from .readmodel import LiveReadModel
+
+
+@dataclass
+class Context:
+    settings: Settings
+    config: ApiConfig
+    markets: Markets
+    metrics: Metrics
+    readmodel: LiveReadModel
+    hub: Hub
+    commands: CommandLog
+    precisions: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.precisions = {code: a.precision for code, a in self.markets.assets.items()}
+
+    @staticmethod
+    def now_ms() -> int:
+        """Commands carry the API's clock: the dataflow never reads one (see DESIGN.md)."""
+        return time.time_ns() // 1_000_000

@@ -1,0 +1,194 @@
+"""Server-sent event streams that resume without gaps or repeats.
+
+Every event's ``id`` is a cursor over the log, not a counter of this process,
+so a client may reconnect to any replica with ``Last-Event-ID``:
+
+* market streams: ``"<trade seq>:<depth seq>"``. Trades are replayed from the
+  trade log after the trade sequence; depth is a snapshot, so only the newest
+  one after the depth sequence is sent.
+* the user stream: ``"o0=12,o1=7,b2=30"``, the last offset seen per partition
+  of ``crypton.orders`` (``o``) and ``crypton.balances`` (``b``). Within one
+  partition every replica sees the same order, so "offset above the cursor"
+  selects each event exactly once whatever replica serves the reconnect.
+
+Live events pass the same cursor test, which also removes the overlap between
+the snapshot and the live queue. A client that falls behind (its queue
+overflows) or asks for events no longer kept gets a ``resync`` event and the
+stream ends; it should refetch the REST state and reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar.response import ServerSentEventMessage
+
+from crypton.domain.markets import Market
+
+from . import schemas
+from ._context import Context
+from ._hub import Subscriber
+from .readmodel import Change
+
+_MARKET_CURSOR = re.compile(r"(\d{1,19}):(\d{1,19})")
+_USER_CURSOR = re.compile(r"([ob])(\d{1,5})=(-?\d{1,19})")
+_KINDS = {"o": "order", "b": "balance"}
+_CODES = {v: k for k, v in _KINDS.items()}
+
+Cursor = dict[tuple[str, int], int]
+
+
+def _event(
+    event: str, data: msgspec.Struct | dict[str, Any], cursor: str
+) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=msgspec.json.encode(data).decode(), event=event, id=cursor)
+
+
+def _resync(reason: str, cursor: str) -> ServerSentEventMessage:
+    return _event("resync", {"reason": reason}, cursor)
+
+
+def parse_market_cursor(text: str | None) -> tuple[int, int] | None:
+    match = _MARKET_CURSOR.fullmatch(text or "")
+    return None if match is None else (int(match[1]), int(match[2]))
+
+
+def parse_user_cursor(text: str | None) -> Cursor | None:
+    if not text:
+        return None
+    cursor: Cursor = {}
+    for part in text.split(","):
+        match = _USER_CURSOR.fullmatch(part)
+        if match is None:
+            return None
+        cursor[(_KINDS[match[1]], int(match[2]))] = int(match[3])
+    return cursor
+
+
+def format_user_cursor(cursor: Cursor) -> str:
+    return ",".join(f"{_CODES[k]}{p}={o}" for (k, p), o in sorted(cursor.items()))
+
+
+async def _next(sub: Subscriber, heartbeat: float) -> Change | None:
+    try:
+        return await asyncio.wait_for(sub.queue.get(), heartbeat)
+    except TimeoutError:
+        return None
+
+
+_HEARTBEAT = ServerSentEventMessage(data=None, comment="keep-alive")
+
+
+async def market_stream(
+    ctx: Context, market: Market, last_event_id: str | None
+) -> AsyncIterator[ServerSentEventMessage]:
+    symbol = market.symbol
+    sub = Subscriber(ctx.config.sse_queue)
+    ctx.hub.markets[symbol].add(sub)
+    gauge = ctx.metrics.sse_clients.labels("market")
+    gauge.inc()
+    try:
+        resume = parse_market_cursor(last_event_id)
+        with ctx.readmodel.read() as model:
+            log = model.trade_log(symbol)
+            depth = model.depth.get(symbol)
+            if resume is None:
+                trade_seq, depth_seq = log.last_seq, -1
+                replay: list[Any] | None = []
+            else:
+                trade_seq, depth_seq = resume
+                replay = log.after(trade_seq)
+        if replay is None:
+            yield _resync("trades since your last event are no longer kept", "")
+            return
+        for trade in replay:
+            trade_seq = trade.seq
+            yield _event("trade", schemas.from_trade(market, trade), f"{trade_seq}:{depth_seq}")
+        if depth is not None and depth.seq > depth_seq:
+            depth_seq = depth.seq
+            yield _event(
+                "depth", schemas.from_depth(market, depth, 1000), f"{trade_seq}:{depth_seq}"
+            )
+        while True:
+            if sub.dropped:
+                ctx.metrics.sse_dropped.labels("market").inc()
+                yield _resync("client too slow", f"{trade_seq}:{depth_seq}")
+                return
+            change = await _next(sub, ctx.config.heartbeat_s)
+            if change is None:
+                yield _HEARTBEAT
+            elif change.kind == "trade" and change.record.seq > trade_seq:
+                trade_seq = change.record.seq
+                view = schemas.from_trade(market, change.record)
+                yield _event("trade", view, f"{trade_seq}:{depth_seq}")
+            elif change.kind == "depth" and change.record.seq > depth_seq:
+                depth_seq = change.record.seq
+                depth_view = schemas.from_depth(market, change.record, 1000)
+                yield _event("depth", depth_view, f"{trade_seq}:{depth_seq}")
+    finally:
+        ctx.hub.unsubscribe(ctx.hub.markets, symbol, sub)
+        gauge.dec()
+
+
+def _user_event(ctx: Context, change: Change) -> tuple[str, msgspec.Struct | dict[str, Any]]:
+    record = change.record
+    if change.kind == "order":
+        return "order", schemas.from_order(ctx.markets.market(record.market), record)
+    return "balance", schemas.from_balances(record, ctx.precisions)
+
+
+async def user_stream(
+    ctx: Context, user_id: str, last_event_id: str | None
+) -> AsyncIterator[ServerSentEventMessage]:
+    sub = Subscriber(ctx.config.sse_queue)
+    ctx.hub.users[user_id].add(sub)
+    gauge = ctx.metrics.sse_clients.labels("user")
+    gauge.inc()
+    try:
+        resume = parse_user_cursor(last_event_id)
+        snapshot: list[Change] = []
+        with ctx.readmodel.read() as model:
+            journal = ctx.readmodel.journals.get(user_id)
+            if resume is None:
+                cursor = dict(ctx.readmodel.positions)
+                balance = model.balances.get(user_id)
+                if balance is not None:
+                    snapshot.append(Change("balance", balance, -1, -1))
+                snapshot += [Change("order", o, -1, -1) for o in model.open_orders(user_id)]
+                gap = False
+            else:
+                cursor = resume
+                events = list(journal.events) if journal else []
+                evicted = journal.evicted if journal else {}
+                gap = any(cursor.get(k, -1) < off for k, off in evicted.items())
+                snapshot = [e for e in events if e.offset > cursor.get((e.kind, e.partition), -1)]
+        if gap:
+            yield _resync("events since your last event are no longer kept", "")
+            return
+        for change in snapshot:
+            if change.offset >= 0:
+                cursor[(change.kind, change.partition)] = change.offset
+            name, data = _user_event(ctx, change)
+            yield _event(name, data, format_user_cursor(cursor))
+        while True:
+            if sub.dropped:
+                ctx.metrics.sse_dropped.labels("user").inc()
+                yield _resync("client too slow", format_user_cursor(cursor))
+                return
+            live = await _next(sub, ctx.config.heartbeat_s)
+            if live is None:
+                yield _HEARTBEAT
+                continue
+            key = (live.kind, live.partition)
+            if live.offset <= cursor.get(key, -1):
+                continue
+            cursor[key] = live.offset
+            name, data = _user_event(ctx, live)
+            yield _event(name, data, format_user_cursor(cursor))
+    finally:
+        ctx.hub.unsubscribe(ctx.hub.users, user_id, sub)
+        gauge.dec()

@@ -1,0 +1,92 @@
+"""The Litestar application: ``python -m uvicorn api.app:create_app --factory``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from crypton.config import Settings
+
+from ._config import ApiConfig
+from ._context import Context
+from ._hub import Hub
+from ._producer import CommandLog
+from .auth import BEARER
+from .errors import EXCEPTION_HANDLERS
+from .metrics import Metrics, metrics_middleware
+from .readmodel import LiveReadModel
+from .routes import account, admin, health, markets, orders, stream
+
+log = logging.getLogger("crypton.api")
+
+ROUTES = [
+    health.health, health.ready, health.metrics,
+    markets.list_markets, markets.get_market, markets.get_depth, markets.list_trades,
+    markets.list_candles,
+    orders.place_order, orders.get_order, orders.cancel_order, orders.cancel_all,
+    orders.list_orders,
+    account.get_balances, account.list_fills,
+    admin.create_user, admin.user_balances, admin.credit, admin.debit,
+    stream.stream_market, stream.stream_me,
+]  # fmt: skip
+
+
+def create_app(settings: Settings | None = None, config: ApiConfig | None = None) -> Litestar:
+    """Build the app; the read model and the producer start with the server's event loop."""
+    settings = settings or Settings.from_env()
+    config = config or ApiConfig.from_env()
+    metrics = Metrics()
+    readmodel = LiveReadModel(settings, metrics)
+    hub = Hub()
+    readmodel.on_changes = hub.post
+    ctx = Context(
+        settings=settings,
+        config=config,
+        markets=settings.markets(),
+        metrics=metrics,
+        readmodel=readmodel,
+        hub=hub,
+        commands=CommandLog(settings, metrics, config.produce_timeout_s),
+    )
+    if config.admin_token is None:
+        log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")
+
+    async def start() -> None:
+        hub.bind(asyncio.get_running_loop())
+        ctx.commands.start()
+        readmodel.start()
+
+    async def stop() -> None:
+        await asyncio.to_thread(readmodel.stop)
+        await asyncio.to_thread(ctx.commands.close)
+
+    return Litestar(
+        route_handlers=ROUTES,
+        on_startup=[start],
+        on_shutdown=[stop],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[metrics_middleware(metrics)],
+        state=State({"ctx": ctx}),
+        openapi_config=OpenAPIConfig(
+            title="Crypton",
+            version="1.0.0",
+            description=(
+                "A crypto exchange whose only database is the Kafka log. Amounts are decimal "
+                "strings, times are milliseconds since the epoch. Authenticate with "
+                "`Authorization: Bearer <api key>` (admin routes: the admin token)."
+            ),
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    BEARER: SecurityScheme(type="http", scheme="bearer", description="API key")
+                }
+            ),
+        ),
+    )

@@ -1,0 +1,69 @@
+"""Bearer authentication: user API keys and the admin token.
+
+A key is looked up by its SHA-256 in the users table folded from
+``crypton.users``; the admin token comes from ``CRYPTON_ADMIN_TOKEN``. Both
+failures look the same to the caller (401), and a user id is never revealed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Final
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+
+from crypton.users import hash_key
+
+from ._context import Context
+from .errors import ApiError, unavailable
+
+BEARER: Final = "bearer"
+SECURITY: Final[list[dict[str, list[str]]]] = [{BEARER: []}]
+
+
+def _bearer(request: ASGIConnection[Any, Any, Any, Any]) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
+    return token.strip()
+
+
+def _context(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+async def current_user(request: Request[Any, Any, Any]) -> str:
+    """The user the request's API key belongs to."""
+    token = _bearer(request)
+    ctx = _context(request)
+    if not ctx.readmodel.ready.is_set():
+        raise unavailable("the API is still reading the log; retry shortly")
+    with ctx.readmodel.read() as model:
+        user_id = model.user_by_key_hash(hash_key(token))
+    if user_id is None:
+        raise ApiError(401, "unauthorized", "unknown API key")
+    return user_id
+
+
+async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard, not a dependency: Litestar runs guards on every request to the route,
+    while a dependency runs only if the handler asks for it."""
+    token = _bearer(connection)
+    expected = _context(connection).config.admin_token
+    # compare_digest: the comparison time does not reveal how much of the token matched.
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "admin routes need the admin token as Bearer")
+
+
+async def provide_context(request: Request[Any, Any, Any]) -> Context:
+    return _context(request)
+
+
+USER: Final = {"user": Provide(current_user), "ctx": Provide(provide_context)}
+ADMIN_GUARDS: Final = [admin_guard]
+PUBLIC: Final = {"ctx": Provide(provide_context)}

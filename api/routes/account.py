@@ -1,0 +1,51 @@
+"""The caller's balances and fills."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from litestar import get
+from litestar.params import Parameter
+
+from .. import schemas
+from .._context import Context
+from ..auth import SECURITY, USER
+from ..errors import error_responses, invalid
+from .markets import market_of
+
+_FILL_CURSOR = re.compile(r"(\d{1,19})\.([A-Z0-9]{1,16}-[A-Z0-9]{1,16})\.(\d{1,19})")
+
+
+@get("/v1/balances", dependencies=USER, security=SECURITY, tags=["account"],
+     responses=error_responses(401))  # fmt: skip
+async def get_balances(ctx: Context, user: str) -> dict[str, schemas.BalanceView]:
+    """``{asset: {available, held}}`` for every asset; ``held`` backs open orders."""
+    with ctx.readmodel.read() as model:
+        state = model.balances.get(user)
+    return schemas.from_balances(state, ctx.precisions)
+
+
+@get("/v1/fills", dependencies=USER, security=SECURITY, tags=["account"],
+     responses=error_responses(400, 401, 404))  # fmt: skip
+async def list_fills(
+    ctx: Context,
+    user: str,
+    market: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+) -> schemas.FillPage:
+    """The caller's executions, newest first: which side, maker or taker, and the fee
+    (charged in the market's quote asset)."""
+    if market is not None:
+        market_of(ctx, market)
+    after = None
+    if cursor is not None:
+        match = _FILL_CURSOR.fullmatch(cursor)
+        if match is None:
+            raise invalid("cursor", "cursor must be a next_cursor returned by this endpoint")
+        after = (int(match[1]), match[2], int(match[3]))
+    with ctx.readmodel.read() as model:
+        page = model.fills(user, market=market, limit=limit, cursor=after)
+    items = [schemas.from_fill(ctx.markets.market(f.trade.market), f) for f in page.items]
+    return schemas.FillPage(items=items, next_cursor=page.next_cursor)

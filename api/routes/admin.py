@@ -1,0 +1,144 @@
+"""Admin routes (the admin token as Bearer): users and API keys, credits and debits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from litestar import Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from crypton import codec, topics
+from crypton.domain.messages import FEE_ACCOUNT, Credit, Debit, TransferState
+from crypton.domain.money import to_text
+from crypton.users import UserIdError, UserState, check_user_id, hash_key, new_api_key, new_user_id
+
+from .. import schemas
+from .._context import Context
+from ..auth import ADMIN_GUARDS, PUBLIC, SECURITY
+from ..errors import ApiError, error_responses, invalid, not_found, unavailable
+from ..validation import check_transfer
+
+ADMIN_ROUTE: Final[dict[str, Any]] = {
+    "dependencies": PUBLIC, "guards": ADMIN_GUARDS, "security": SECURITY, "tags": ["admin"],
+}  # fmt: skip
+Wait = Annotated[
+    bool, Parameter(description="Wait (at most 5 s) for the wallet's decision before answering")
+]
+
+
+@post("/v1/admin/users", **ADMIN_ROUTE, status_code=201,
+      responses=error_responses(400, 401, 409, 503))  # fmt: skip
+async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> schemas.UserCreated:
+    """Create a user and its API key. The key is in this response only: the log keeps
+    its SHA-256."""
+    user_id = (data.user_id if data else None) or new_user_id()
+    try:
+        check_user_id(user_id)
+    except UserIdError as exc:
+        raise invalid("user_id", str(exc)) from None
+    if not ctx.readmodel.ready.is_set():
+        raise unavailable("the API is still reading the log; retry shortly")
+
+    def known() -> UserState | None:
+        with ctx.readmodel.read() as model:
+            return model.users.get(user_id)
+
+    if known() is not None:
+        raise ApiError(409, "user_exists", f"user {user_id!r} already exists")
+    key = new_api_key()
+    mine = UserState(
+        user_id=user_id, key_hashes=[hash_key(key)], created_at=ctx.now_ms(), version=1
+    )
+    topic = topics.topic_name(topics.USERS, ctx.settings.topic_prefix)
+    await ctx.commands.append(topic, user_id, codec.encode(mine), "create_user")
+    # Another replica may have created the same id at the same moment: the first
+    # record in the log wins. Waiting for ours also makes the key usable at once here.
+    winner = await ctx.hub.wait_for(("user", user_id), known, ctx.config.wait_timeout_s)
+    if winner is not None and winner.key_hashes != mine.key_hashes:
+        # Write the winner again so that compaction, which keeps the last record
+        # per key, keeps the winner and not our losing record.
+        await ctx.commands.append(topic, user_id, codec.encode(winner), "create_user")
+        raise ApiError(409, "user_exists", f"user {user_id!r} already exists")
+    return schemas.UserCreated(user_id=user_id, api_key=key)
+
+
+@get("/v1/admin/users/{user_id:str}/balances", **ADMIN_ROUTE,
+     responses=error_responses(401, 404))  # fmt: skip
+async def user_balances(ctx: Context, user_id: str) -> dict[str, schemas.BalanceView]:
+    """Any user's balances, including the fee account ``_fees``."""
+    with ctx.readmodel.read() as model:
+        if user_id != FEE_ACCOUNT and user_id not in model.users:
+            raise not_found("user", user_id)
+        state = model.balances.get(user_id)
+    return schemas.from_balances(state, ctx.precisions)
+
+
+_TRANSFER_RESPONSES = {
+    200: ResponseSpec(schemas.TransferView, description="Decided (repeat, or ?wait=true)"),
+    **error_responses(400, 401, 404, 409, 503),
+}
+
+
+@post("/v1/admin/users/{user_id:str}/credit", **ADMIN_ROUTE, status_code=202,
+      responses=_TRANSFER_RESPONSES)  # fmt: skip
+async def credit(
+    ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
+) -> Response[schemas.TransferView]:
+    """Add to the user's available balance (a deposit)."""
+    return await _transfer(ctx, user_id, "credit", data, wait)
+
+
+@post("/v1/admin/users/{user_id:str}/debit", **ADMIN_ROUTE, status_code=202,
+      responses=_TRANSFER_RESPONSES)  # fmt: skip
+async def debit(
+    ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
+) -> Response[schemas.TransferView]:
+    """Take from the user's available balance (a withdrawal); the wallet rejects a debit
+    beyond what is available, with the reason."""
+    return await _transfer(ctx, user_id, "debit", data, wait)
+
+
+async def _transfer(
+    ctx: Context, user_id: str, direction: str, body: schemas.TransferRequest, wait: bool
+) -> Response[schemas.TransferView]:
+    command = check_transfer(ctx.markets, user_id, direction, body, ctx.now_ms())
+    precision = ctx.precisions[command.asset]
+    if not ctx.readmodel.ready.is_set():
+        raise unavailable("the API is still reading the log; retry shortly")
+
+    def decided() -> TransferState | None:
+        with ctx.readmodel.read() as model:
+            return model.transfers.get((user_id, body.transfer_id))
+
+    with ctx.readmodel.read() as model:
+        if user_id != FEE_ACCOUNT and user_id not in model.users:
+            raise not_found("user", user_id)
+    known = decided()
+    if known is not None:
+        if (known.direction, known.asset, known.amount) != (
+            direction,
+            command.asset,
+            command.amount,
+        ):
+            raise ApiError(
+                409, "transfer_conflict",
+                f"transfer_id {body.transfer_id!r} was used for a different transfer",
+            )  # fmt: skip
+        return Response(schemas.from_transfer(known, precision), status_code=200)
+    topic = topics.topic_name(topics.WALLET_INBOX, ctx.settings.topic_prefix)
+    await ctx.commands.append(topic, user_id, codec.encode(command), direction)
+    if wait:
+        key = ("transfer", f"{user_id}/{body.transfer_id}")
+        final = await ctx.hub.wait_for(key, decided, ctx.config.wait_timeout_s)
+        if final is not None:
+            return Response(schemas.from_transfer(final, precision), status_code=200)
+    return Response(_pending(command, precision), status_code=202)
+
+
+def _pending(command: Credit | Debit, precision: int) -> schemas.TransferView:
+    return schemas.TransferView(
+        transfer_id=command.transfer_id, user_id=command.user_id,
+        direction="credit" if isinstance(command, Credit) else "debit", asset=command.asset,
+        amount=to_text(command.amount, precision), status="PENDING", reason=None, ts=command.ts,
+    )  # fmt: skip

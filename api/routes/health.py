@@ -1,0 +1,40 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from litestar import MediaType, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import schemas
+from .._context import Context
+from ..auth import PUBLIC
+from ..errors import ApiError, error_responses
+
+
+@get("/health", dependencies=PUBLIC, tags=["ops"], sync_to_thread=False)
+def health() -> schemas.Status:
+    """The process is up."""
+    return schemas.Status(status="ok")
+
+
+@get("/ready", dependencies=PUBLIC, tags=["ops"], responses=error_responses(503),
+     sync_to_thread=False)  # fmt: skip
+def ready(ctx: Context) -> schemas.Status:
+    """Caught up with the state topics as they were at start, and the broker reachable."""
+    rm = ctx.readmodel
+    if not rm.ready.is_set():
+        raise ApiError(503, "not_ready", "the read model is still reading the state topics")
+    if not rm.connected:
+        raise ApiError(503, "not_ready", "the broker is not reachable")
+    with rm.read() as model:
+        detail = {"orders": len(model.orders), "users": len(model.users)}
+    if rm.ready_after_s is not None:
+        detail["startup_ms"] = int(rm.ready_after_s * 1000)
+    return schemas.Status(status="ready", detail=detail)
+
+
+@get("/metrics", dependencies=PUBLIC, include_in_schema=False, sync_to_thread=False)
+def metrics(ctx: Context) -> Response[bytes]:
+    return Response(
+        generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST or MediaType.TEXT
+    )

@@ -1,0 +1,165 @@
+"""Orders: place, cancel, cancel all, get and list (the caller's own only).
+
+Commands are acknowledged once they are in the log (202); the order's state
+comes later from ``crypton.orders``. ``?wait=true`` waits for it (bounded)
+so a client can read its own write.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from litestar import Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from crypton import codec, topics
+from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
+
+from .. import schemas
+from .._context import Context
+from ..auth import SECURITY, USER
+from ..errors import ApiError, error_responses, invalid, not_found
+from ..validation import check_order, new_client_order_id
+from .markets import market_of
+
+Wait = Annotated[
+    bool, Parameter(description="Wait (at most 5 s) for the order's state before answering")
+]
+_ORDER_CURSOR = re.compile(r"(\d{1,19})\.([A-Za-z0-9-]{1,64})")
+
+
+def _inbox(ctx: Context) -> str:
+    return topics.topic_name(topics.WALLET_INBOX, ctx.settings.topic_prefix)
+
+
+def _view(ctx: Context, state: OrderState) -> schemas.OrderView:
+    return schemas.from_order(ctx.markets.market(state.market), state)
+
+
+def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
+    with ctx.readmodel.read() as model:
+        state = model.order_of(user, order_id)
+    if state is None:
+        raise not_found("order", order_id)
+    return state
+
+
+@post(
+    "/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
+    responses={
+        200: ResponseSpec(
+            schemas.OrderView, description="Known order (repeated client_order_id, or ?wait=true)"
+        ),
+        **error_responses(400, 401, 503),
+    },
+)  # fmt: skip
+async def place_order(
+    ctx: Context, user: str, data: schemas.NewOrder, wait: Wait = False
+) -> Response[schemas.OrderView]:
+    """Place an order. The order id is derived from (user, client_order_id), so a retry
+    with the same client_order_id names the same order and never places a second one."""
+    client_order_id = data.client_order_id or new_client_order_id()
+    with ctx.readmodel.read() as model:
+        known = model.order_by_client_id(user, client_order_id)
+    if known is not None:
+        return Response(_view(ctx, known), status_code=200)
+    command = check_order(ctx.markets, user, data, client_order_id, ctx.now_ms())
+    await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "place_order")
+    if wait:
+
+        def placed() -> OrderState | None:
+            with ctx.readmodel.read() as model:
+                return model.order_of(user, command.order_id)
+
+        state = await ctx.hub.wait_for(
+            ("order", command.order_id), placed, ctx.config.wait_timeout_s
+        )
+        if state is not None:
+            return Response(_view(ctx, state), status_code=200)
+    market = ctx.markets.market(command.market)
+    return Response(schemas.from_order(market, command), status_code=202)
+
+
+@get("/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
+     responses=error_responses(401, 404))  # fmt: skip
+async def get_order(ctx: Context, user: str, order_id: str) -> schemas.OrderView:
+    return _view(ctx, _own_order(ctx, user, order_id))
+
+
+@delete(
+    "/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
+    status_code=202,
+    responses={
+        200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
+        **error_responses(401, 404, 409, 503),
+    },
+)  # fmt: skip
+async def cancel_order(
+    ctx: Context, user: str, order_id: str, wait: Wait = False
+) -> Response[schemas.OrderView]:
+    """Request a cancel. An order that is already closed (filled, canceled, expired,
+    rejected) answers 409 ``order_closed``; its state is at GET /v1/orders/{order_id}."""
+    state = _own_order(ctx, user, order_id)
+    if state.status in TERMINAL:
+        raise ApiError(409, "order_closed", f"order {order_id} is already {state.status}")
+    command = CancelOrder(user_id=user, order_id=order_id, ts=ctx.now_ms())
+    await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "cancel_order")
+    if wait:
+
+        def closed() -> OrderState | None:
+            with ctx.readmodel.read() as model:
+                now = model.order_of(user, order_id)
+            return now if now is not None and now.status in TERMINAL else None
+
+        final = await ctx.hub.wait_for(("order", order_id), closed, ctx.config.wait_timeout_s)
+        if final is not None:
+            return Response(_view(ctx, final), status_code=200)
+    return Response(_view(ctx, state), status_code=202)
+
+
+@delete("/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
+        responses=error_responses(401, 404, 503))  # fmt: skip
+async def cancel_all(
+    ctx: Context,
+    user: str,
+    market: Annotated[str | None, Parameter(description="Only this market")] = None,
+) -> schemas.CancelAllResult:
+    """Cancel every open order of the caller (in one market, or all)."""
+    if market is not None:
+        market_of(ctx, market)
+    with ctx.readmodel.read() as model:
+        open_ids = [o.order_id for o in model.open_orders(user, market)]
+    command = CancelAll(user_id=user, market=market, ts=ctx.now_ms())
+    await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "cancel_all")
+    return schemas.CancelAllResult(market=market, order_ids=open_ids)
+
+
+@get("/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"],
+     responses=error_responses(400, 401, 404))  # fmt: skip
+async def list_orders(
+    *,
+    ctx: Context,
+    user: str,
+    status: Literal["open", "all"] = "all",
+    market: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+) -> schemas.OrderPage:
+    """The caller's orders, newest first."""
+    if market is not None:
+        market_of(ctx, market)
+    after = None
+    if cursor is not None:
+        match = _ORDER_CURSOR.fullmatch(cursor)
+        if match is None:
+            raise invalid("cursor", "cursor must be a next_cursor returned by this endpoint")
+        after = (int(match[1]), match[2])
+    with ctx.readmodel.read() as model:
+        page = model.list_orders(
+            user, open_only=status == "open", market=market, limit=limit, cursor=after
+        )
+    return schemas.OrderPage(
+        items=[_view(ctx, s) for s in page.items], next_cursor=page.next_cursor
+    )

@@ -1,0 +1,41 @@
+"""Push: server-sent events for a market and for the caller's own orders and balances."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import get
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent
+
+from .._context import Context
+from .._sse import market_stream, user_stream
+from ..auth import PUBLIC, SECURITY, USER
+from ..errors import error_responses
+from .markets import market_of
+
+LastEventId = Annotated[
+    str | None,
+    Parameter(
+        header="Last-Event-ID",
+        description="Resume after this event id (browsers send it when they reconnect)",
+    ),
+]
+
+
+@get("/v1/stream/markets/{market:str}", dependencies=PUBLIC, tags=["stream"],
+     responses=error_responses(404))  # fmt: skip
+async def stream_market(
+    ctx: Context, market: str, last_event_id: LastEventId = None
+) -> ServerSentEvent:
+    """``trade`` and ``depth`` events of one market (``text/event-stream``)."""
+    m = market_of(ctx, market)
+    return ServerSentEvent(market_stream(ctx, m, last_event_id))
+
+
+@get("/v1/stream/me", dependencies=USER, security=SECURITY, tags=["stream"],
+     responses=error_responses(401, 503))  # fmt: skip
+async def stream_me(ctx: Context, user: str, last_event_id: LastEventId = None) -> ServerSentEvent:
+    """The caller's ``order`` and ``balance`` events. Without Last-Event-ID the stream
+    starts with the current balances and open orders."""
+    return ServerSentEvent(user_stream(ctx, user, last_event_id))
