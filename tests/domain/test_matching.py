@@ -360,29 +360,31 @@ class Feeder:
         return self.machine.handle(msg)
 
 
-def _script() -> list[tuple[str, PlaceOrder | str]]:
+def _script() -> list[PlaceOrder | str]:
     users = ["u0", "u1", "u2", "u3"]
-    steps: list[tuple[str, PlaceOrder | str]] = []
+    steps: list[PlaceOrder | str] = []
     for i in range(60):
         user = users[i % 4]
         side = "buy" if i % 3 else "sell"
         price = P + (i % 7 - 3) * usdt("10")
         if i % 5 == 4:
-            steps.append(("cancel", oid(users[(i + 1) % 4], f"o{i - 3}")))
+            steps.append(oid(users[(i + 1) % 4], f"o{i - 3}"))
         elif i % 11 == 10:
-            steps.append(("order", market_sell(user, f"o{i}", btc("0.003"))))
+            steps.append(market_sell(user, f"o{i}", btc("0.003")))
         elif i % 13 == 12:
-            steps.append(("order", market_buy(user, f"o{i}", usdt("300"))))
+            steps.append(market_buy(user, f"o{i}", usdt("300")))
         else:
             tif = "IOC" if i % 9 == 8 else "GTC"
-            steps.append(("order", limit(user, f"o{i}", side, price, btc("0.002") * (1 + i % 3),
-                                         time_in_force=tif, stp="expire_maker")))  # fmt: skip
+            quantity = btc("0.002") * (1 + i % 3)
+            steps.append(
+                limit(user, f"o{i}", side, price, quantity, time_in_force=tif, stp="expire_maker")
+            )
     return steps
 
 
-def _run(feed: Feeder, steps: list[tuple[str, PlaceOrder | str]]) -> list[Message]:
+def _run(feed: Feeder, steps: list[PlaceOrder | str]) -> list[Message]:
     out: list[Message] = []
-    for kind, item in steps:
+    for item in steps:
         if isinstance(item, PlaceOrder):
             hold = usdt("100000") if item.side == "buy" else (item.quantity or 0)
             out += feed.order(item, hold)
@@ -397,9 +399,7 @@ def test_snapshot_restore_mid_book_gives_identical_outputs(cut: int) -> None:
     original = Feeder(BookMachine(BTC_USDT))
     _run(original, steps[:cut])
     assert len(original.machine.book) >= 3
-    snapshot = msgspec.msgpack.decode(
-        msgspec.msgpack.encode(original.machine.snapshot()), type=object
-    ) if False else original.machine.snapshot()  # fmt: skip
+    snapshot = original.machine.snapshot()
     restored = Feeder(BookMachine.restore(snapshot, BTC_USDT))
     restored.seq = dict(original.seq)
     first = _run(original, steps[cut:])

@@ -1,0 +1,179 @@
+"""The in-memory exchange end to end: balances to the unit, cancels, replays."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import msgspec
+
+from crypton.domain.exchange import Exchange
+from crypton.domain.invariants import exchange_problems
+from crypton.domain.messages import (
+    FEE_ACCOUNT,
+    BalanceState,
+    BookCancel,
+    BookOrder,
+    Message,
+    OrderState,
+    Rejection,
+    Release,
+    Settle,
+    Trade,
+    WalletInbox,
+)
+
+from .support import (
+    MARKETS,
+    AuditedExchange,
+    btc,
+    cancel,
+    cancel_all,
+    credit,
+    debit,
+    last_state,
+    limit,
+    market_buy,
+    market_sell,
+    oid,
+    only,
+    usdt,
+)
+
+P = usdt("50000")
+
+
+def test_two_users_trade_end_to_end() -> None:
+    ex = AuditedExchange()
+    ex.submit(credit("alice", "USDT", usdt("10000"), tid="a1"))
+    ex.submit(credit("bob", "BTC", btc("1"), tid="b1"))
+    out = ex.submit(limit("bob", "s", "sell", P, btc("0.1")))
+    assert [(s.status, s.version) for s in only(out, OrderState)] == [("NEW", 1), ("OPEN", 2)]
+    out = ex.submit(limit("alice", "b", "buy", P, btc("0.04")))
+    assert [(type(m).__name__, getattr(m, "user_id", None)) for m in out] == [
+        ("OrderState", "alice"),  # NEW
+        ("BalanceState", "alice"),  # holds 2000 + 4 fee reserve
+        ("Trade", None),
+        ("OrderState", "bob"),  # PARTIALLY_FILLED
+        ("OrderState", "alice"),  # FILLED
+        ("BalanceState", "bob"),  # settles the trade
+        ("BalanceState", "alice"),  # settles; the release that follows frees nothing
+        ("BalanceState", FEE_ACCOUNT),
+    ]
+    (trade,) = only(out, Trade)
+    assert (trade.seq, trade.notional, trade.maker_fee, trade.taker_fee) == (
+        1, usdt("2000"), usdt("2"), usdt("4"),
+    )  # fmt: skip
+    assert ex.wallet("alice").balance("USDT") == (usdt("10000") - usdt("2004"), 0)
+    assert ex.wallet("alice").balance("BTC") == (btc("0.04"), 0)
+    assert ex.wallet("bob").balance("BTC") == (btc("0.9"), btc("0.06"))
+    assert ex.wallet("bob").balance("USDT") == (usdt("1998"), 0)
+    assert ex.wallet(FEE_ACCOUNT).balance("USDT") == (usdt("6"), 0)
+    # Bob withdraws his proceeds; alice cannot withdraw more than she has.
+    ex.submit(debit("bob", "USDT", usdt("1998"), tid="b2"))
+    assert ex.submit(debit("alice", "BTC", btc("0.05"), tid="a2"))[0].status == "REJECTED"  # type: ignore[attr-defined]
+    assert ex.transfers == {"USDT": usdt("8002"), "BTC": btc("1")}
+    depth = ex.depth("BTC-USDT", 5, ts=1)
+    assert (depth.bids, depth.asks, depth.seq) == ([], [(P, btc("0.06"))], 2)
+
+
+def test_cancel_releases_exactly_the_held_funds_once() -> None:
+    ex = AuditedExchange()
+    ex.submit(credit("alice", "USDT", usdt("10000"), tid="a1"))
+    ex.submit(credit("bob", "BTC", btc("1"), tid="b1"))
+    ex.submit(limit("alice", "b", "buy", P, btc("0.1")))  # holds 5000 + 10
+    ex.submit(limit("bob", "s", "sell", P, btc("0.03")))  # alice is maker: 1500 + 1.5 fee
+    assert ex.wallet("alice").balance("USDT") == (usdt("4990"), usdt("5010") - usdt("1501.5"))
+    out = ex.submit(cancel("alice", "b", ts=3))
+    state = last_state(out, oid("alice", "b"))
+    assert (state.status, state.reason, state.filled_quantity) == (
+        "CANCELED", "canceled by user", btc("0.03"),
+    )  # fmt: skip
+    assert [b.balances["USDT"].available for b in only(out, BalanceState)] == [
+        usdt("10000") - usdt("1501.5")
+    ]
+    assert ex.wallet("alice").balance("USDT") == (usdt("8498.5"), 0)
+    out = ex.submit(cancel("alice", "b", ts=4))
+    assert out == [Rejection(user_id="alice", command="cancel_order", ref=oid("alice", "b"),
+                             reason="order is not open", ts=4)]  # fmt: skip
+    assert ex.wallet("alice").balance("USDT") == (usdt("8498.5"), 0)
+
+
+def test_cancel_all() -> None:
+    ex = AuditedExchange()
+    ex.submit(credit("alice", "USDT", usdt("10000"), tid="a1"))
+    ex.submit(limit("alice", "b1", "buy", P, btc("0.01")))
+    ex.submit(limit("alice", "b2", "buy", P - usdt("1"), btc("0.01")))
+    ex.submit(limit("alice", "e", "buy", usdt("2000"), btc("0.1"), market="ETH-USDT"))
+    out = ex.submit(cancel_all("alice", "BTC-USDT"))
+    assert [s.order_id for s in only(out, OrderState) if s.status == "CANCELED"] == [
+        oid("alice", "b1"), oid("alice", "b2")
+    ]  # fmt: skip
+    assert ex.wallet("alice").balance("USDT") == (usdt("10000") - usdt("200.4"), usdt("200.4"))
+    ex.submit(cancel_all("alice"))
+    assert ex.wallet("alice").balance("USDT") == (usdt("10000"), 0)
+    assert ex.submit(cancel_all("alice")) == []
+
+
+class DuplicatingExchange(Exchange):
+    """Delivers every message between the machines twice, as an at-least-once log may."""
+
+    def submit(self, command: WalletInbox) -> list[Message]:
+        queue: deque[Message] = deque((command,))
+        emitted: list[Message] = []
+        internal = 0
+        while queue:
+            msg = queue.popleft()
+            if isinstance(msg, BookOrder | BookCancel):
+                out = self.books[msg.market].handle(msg)
+            else:
+                out = self.wallet(msg.user_id).handle(msg)  # type: ignore[attr-defined,arg-type]
+            for item in out:
+                if isinstance(item, Settle | Release | BookOrder | BookCancel):
+                    queue.extend((item, item))
+                    internal += 1
+                else:
+                    emitted.append(item)
+        self.internal = getattr(self, "internal", 0) + internal
+        return emitted
+
+
+def _session() -> list[WalletInbox]:
+    commands: list[WalletInbox] = []
+    for user in ("alice", "bob", "carol"):
+        commands += [credit(user, "USDT", usdt("50000"), tid=user), credit(user, "BTC", btc("2"))]
+    commands += [
+        limit("bob", "s1", "sell", P, btc("0.2")),
+        limit("carol", "s2", "sell", P + usdt("10"), btc("0.3")),
+        limit("alice", "b1", "buy", P + usdt("10"), btc("0.25")),
+        market_buy("alice", "m1", usdt("3000")),
+        limit("alice", "b2", "buy", P - usdt("100"), btc("0.1")),
+        market_sell("bob", "m2", btc("0.05")),
+        cancel("alice", "b2"),
+        cancel("alice", "b2"),
+        limit("carol", "s3", "sell", P, btc("0.1"), stp="expire_both"),
+        limit("carol", "b3", "buy", P, btc("0.1"), stp="expire_both"),
+        limit("alice", "f", "buy", P + usdt("20"), btc("1"), time_in_force="FOK"),
+        limit("alice", "i", "buy", P + usdt("20"), btc("1"), time_in_force="IOC"),
+        cancel_all("bob"),
+        debit("carol", "BTC", btc("1"), tid="w"),
+    ]
+    return commands
+
+
+def test_replaying_every_internal_message_changes_nothing() -> None:
+    plain, doubled = Exchange(MARKETS), DuplicatingExchange(MARKETS)
+    first = [m for cmd in _session() for m in plain.submit(cmd)]
+    second = [m for cmd in _session() for m in doubled.submit(cmd)]
+    assert len(only(first, Trade)) >= 4
+    assert doubled.internal > 20
+    assert msgspec.json.encode(first) == msgspec.json.encode(second)
+    for user, wallet in plain.wallets.items():
+        assert doubled.wallets[user].snapshot() == wallet.snapshot()
+    for symbol, book in plain.books.items():
+        assert doubled.books[symbol].snapshot() == book.snapshot()
+    assert exchange_problems(doubled, {"USDT": usdt("150000"), "BTC": btc("5")}) == []
+
+
+def test_the_same_commands_give_the_same_bytes() -> None:
+    runs = [[m for cmd in _session() for m in Exchange(MARKETS).submit(cmd)] for _ in range(2)]
+    assert msgspec.json.encode(runs[0]) == msgspec.json.encode(runs[1])
