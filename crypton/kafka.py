@@ -6,11 +6,17 @@ quirks, so the same code runs against the embedded brokers and Apache Kafka.
 
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from crypton.config import Settings
 
-__all__ = ["consumer_config", "producer_config"]
+__all__ = ["KafkaUnavailableError", "admin", "consumer_config", "producer_config", "wait_for_kafka"]
 
 # The Java client's partitioner: ksqlDB, Kafka Streams and our own producers
 # must all put one key in one partition, or a key's state would see two logs.
@@ -45,3 +51,68 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+class KafkaUnavailableError(RuntimeError):
+    """The cluster did not answer in time; the message names the address and the cause."""
+
+
+def _quiet_logger() -> logging.Logger:
+    # librdkafka logs every failed connection attempt to stderr; while we poll a
+    # broker that is still starting, those lines are expected and say nothing.
+    logger = logging.getLogger("crypton.kafka.admin")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+def admin(settings: Settings, **overrides: Any) -> AdminClient:
+    """An admin client for the configured cluster, silent about connection retries."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    config.update(overrides)
+    return AdminClient(config, logger=_quiet_logger())
+
+
+def _tcp_reachable(bootstrap: str, timeout: float) -> str | None:
+    """``None`` if some bootstrap address accepts a TCP connection, else why not."""
+    reason = "no address"
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        host = host.removeprefix("PLAINTEXT://").strip("[]")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout):
+                return None
+        except ValueError:
+            return f"bad address {address!r}"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    return reason
+
+
+def wait_for_kafka(settings: Settings, timeout: float = 30.0) -> None:
+    """Return once the cluster answers a metadata request; raise :class:`KafkaUnavailableError`.
+
+    A TCP probe comes first so that an unreachable address fails fast with the
+    operating system's reason ("Connection refused") instead of a client timeout.
+    """
+    deadline = time.monotonic() + timeout
+    where = settings.bootstrap_servers
+    reason = "no answer"
+    client: AdminClient | None = None
+    while True:
+        left = deadline - time.monotonic()
+        tcp = _tcp_reachable(where, max(0.1, min(1.0, left)))
+        if tcp is None:
+            client = client or admin(settings)
+            try:
+                client.list_topics(timeout=max(0.5, min(2.0, left)))
+                return
+            except KafkaException as exc:
+                reason = exc.args[0].str() if exc.args else str(exc)
+        else:
+            reason = tcp
+        if time.monotonic() >= deadline:
+            raise KafkaUnavailableError(
+                f"Kafka at {where} did not answer within {timeout:g}s: {reason}"
+            )
+        time.sleep(0.1)

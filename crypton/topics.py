@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["TOPICS", "TopicSpec", "topic_name"]
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.cimpl import NewTopic
+
+from crypton.config import Settings
+from crypton.kafka import admin
+
+__all__ = ["TOPICS", "TopicError", "TopicSpec", "ensure_topics", "topic_name", "topic_names"]
 
 WALLET_INBOX: Final = "wallet.inbox"
 BOOK_INBOX: Final = "book.inbox"
@@ -31,6 +37,16 @@ class TopicSpec:
     compacted: bool
     doc: str
 
+    def name(self, prefix: str = "") -> str:
+        """The Kafka topic name under ``prefix``."""
+        return topic_name(self.logical, prefix)
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configuration given at creation."""
+        # Compacted topics hold the latest state per key (an upsert log); the
+        # others are the history itself and must never lose a record to compaction.
+        return {"cleanup.policy": "compact" if self.compacted else "delete"}
+
 
 TOPICS: Final = (
     TopicSpec(WALLET_INBOX, "user_id", False, "commands and book reports for the wallet step"),
@@ -47,5 +63,61 @@ TOPICS: Final = (
 
 
 def topic_name(logical: str, prefix: str = "") -> str:
-    """The Kafka topic of a logical name: ``topic_name("orders", "dev.")`` is ``dev.crypton.orders``."""
+    """The Kafka topic of a logical name.
+
+    >>> topic_name("orders", "dev.")
+    'dev.crypton.orders'
+    """
     return f"{prefix}crypton.{logical}"
+
+
+def topic_names(prefix: str = "") -> list[str]:
+    """Every topic of the exchange under ``prefix``, in declaration order."""
+    return [spec.name(prefix) for spec in TOPICS]
+
+
+class TopicError(RuntimeError):
+    """Existing topics contradict the configuration (for example their partition count)."""
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create the missing topics of ``TOPICS`` and return the names created.
+
+    Idempotent: an existing topic is left alone, but one with a partition count
+    other than ``settings.partitions`` is an error, because changing the count
+    moves keys to other partitions and a key's state would see two logs.
+    """
+    client = admin(settings)
+    wanted = {spec.name(settings.topic_prefix): spec for spec in TOPICS}
+    existing = client.list_topics(timeout=timeout).topics
+    missing = [name for name in wanted if name not in existing]
+    created: list[str] = []
+    if missing:
+        # No replication factor: the cluster's default (1 on an embedded
+        # broker, typically 3 in production) is the right one.
+        futures = client.create_topics(
+            [NewTopic(n, settings.partitions, config=wanted[n].config()) for n in missing],
+            request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout)
+                created.append(name)
+            except KafkaException as exc:
+                # Another process created it between our listing and our request.
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TopicError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+        existing = client.list_topics(timeout=timeout).topics
+    wrong = [
+        f"{name} has {len(existing[name].partitions)}"
+        for name in wanted
+        if name in existing and len(existing[name].partitions) != settings.partitions
+    ]
+    if wrong:
+        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise TopicError(
+            f"existing topics do not have CRYPTON_PARTITIONS={settings.partitions} partitions:"
+            f" {shown} (a key must stay on one partition: use another topic prefix"
+            " or recreate the topics)"
+        )
+    return sorted(created, key=list(wanted).index)

@@ -1,0 +1,340 @@
+"""The ``crypton`` command: run the broker, provision topics, start the dataflow and the API.
+
+Every failure the user can cause (a bad setting, a busy port, an unreachable
+cluster) ends as one ``crypton: error: ...`` line on stderr and exit code 2;
+a traceback means a bug in Crypton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from confluent_kafka import KafkaException
+
+from crypton.broker import BrokerError, EmbeddedBroker
+from crypton.config import ConfigError, Settings
+from crypton.kafka import KafkaUnavailableError, wait_for_kafka
+from crypton.process import Child, settings_env, wait_for_port
+from crypton.supervisor import Managed, Supervisor
+from crypton.topics import TOPICS, TopicError, ensure_topics
+
+__all__ = [
+    "api_command",
+    "dataflow_command",
+    "ensure_admin_token",
+    "ensure_recovery_store",
+    "main",
+]
+
+EXIT_ERROR = 2
+DESCRIPTION = "Crypton, a crypto exchange whose only database is the Kafka log."
+DATAFLOW = "dataflows.exchange:flow"
+API_FACTORY = "api.app:create_app"
+# One partition is enough: Bytewax maps any number of workers onto it, and
+# the store is only read after a crash.
+RECOVERY_PARTITIONS = 1
+
+
+class CliError(RuntimeError):
+    """An error already phrased for the user."""
+
+
+def say(line: str) -> None:
+    """Progress on stdout, flushed at once so it interleaves with children's output."""
+    print(line, flush=True)
+
+
+# --- what the processes are -----------------------------------------------------------
+
+
+def ensure_recovery_store(settings: Settings) -> Path:
+    """The Bytewax recovery directory, initialised with empty partitions on first use."""
+    store = (settings.data_dir / "recovery").absolute()
+    if store.is_dir() and any(store.iterdir()):
+        return store
+    store.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "bytewax.recovery", str(store), str(RECOVERY_PARTITIONS)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CliError(f"cannot create the recovery store in {store}: {last}")
+    say(f"created recovery store {store} ({RECOVERY_PARTITIONS} partition)")
+    return store
+
+
+def dataflow_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
+    """``python -m bytewax.run dataflows.exchange:flow -r DIR -s N -b 0 [extra]``."""
+    store = (settings.data_dir / "recovery").absolute()
+    return [
+        sys.executable, "-m", "bytewax.run", DATAFLOW,
+        "-r", str(store), "-s", str(settings.snapshot_seconds), "-b", "0", *extra,
+    ]  # fmt: skip
+
+
+def api_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
+    """``python -m uvicorn api.app:create_app --factory --host H --port P [extra]``."""
+    return [
+        sys.executable, "-m", "uvicorn", API_FACTORY, "--factory",
+        "--host", settings.api_host, "--port", str(settings.api_port), *extra,
+    ]  # fmt: skip
+
+
+def ensure_admin_token(settings: Settings) -> str:
+    """``CRYPTON_ADMIN_TOKEN``, or the token kept in ``data_dir/admin-token`` (created once)."""
+    if token := os.environ.get("CRYPTON_ADMIN_TOKEN"):
+        return token
+    path = settings.data_dir / "admin-token"
+    if path.exists():
+        token = path.read_text("utf-8").strip()
+        if token:
+            os.chmod(path, 0o600)
+            return token
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    # Created with mode 0600 from the start: the token grants credit and debit.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return token
+
+
+# --- subcommands -----------------------------------------------------------------------
+
+
+def _wait_external(settings: Settings, timeout: float) -> None:
+    wait_for_kafka(settings, timeout)
+    say(f"Kafka cluster at {settings.bootstrap_servers} answers (CRYPTON_KAFKA_BOOTSTRAP)")
+
+
+def _provision(settings: Settings) -> None:
+    created = ensure_topics(settings)
+    prefix = f" (prefix {settings.topic_prefix!r})" if settings.topic_prefix else ""
+    say(f"{len(TOPICS)} topics present, {len(created)} created{prefix}")
+    for name in created:
+        say(f"  created {name} ({settings.partitions} partitions)")
+
+
+class _Stop:
+    """SIGINT/SIGTERM turned into an event the main loop waits on."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._set)
+
+    def _set(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+
+def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the embedded broker in the foreground until Ctrl-C or SIGTERM."""
+    if settings.bootstrap:
+        _wait_external(settings, args.kafka_timeout)
+        say("an external cluster is configured; no embedded broker to start")
+        return 0
+    stop = _Stop()
+    broker = EmbeddedBroker(settings)
+    try:
+        broker.start().wait_ready(args.kafka_timeout)
+        say(broker.ready_line())
+        say(f"broker log: {broker.log_path}; Ctrl-C stops it")
+        while not stop.event.wait(0.5):
+            code = broker.poll()
+            if code is not None:
+                raise BrokerError(f"broker exited with code {code} (log: {broker.log_path})")
+    finally:
+        if broker.running:
+            say("stopping broker")
+            broker.stop()
+    say("broker stopped")
+    return 0
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the missing topics; a second run creates none."""
+    wait_for_kafka(settings, args.kafka_timeout)
+    _provision(settings)
+    return 0
+
+
+def cmd_dataflow(settings: Settings, args: argparse.Namespace) -> int:
+    """Replace this process by the Bytewax dataflow, so signals reach it directly."""
+    wait_for_kafka(settings, args.kafka_timeout)
+    _provision(settings)
+    ensure_recovery_store(settings)
+    argv = dataflow_command(settings, args.extra)
+    say("exec " + " ".join(argv[1:]))
+    os.execve(sys.executable, argv, settings_env(settings))
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    """Replace this process by the uvicorn server of the API."""
+    env = settings_env(settings)
+    env["CRYPTON_ADMIN_TOKEN"] = ensure_admin_token(settings)
+    argv = api_command(settings, args.extra)
+    say(f"API at http://{settings.api_host}:{settings.api_port}")
+    os.execve(sys.executable, argv, env)
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    """Broker, topics, dataflow and API under one supervisor; Ctrl-C stops them all."""
+    data_dir = settings.data_dir.absolute()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes: list[Managed] = []
+    broker: EmbeddedBroker | None = None
+    stop = _Stop()  # until the supervisor takes over, a signal stops the start-up
+    try:
+        if settings.bootstrap:
+            _wait_external(settings, args.kafka_timeout)
+        else:
+            broker = EmbeddedBroker(settings, log_path=logs / "broker.log")
+            broker.start().wait_ready(args.kafka_timeout)
+            say(broker.ready_line())
+            processes.append(broker)
+        _provision(settings)
+        ensure_recovery_store(settings)
+        token = ensure_admin_token(settings)
+        env = settings_env(settings)
+        dataflow = Child(
+            "dataflow", dataflow_command(settings, args.workers), logs / "dataflow.log", env
+        )
+        api = Child(
+            "api", api_command(settings), logs / "api.log", {**env, "CRYPTON_ADMIN_TOKEN": token}
+        )
+        processes += [dataflow, api]
+        supervisor = Supervisor(processes, grace=args.grace)
+        supervisor.start()
+        if stop.event.is_set():
+            supervisor.stop_all()
+            return 0
+        url = f"http://{settings.api_host}:{settings.api_port}"
+        if not wait_for_port(settings.api_host, settings.api_port, 30, api, stop.event):
+            say(f"the API did not open {url} yet (log: {api.log_path})")
+        say(f"Crypton is up. API {url} (docs at {url}/schema/swagger)")
+        say(f"  Kafka:        {settings.bootstrap_servers}")
+        say(f"  data dir:     {data_dir}")
+        say(f"  admin token:  {token}")
+        for process in processes:
+            say(f"  {process.name + ' log:':14}{process.log_path}")
+        say("Ctrl-C stops everything")
+        if stop.event.is_set():
+            supervisor.request_stop("interrupted during start-up")
+        supervisor.run()
+    except BaseException:
+        for process in reversed(processes):
+            process.stop(args.grace)
+        raise
+    say("stopped")
+    return 0
+
+
+def cmd_lead_module(settings: Settings, args: argparse.Namespace) -> int:
+    """``crypton demo`` and ``crypton audit``: ``crypton.<name>.main(settings, args)``."""
+    name = f"crypton.{args.command}"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        raise CliError(f"'crypton {args.command}' is not available in this build") from None
+    code = module.main(settings, list(args.extra))
+    return int(code or 0)
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``crypton`` (subcommands and their options)."""
+    parser = argparse.ArgumentParser(prog="crypton", description=DESCRIPTION)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--kafka-timeout", type=float, default=15.0, metavar="S",
+        help="seconds to wait for Kafka to answer (default 15)",
+    )  # fmt: skip
+    embedded = argparse.ArgumentParser(add_help=False)
+    embedded.add_argument("--broker", choices=["noida", "tansu"], help="embedded broker")
+    embedded.add_argument("--kafka-port", type=int, metavar="P", help="embedded broker port")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "broker", parents=[common, embedded], help="run the embedded Kafka broker (foreground)"
+    )
+    sub.add_parser("topics", parents=[common], help="create the exchange's topics (idempotent)")
+    for name, what in (("dataflow", "the Bytewax dataflow"), ("api", "the HTTP API")):
+        sub.add_parser(name, parents=[common], help=f"run {what}; other options pass through")
+    up = sub.add_parser("up", parents=[common, embedded], help="run everything, supervised")
+    up.add_argument("-w", "--workers", type=int, default=None, help="dataflow workers")
+    up.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
+    for name, what in (("demo", "a scripted trading session"), ("audit", "check invariants")):
+        sub.add_parser(name, help=f"{what}; its options pass through")
+    return parser
+
+
+PASS_THROUGH = frozenset({"dataflow", "api", "demo", "audit"})
+COMMANDS = {
+    "broker": cmd_broker,
+    "topics": cmd_topics,
+    "dataflow": cmd_dataflow,
+    "api": cmd_api,
+    "up": cmd_up,
+    "demo": cmd_lead_module,
+    "audit": cmd_lead_module,
+}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if getattr(args, "broker", None):
+        settings = dataclasses.replace(settings, broker=args.broker)
+    port = getattr(args, "kafka_port", None)
+    if port is not None:
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"--kafka-port {port} must be between 1 and 65535")
+        settings = dataclasses.replace(settings, kafka_port=port)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``crypton`` console script; returns the exit code."""
+    parser = build_parser()
+    # Options we do not know are the child's (``crypton dataflow -w 2``): argparse's
+    # REMAINDER would miss those that come first, so collect the unknown ones.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in PASS_THROUGH:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    if args.command == "up":
+        args.workers = ["-w", str(args.workers)] if args.workers else []
+    try:
+        return COMMANDS[args.command](_settings(args), args)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        message = error.str() if hasattr(error, "str") else str(error)
+        return _fail(f"Kafka: {message}")
+    except (ConfigError, BrokerError, KafkaUnavailableError, TopicError, CliError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"crypton: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

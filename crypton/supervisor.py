@@ -1,0 +1,167 @@
+"""Keep the exchange's processes running: restart what dies, stop everything in order.
+
+``crypton up`` hands the broker, the dataflow and the API to a
+:class:`Supervisor`. A process that exits on its own is restarted after a delay
+that doubles on each quick failure (1s, 2s, 4s, ... up to a cap), so a crash
+loop does not spin a core while a transient fault (the broker restarting) heals
+by itself. Ctrl-C or SIGTERM stops the processes in reverse start order: the API
+first (no new commands), then the dataflow (it has consumed what it could), the
+broker last (noida-db saves its data on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+__all__ = ["Managed", "Supervisor"]
+
+
+class Managed(Protocol):
+    """What the supervisor needs of a process: :class:`crypton.process.Child` and
+    :class:`crypton.broker.EmbeddedBroker` both fit."""
+
+    name: str
+    log_path: Path
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> object: ...
+
+    def poll(self) -> int | None: ...
+
+    def stop(self, grace: float = ...) -> int | None: ...
+
+
+@dataclass
+class _Slot:
+    process: Managed
+    delay: float
+    restart_at: float | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+class Supervisor:
+    """Run processes, restart them with exponential backoff, stop them in reverse order.
+
+    ``backoff`` is the first delay, doubled on each restart up to ``max_backoff``,
+    and reset once a process has stayed up for ``stable_after`` seconds.
+    """
+
+    def __init__(
+        self,
+        processes: Sequence[Managed],
+        *,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        stable_after: float = 30.0,
+        grace: float = 10.0,
+        say: Callable[[str], None] = _say,
+    ) -> None:
+        self._slots = [_Slot(p, backoff) for p in processes]
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.stable_after = stable_after
+        self.grace = grace
+        self.say = say
+        self._stop = threading.Event()
+        self.stop_reason: str | None = None
+
+    def restarts(self, name: str) -> int:
+        """How many times the process called ``name`` was restarted."""
+        return next(s.restarts for s in self._slots if s.process.name == name)
+
+    def start(self) -> None:
+        """Start, in order, every process that is not running yet.
+
+        Processes the caller already started (the broker, which must be ready
+        before topics are created) are taken over as they are.
+        """
+        for slot in self._slots:
+            if slot.process.running:
+                slot.started_at = time.monotonic()
+            else:
+                self._launch(slot)
+
+    def _launch(self, slot: _Slot) -> bool:
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        try:
+            slot.process.start()
+        except Exception as exc:
+            # A start that fails (port still taken, binary missing) is one more
+            # failure to back off from, not the end of the supervisor.
+            self._schedule(slot, f"{slot.process.name} failed to start: {exc}")
+            return False
+        return True
+
+    def _schedule(self, slot: _Slot, what: str) -> None:
+        now = time.monotonic()
+        if now - slot.started_at >= self.stable_after:
+            slot.delay = self.backoff
+        self.say(f"{what}; restarting in {slot.delay:g}s (log: {slot.process.log_path})")
+        slot.restart_at = now + slot.delay
+        slot.delay = min(slot.delay * 2, self.max_backoff)
+
+    def check(self) -> None:
+        """Notice exited processes and restart those whose delay has passed."""
+        now = time.monotonic()
+        for slot in self._slots:
+            if self._stop.is_set():
+                return
+            if slot.restart_at is not None:
+                if now >= slot.restart_at and self._launch(slot):
+                    slot.restarts += 1
+                    self.say(f"{slot.process.name} restarted")
+                continue
+            code = slot.process.poll()
+            if code is not None:
+                self._schedule(slot, f"{slot.process.name} exited with code {code}")
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask :meth:`run` to stop everything; safe from a signal handler or another thread."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop(f"received {signal.Signals(signum).name}")
+
+    def run(self, poll_interval: float = 0.2, handle_signals: bool = True) -> None:
+        """Supervise until :meth:`request_stop` (or SIGINT/SIGTERM), then stop everything."""
+        previous = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            while not self._stop.wait(poll_interval):
+                self.check()
+        finally:
+            self.say(f"stopping ({self.stop_reason or 'interrupted'})")
+            self.stop_all()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def stop_all(self) -> None:
+        """Stop every process, the last started first, each with the grace period."""
+        self._stop.set()
+        for slot in reversed(self._slots):
+            name = slot.process.name
+            if slot.process.poll() is not None:
+                continue
+            began = time.monotonic()
+            code = slot.process.stop(self.grace)
+            took = time.monotonic() - began
+            self.say(f"{name} stopped (code {code}, {took:.1f}s)")

@@ -1,0 +1,187 @@
+"""The embedded brokers: start, answer, keep data (noida), fail in one clear line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from crypton.broker import BrokerError, EmbeddedBroker, port_in_use
+from crypton.config import Settings
+from crypton.kafka import admin, consumer_config, producer_config
+from crypton.process import free_port, settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def _crypton(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crypton.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("crypton: error: "), stderr
+    return lines[0]
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """stdout of ``proc`` up to (at least) the first line containing ``text``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide lines from select
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            raise AssertionError(f"no {text!r} in {seen!r} (code {proc.poll()})")
+        if select.select([fd], [], [], left)[0]:
+            seen += os.read(fd, 65536).decode()
+    return seen
+
+
+def _own_broker(tmp_path: Path, kind: str = "noida") -> EmbeddedBroker:
+    return EmbeddedBroker(Settings(data_dir=tmp_path, broker=kind, kafka_port=free_port()))
+
+
+def _create(settings: Settings, topic: str, partitions: int) -> None:
+    client = admin(settings)  # kept alive until the future resolves
+    client.create_topics([NewTopic(topic, partitions)])[topic].result(10)
+
+
+def _produce(settings: Settings, topic: str, count: int) -> None:
+    producer = Producer(producer_config(settings))
+    for i in range(count):
+        producer.produce(topic, key=f"user-{i % 7}".encode(), value=str(i).encode())
+    assert producer.flush(10) == 0
+
+
+def _consume_all(settings: Settings, topic: str, partitions: int) -> list[bytes]:
+    consumer = Consumer(consumer_config(settings, **{"group.id": "test-restart"}))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    values: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and message.error() is None:
+            values.append(message.value())
+        elif message is None and values:
+            break
+    consumer.close()
+    return values
+
+
+def test_broker_answers_metadata(kafka_broker: EmbeddedBroker | None) -> None:
+    if kafka_broker is None:
+        pytest.skip("external cluster")
+    metadata = admin(kafka_broker.settings).list_topics(timeout=5)
+    addresses = {f"{b.host}:{b.port}" for b in metadata.brokers.values()}
+    assert addresses == {kafka_broker.address}
+    assert kafka_broker.startup_seconds is not None and kafka_broker.startup_seconds < 10
+
+
+def test_port_in_use_is_one_error_line(kafka_broker: EmbeddedBroker | None) -> None:
+    if kafka_broker is None:
+        pytest.skip("external cluster")
+    assert port_in_use(kafka_broker.host, kafka_broker.port)
+    env = settings_env(dataclasses.replace(kafka_broker.settings, data_dir=Path("/nonexistent")))
+    proc = _crypton("broker", env=env)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    line = _one_error_line(stderr)
+    assert f"port {kafka_broker.port} on 127.0.0.1 is already in use" in line
+
+
+@pytest.mark.parametrize("command", ["topics", "broker", "up"])
+def test_unreachable_cluster_is_one_error_line(command: str, tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    env = settings_env(Settings(data_dir=tmp_path, bootstrap=nowhere))
+    proc = _crypton(command, "--kafka-timeout", "1", env=env)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    line = _one_error_line(stderr)
+    assert f"Kafka at {nowhere} did not answer within 1s" in line
+
+
+def test_a_broker_that_exits_at_start_is_reported(
+    kafka_broker: EmbeddedBroker | None, broker_kind: str
+) -> None:
+    if kafka_broker is None or broker_kind != "noida":
+        pytest.skip("noida refuses a second server on one data dir")
+    # Same data directory as the running broker, another port: noida exits at once.
+    twin = EmbeddedBroker(dataclasses.replace(kafka_broker.settings, kafka_port=free_port()))
+    with pytest.raises(BrokerError, match=r"exited with code 1 before it was ready: .*already"):
+        twin.start().wait_ready(10)
+    assert twin.poll() == 1
+
+
+def test_noida_keeps_data_across_restart(tmp_path: Path) -> None:
+    broker = _own_broker(tmp_path).start().wait_ready(30)
+    try:
+        settings = broker.settings
+        topic = "restart-check"
+        _create(settings, topic, 2)
+        _produce(settings, topic, 50)
+        started = time.monotonic()
+        broker.restart(timeout=30)
+        assert time.monotonic() - started < 10
+        values = _consume_all(settings, topic, 2)
+        assert sorted(int(v) for v in values) == list(range(50))
+    finally:
+        broker.stop()
+
+
+def test_tansu_forgets_everything_on_restart(tmp_path: Path) -> None:
+    broker = _own_broker(tmp_path, "tansu").start().wait_ready(30)
+    try:
+        _create(broker.settings, "gone", 1)
+        broker.restart(timeout=30)
+        assert "gone" not in admin(broker.settings).list_topics(timeout=5).topics
+    finally:
+        broker.stop()
+
+
+def test_foreground_broker_stops_on_sigterm(tmp_path: Path, broker_kind: str) -> None:
+    settings = Settings(data_dir=tmp_path, broker=broker_kind, kafka_port=free_port())
+    proc = _crypton("broker", env=settings_env(settings))
+    try:
+        out = _read_until(proc, "broker ready at", 30)
+        assert f"broker ready at 127.0.0.1:{settings.kafka_port} ({broker_kind}" in out
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+        assert proc.returncode == 0, stderr
+        assert not port_in_use("127.0.0.1", settings.kafka_port)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_no_orphan_broker_when_the_launcher_is_killed(tmp_path: Path, broker_kind: str) -> None:
+    settings = Settings(data_dir=tmp_path, broker=broker_kind, kafka_port=free_port())
+    proc = _crypton("broker", env=settings_env(settings))
+    try:
+        _read_until(proc, "broker ready at", 30)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        deadline = time.monotonic() + 10
+        while port_in_use("127.0.0.1", settings.kafka_port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not port_in_use("127.0.0.1", settings.kafka_port)
+    finally:
+        proc.kill()
+        proc.communicate()

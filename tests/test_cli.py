@@ -1,0 +1,187 @@
+"""The ``crypton`` command: parsing, process command lines, one-line errors, ``up``."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import stat
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from crypton import cli
+from crypton.config import Settings
+from crypton.process import free_port, settings_env
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crypton.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CRYPTON_PARTITIONS", "many"), ("CRYPTON_PARTITIONS", "0"), ("CRYPTON_BROKER", "kafka")],
+)
+@pytest.mark.parametrize("command", ["topics", "broker", "up"])
+def test_a_bad_setting_is_one_error_line(command: str, variable: str, value: str) -> None:
+    done = _run(command, env={**os.environ, variable: value})
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith(f"crypton: error: {variable}=")
+    assert "Traceback" not in done.stderr
+
+
+def test_extra_arguments_pass_through_to_the_dataflow_and_the_api() -> None:
+    parse = cli.build_parser().parse_known_args
+    assert parse(["dataflow", "-w", "2"])[1] == ["-w", "2"]
+    assert parse(["api", "--kafka-timeout", "3", "--log-level", "debug"])[1] == [
+        "--log-level",
+        "debug",
+    ]
+
+
+def test_unknown_options_of_our_own_commands_are_refused() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["topics", "--bogus"])
+    assert exit_.value.code == 2
+
+
+def test_process_command_lines(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, snapshot_seconds=7, api_host="0.0.0.0", api_port=8123)
+    flow = cli.dataflow_command(settings, ["-w", "2"])
+    assert flow[1:] == [
+        "-m", "bytewax.run", "dataflows.exchange:flow",
+        "-r", str(tmp_path / "recovery"), "-s", "7", "-b", "0", "-w", "2",
+    ]  # fmt: skip
+    api = cli.api_command(settings)
+    assert api[1:] == [
+        "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8123",
+    ]  # fmt: skip
+
+
+def test_admin_token_is_created_private_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRYPTON_ADMIN_TOKEN", raising=False)
+    settings = Settings(data_dir=tmp_path / "data")
+    token = cli.ensure_admin_token(settings)
+    path = tmp_path / "data" / "admin-token"
+    assert len(token) >= 40
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert cli.ensure_admin_token(settings) == token
+    monkeypatch.setenv("CRYPTON_ADMIN_TOKEN", "from-env")
+    assert cli.ensure_admin_token(settings) == "from-env"
+
+
+def test_recovery_store_is_initialised_once(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    store = cli.ensure_recovery_store(settings)
+    files = sorted(p.name for p in store.iterdir())
+    assert files  # bytewax created its partition files
+    mtimes = [p.stat().st_mtime_ns for p in store.iterdir()]
+    assert cli.ensure_recovery_store(settings) == store
+    assert [p.stat().st_mtime_ns for p in store.iterdir()] == mtimes
+
+
+def test_demo_and_audit_dispatch_to_the_lead_modules(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[Settings, list[str]]] = []
+
+    def fake_main(settings: Settings, args: list[str]) -> int:
+        calls.append((settings, args))
+        return 5
+
+    monkeypatch.setitem(sys.modules, "crypton.audit", types.SimpleNamespace(main=fake_main))
+    monkeypatch.setenv("CRYPTON_PARTITIONS", "6")
+    assert cli.main(["audit", "--strict"]) == 5
+    assert calls == [(Settings.from_env(), ["--strict"])]
+    assert calls[0][0].partitions == 6
+
+
+def _children(pid: int) -> dict[str, int]:
+    """Child processes of ``pid`` by the module or binary they run."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat_fields[1]) == pid:
+            words = [w.decode() for w in cmdline]
+            name = "dataflow" if "bytewax.run" in words else "api" if "uvicorn" in words else "?"
+            found[name] = int(entry.name)
+    return found
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """stdout of ``proc`` up to (at least) the first line containing ``text``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide lines from select
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            raise AssertionError(f"no {text!r} in {seen!r} (code {proc.poll()})")
+        if select.select([fd], [], [], left)[0]:
+            seen += os.read(fd, 65536).decode()
+    return seen
+
+
+@pytest.mark.integration
+def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
+    tmp_path: Path, broker_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRYPTON_ADMIN_TOKEN", raising=False)
+    settings = Settings(
+        data_dir=tmp_path, broker=broker_kind, kafka_port=free_port(), api_port=free_port()
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crypton.cli", "up", "--grace", "5"],
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out = _read_until(proc, "Ctrl-C stops everything", 60)
+        token = (tmp_path / "admin-token").read_text().strip()
+        assert f"admin token:  {token}" in out
+        assert f"API http://127.0.0.1:{settings.api_port}" in out
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{settings.api_port}/", timeout=5)
+        except urllib.error.HTTPError as answered:  # any HTTP answer: the server runs
+            assert answered.code < 500
+
+        os.kill(_children(proc.pid)["dataflow"], signal.SIGKILL)
+        out = _read_until(proc, "dataflow restarted", 20)
+        assert "dataflow exited with code -9; restarting in 1s" in out
+
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        order = [line.split()[0] for line in rest.splitlines() if " stopped (code" in line]
+        assert order == ["api", "dataflow", "broker"]
+        assert _children(proc.pid) == {}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
