@@ -16,7 +16,16 @@ from confluent_kafka.cimpl import NewTopic
 from crypton.config import Settings
 from crypton.kafka import admin
 
-__all__ = ["TOPICS", "TopicError", "TopicSpec", "ensure_topics", "topic_name", "topic_names"]
+__all__ = [
+    "TOPICS",
+    "TopicError",
+    "TopicSpec",
+    "ensure_topics",
+    "murmur2",
+    "partition_for",
+    "topic_name",
+    "topic_names",
+]
 
 WALLET_INBOX: Final = "wallet.inbox"
 BOOK_INBOX: Final = "book.inbox"
@@ -74,6 +83,40 @@ def topic_name(logical: str, prefix: str = "") -> str:
 def topic_names(prefix: str = "") -> list[str]:
     """Every topic of the exchange under ``prefix``, in declaration order."""
     return [spec.name(prefix) for spec in TOPICS]
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of ``key``: Kafka's murmur2, as the Java client and ``murmur2_random``.
+
+    Lets a reader go straight to the one partition that holds a key's log.
+
+    >>> partition_for(b"alice", 4)
+    1
+    """
+    # Java's toPositive: drop the sign bit rather than take an absolute value.
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def murmur2(key: bytes) -> int:
+    """Kafka's 32-bit murmur2 hash of ``key``, signed like Java's ``Utils.murmur2``."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    length = len(key)
+    h = (0x9747B28C ^ length) & mask
+    whole = length - length % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(key[i : i + 4], "little") * m) & mask
+        k = ((k ^ (k >> r)) * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = key[whole:]
+    if len(tail) == 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = ((h ^ tail[0]) * m) & mask
+    h = ((h ^ (h >> 13)) * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
 
 
 class TopicError(RuntimeError):

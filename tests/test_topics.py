@@ -8,12 +8,21 @@ import sys
 import uuid
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import ConfigResource
 
 from crypton.config import Settings
-from crypton.kafka import admin
+from crypton.kafka import admin, producer_config
 from crypton.process import settings_env
-from crypton.topics import TOPICS, TopicError, ensure_topics, topic_name, topic_names
+from crypton.topics import (
+    TOPICS,
+    TopicError,
+    ensure_topics,
+    murmur2,
+    partition_for,
+    topic_name,
+    topic_names,
+)
 
 
 def test_names_carry_the_prefix() -> None:
@@ -27,6 +36,21 @@ def test_state_topics_are_compacted_and_histories_are_not() -> None:
     policies = {spec.logical: spec.config()["cleanup.policy"] for spec in TOPICS}
     assert policies["orders"] == policies["balances"] == policies["depth"] == "compact"
     assert policies["wallet.inbox"] == policies["trades"] == "delete"
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [  # the vectors of Kafka's own UtilsTest.testMurmur2
+        ("21", -973932308),
+        ("foobar", -790332482),
+        ("a-little-bit-long-string", -985981536),
+        ("a-little-bit-longer-string", -1486304829),
+        ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+        ("abc", 479470107),
+    ],
+)
+def test_murmur2_matches_the_java_client(key: str, expected: int) -> None:
+    assert murmur2(key.encode()) == expected
 
 
 def _fresh(kafka: Settings, partitions: int = 4) -> Settings:
@@ -93,3 +117,24 @@ def test_cli_topics_says_what_it_did(kafka: Settings) -> None:
     assert mismatch.returncode == 2
     assert mismatch.stderr.count("\n") == 1
     assert mismatch.stderr.startswith("crypton: error: existing topics do not have")
+
+
+@pytest.mark.integration
+def test_the_producer_puts_each_key_where_partition_for_says(kafka: Settings) -> None:
+    settings = _fresh(kafka, partitions=5)
+    ensure_topics(settings)
+    topic = topic_name("wallet.inbox", settings.topic_prefix)
+    landed: dict[bytes, int] = {}
+    producer = Producer(producer_config(settings))
+    for i in range(100):
+        key = f"user-{i}".encode()
+        producer.produce(
+            topic,
+            b"{}",
+            key,
+            on_delivery=lambda err, msg: landed.update({msg.key(): msg.partition()}),
+        )
+    assert producer.flush(10) == 0
+    assert len(landed) == 100
+    assert len(set(landed.values())) == 5
+    assert all(partition == partition_for(key, 5) for key, partition in landed.items())
