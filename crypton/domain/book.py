@@ -98,11 +98,11 @@ class OrderBook:
 
     def best_bid(self) -> int | None:
         prices = self.prices["buy"]
-        return prices[-1] if prices else None  # type: ignore[no-any-return]
+        return prices[-1] if prices else None
 
     def best_ask(self) -> int | None:
         prices = self.prices["sell"]
-        return prices[0] if prices else None  # type: ignore[no-any-return]
+        return prices[0] if prices else None
 
     def best_level(self, side: str) -> Level | None:
         """The best level of ``side`` ("buy" = bids, "sell" = asks)."""

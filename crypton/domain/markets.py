@@ -37,7 +37,8 @@ class Asset(msgspec.Struct, frozen=True):
 
     @property
     def scale(self) -> int:
-        return 10**self.precision
+        scale: int = 10**self.precision  # int ** int is Any to mypy (negative powers)
+        return scale
 
 
 class Market(msgspec.Struct, frozen=True):

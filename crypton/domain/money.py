@@ -59,7 +59,7 @@ def to_units(text: str, precision: int, *, allow_zero: bool = False) -> int:
         if len(stripped) > precision:
             raise AmountError(f"{text!r} has more than {precision} decimals")
         fraction = stripped
-    units = int(whole) * 10**precision + int(fraction.ljust(precision, "0") or "0")
+    units: int = int(whole) * 10**precision + int(fraction.ljust(precision, "0") or "0")
     if minus and units:
         raise AmountError(f"{text!r} is negative")
     if units == 0 and not allow_zero:

@@ -49,7 +49,7 @@ from crypton.domain.sequencing import Inbound, Outbound
 __all__ = ["InvariantBreach", "WalletMachine"]
 
 
-class InvariantBreach(RuntimeError):
+class InvariantBreach(RuntimeError):  # noqa: N818 (public name, kept)
     """A report that contradicts the wallet's state: a bug, never a user error."""
 
 
