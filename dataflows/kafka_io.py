@@ -15,6 +15,7 @@ the stock sink's ``flush()`` after every ``write_batch`` costs.
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,8 @@ log = logging.getLogger("crypton.dataflow")
 Record = tuple[str, bytes, bytes]
 """What the sink writes: (topic, key, value)."""
 
-_IDLE = timedelta(milliseconds=2)  # back-off of an empty partition; bounds the hop latency
+_IDLE = timedelta(milliseconds=2)
+FETCH_WAIT_MS = 20  # back-off of an empty partition; bounds the hop latency
 
 
 class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
@@ -46,7 +48,14 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
         decode: Callable[[bytes], Message], batch_size: int,
     ) -> None:
         self._consumer = Consumer(
-            consumer_config(settings, **{"group.id": f"crypton-dataflow-{topic}"})
+            consumer_config(
+                settings,
+                **{
+                    "group.id": f"crypton-dataflow-{topic}",
+                    # Brokers hold an empty fetch this long: it bounds each hop's latency.
+                    "fetch.wait.max.ms": FETCH_WAIT_MS,
+                },
+            )
         )
         start = OFFSET_BEGINNING if offset is None else offset
         self._consumer.assign([KafkaPartition(topic, partition, start)])

@@ -1,0 +1,335 @@
+"""Benchmark of the whole pipeline: broker + dataflow, measured from the outside.
+
+    python -m loadtest.bench_pipeline --broker noida|tansu [--orders N]
+
+Starts an embedded broker on a free loopback port and, on it:
+
+1. the baseline: a trivial Bytewax loop A -> keyed step -> B -> keyed step -> C
+   with the stock connectors (``loadtest/baseline_flow.py``), fed N items;
+2. the exchange dataflow, fed N orders (a mix that trades) at full speed, then
+   a paced phase at ``--rate`` orders/s.
+
+It reports sustained orders/s until every order's final state is on the
+state topics, as a ratio of the baseline's items/s; the latency from a
+command's timestamp to its order's first state record and to its first
+trade (p50/p99); and the CPU the broker and the dataflow used. Everything
+runs on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import msgspec
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from crypton import codec, topics
+from crypton.broker import EmbeddedBroker
+from crypton.config import Settings, load_markets
+from crypton.domain.messages import Credit, Message, PlaceOrder
+from crypton.kafka import consumer_config, producer_config
+from crypton.process import Child, free_port, settings_env
+from crypton.routing import route
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = 200
+PARTITIONS = 4
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _tree_cpu(pid: int | None) -> float:
+    """CPU seconds used so far by ``pid`` and all its descendants."""
+    if pid is None:
+        return 0.0
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(child)
+        times[child] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        total += times.get(current, 0.0)
+        stack.extend(children.get(current, []))
+    return total
+
+
+class _Cpu:
+    def __init__(self, **pids: int | None) -> None:
+        self.pids = pids
+        self.start = {name: _tree_cpu(pid) for name, pid in pids.items()}
+        self.t0 = time.monotonic()
+
+    def report(self) -> str:
+        wall = time.monotonic() - self.t0
+        used = {n: (_tree_cpu(p) - self.start[n]) / wall * 100 for n, p in self.pids.items()}
+        return ", ".join(f"{name} {pct:.0f}% of a core" for name, pct in used.items())
+
+
+def _orders(count: int, rng: random.Random, start: int) -> list[PlaceOrder]:
+    """A mix around a mid price: two thirds rest near the touch, a third crosses."""
+    markets = load_markets()
+    orders = []
+    for i in range(count):
+        symbol = "BTC-USDT" if rng.random() < 0.6 else "ETH-USDT"
+        market = markets.market(symbol)
+        mid = (50_000 if symbol == "BTC-USDT" else 3_000) * market.quote.scale // market.tick
+        side = rng.choice(("buy", "sell"))
+        crossing = rng.random() < 0.33
+        offset = rng.randint(0, 15) * (1 if crossing else -1) * (1 if side == "buy" else -1)
+        orders.append(
+            PlaceOrder(
+                user_id=f"user{rng.randrange(USERS)}", order_id=f"o{start + i}",
+                client_order_id=f"c{start + i}", market=symbol, side=side, type="limit",
+                price=(mid + offset) * market.tick, quantity=rng.randint(1, 20) * market.min_quantity,
+                time_in_force="IOC" if crossing and rng.random() < 0.5 else "GTC", ts=0,
+            )
+        )
+    return orders
+
+
+class _Watcher(threading.Thread):
+    """Reads the orders and trades topics; notes when each order's states and trades land."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer(consumer_config(settings, **{"group.id": "bench-watch", "fetch.wait.max.ms": 10}))
+        names = [topics.topic_name(t, settings.topic_prefix)
+                 for t in (topics.ORDERS, topics.TRADES, topics.TRANSFERS)]
+        self.consumer.assign([TopicPartition(n, p, 0) for n in names for p in range(PARTITIONS)])
+        self.first_state: dict[str, int] = {}
+        self.final: dict[str, int] = {}
+        self.first_trade: dict[str, int] = {}
+        self.transfers = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for record in self.consumer.consume(5000, 0.1):
+                if record.error():
+                    continue
+                now = _now_ms()
+                topic = record.topic()
+                if topic.endswith(topics.ORDERS):
+                    state = codec.orders.decode(record.value())
+                    self.first_state.setdefault(state.order_id, now)
+                    if state.status != "NEW":
+                        self.final.setdefault(state.order_id, now)
+                elif topic.endswith(topics.TRADES):
+                    trade = codec.trades.decode(record.value())
+                    self.first_trade.setdefault(trade.taker_order_id, now)
+                else:
+                    self.transfers += 1
+        self.consumer.close()
+
+    def wait(self, done: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        last = 0.0
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not finish in {timeout:.0f} s")
+            if time.monotonic() - last > 5:
+                _say(f"    ... {what}: {len(self.final)} orders final")
+                last = time.monotonic()
+            time.sleep(0.02)
+
+
+def _produce(producer: Producer, settings: Settings, messages: list[Message]) -> None:
+    for message in messages:
+        logical, key = route(message)
+        topic = topics.topic_name(logical, settings.topic_prefix)
+        while True:
+            try:
+                producer.produce(topic, codec.encode(message), key.encode())
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+
+
+def _produce_stamped(producer: Producer, settings: Settings, orders: list[PlaceOrder],
+                     ) -> list[Message]:
+    """Produce each order stamped with the time it is handed to the producer, as the API does."""
+    stamped: list[Message] = []
+    for order in orders:
+        one = msgspec.structs.replace(order, ts=_now_ms())
+        _produce(producer, settings, [one])
+        stamped.append(one)
+    return stamped
+
+
+def bench_baseline(settings: Settings, items: int, logs: Path) -> float:
+    names = {x: f"baseline.{x}" for x in "abc"}
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    for future in admin.create_topics(
+        [NewTopic(n, PARTITIONS, 1) for n in names.values()]
+    ).values():
+        future.result()
+    env = settings_env(settings) | {f"BASELINE_{k.upper()}": v for k, v in names.items()}
+    env["CRYPTON_KAFKA_BOOTSTRAP"] = settings.bootstrap_servers
+    flow = Child("baseline", [sys.executable, "-m", "bytewax.run", "loadtest.baseline_flow:flow"],
+                 logs / "baseline.log", env=env, cwd=ROOT).start()
+    consumer = Consumer(consumer_config(settings, **{"group.id": "bench-baseline"}))
+    consumer.assign([TopicPartition(names["c"], p, 0) for p in range(PARTITIONS)])
+    producer = Producer(producer_config(settings))
+    try:
+        producer.produce(names["a"], b"warm-up", b"k0")
+        producer.flush(10)
+        seen = 0
+        deadline = time.monotonic() + 60
+        while seen < 1:
+            seen += sum(1 for r in consumer.consume(100, 0.2) if not r.error())
+            if time.monotonic() > deadline:
+                raise TimeoutError("the baseline flow never answered")
+        cpu = _Cpu(broker=_broker_pid, dataflow=flow.pid)
+        start = time.monotonic()
+        for i in range(items):
+            producer.produce(names["a"], b"x" * 100, f"k{i % 1000}".encode())
+            producer.poll(0)
+        producer.flush(30)
+        seen = 0
+        while seen < items:
+            seen += sum(1 for r in consumer.consume(5000, 0.2) if not r.error())
+            if time.monotonic() - start > 600:
+                raise TimeoutError("the baseline did not finish in 600 s")
+        elapsed = time.monotonic() - start
+        rate = items / elapsed
+        _say(f"  baseline: {items} items A->B->C in {elapsed:.1f} s = {rate:,.0f} items/s"
+             f" ({cpu.report()})")
+        return rate
+    finally:
+        consumer.close()
+        flow.stop(grace=5)
+
+
+_broker_pid: int | None = None
+
+
+def bench_exchange(settings: Settings, count: int, rate: int, seconds: int, logs: Path,
+                   ) -> dict[str, float]:
+    recovery = settings.data_dir / "recovery"
+    recovery.mkdir(parents=True)
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+    flow = Child("dataflow", [sys.executable, "-m", "bytewax.run", "dataflows.exchange:flow",
+                              "-r", str(recovery), "-s", "2", "-b", "0"],
+                 logs / "dataflow.log", env=settings_env(settings), cwd=ROOT).start()
+    watcher = _Watcher(settings)
+    watcher.start()
+    producer = Producer(producer_config(settings))
+    rng = random.Random(2024)
+    results: dict[str, float] = {}
+    try:
+        funding = [Credit(user_id=f"user{u}", asset=a, amount=10**15, transfer_id=f"fund-{a}", ts=0)
+                   for u in range(USERS) for a in ("BTC", "ETH", "USDT")]
+        _produce(producer, settings, funding)
+        producer.flush(30)
+        watcher.wait(lambda: watcher.transfers >= len(funding), 120, "funding")
+
+        orders = _orders(count, rng, 0)
+        cpu = _Cpu(broker=_broker_pid, dataflow=flow.pid)
+        start_ms = _now_ms()
+        stamped = _produce_stamped(producer, settings, orders)
+        producer.flush(30)
+        ids = [o.order_id for o in orders]
+        watcher.wait(lambda: all(i in watcher.final for i in ids[-50:])
+                     and len(watcher.final) >= count, 900, "full speed")
+        end_ms = max(watcher.final[i] for i in ids)
+        results["orders_per_s"] = count / ((end_ms - start_ms) / 1000)
+        _say(f"  exchange, full speed: {count} orders final in {(end_ms - start_ms) / 1000:.1f} s"
+             f" = {results['orders_per_s']:,.0f} orders/s ({cpu.report()})")
+        _latency("full speed", stamped, watcher)
+
+        paced = _orders(rate * seconds, rng, count)
+        sent: list[Message] = []
+        cpu = _Cpu(broker=_broker_pid, dataflow=flow.pid)
+        begin = time.monotonic()
+        for i, order in enumerate(paced):
+            target = begin + i / rate
+            pause = target - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            sent.extend(_produce_stamped(producer, settings, [order]))
+        producer.flush(30)
+        watcher.wait(lambda: all(o.order_id in watcher.final for o in paced), 300, "paced")
+        _say(f"  exchange, paced at {rate}/s for {seconds} s ({cpu.report()})")
+        results.update(_latency(f"paced {rate}/s", sent, watcher))
+        return results
+    finally:
+        watcher.stop.set()
+        flow.stop(grace=5)
+
+
+def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, float]:
+    first = [watcher.first_state[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_state]
+    trade = [watcher.first_trade[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_trade]
+    _say(f"    latency {label}: first state p50 {_percentile(first, 0.5):.0f} ms,"
+         f" p99 {_percentile(first, 0.99):.0f} ms; trade p50 {_percentile(trade, 0.5):.0f} ms,"
+         f" p99 {_percentile(trade, 0.99):.0f} ms ({len(trade)} taker orders traded)")
+    return {"first_p50": _percentile(first, 0.5), "first_p99": _percentile(first, 0.99),
+            "trade_p50": _percentile(trade, 0.5), "trade_p99": _percentile(trade, 0.99)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _broker_pid
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_pipeline",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", choices=["noida", "tansu"], default="noida")
+    parser.add_argument("--orders", type=int, default=20_000, help="orders at full speed")
+    parser.add_argument("--baseline-items", type=int, default=None,
+                        help="items through the baseline loop (default: --orders)")
+    parser.add_argument("--rate", type=int, default=500, help="paced orders/s")
+    parser.add_argument("--seconds", type=int, default=10, help="paced phase length")
+    args = parser.parse_args(argv)
+    data = Path(tempfile.mkdtemp(prefix="crypton-bench-"))
+    settings = Settings(data_dir=data, broker=args.broker, kafka_port=free_port(),
+                        topic_prefix="bench.", partitions=PARTITIONS)
+    _say(f"bench_pipeline on {args.broker} (127.0.0.1:{settings.kafka_port}), data in {data}")
+    broker = EmbeddedBroker(settings, data / "logs" / "broker.log").start()
+    try:
+        broker.wait_ready(60)
+        _broker_pid = broker.pid
+        topics.ensure_topics(settings)
+        baseline = bench_baseline(settings, args.baseline_items or args.orders, data / "logs")
+        result = bench_exchange(settings, args.orders, args.rate, args.seconds, data / "logs")
+        _say(f"  ratio: exchange orders/s / baseline items/s = "
+             f"{result['orders_per_s'] / baseline:.2f}")
+    finally:
+        broker.stop(grace=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
