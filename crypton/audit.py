@@ -81,7 +81,8 @@ class _Replay:
         self.books: dict[str, BookMachine] = {}
         self.view = View()
         self.sent: dict[str, dict[LinkKey, bytes]] = {
-            topics.WALLET_INBOX: {}, topics.BOOK_INBOX: {}
+            topics.WALLET_INBOX: {},
+            topics.BOOK_INBOX: {},
         }
         self.failures: list[str] = []
 
@@ -105,13 +106,11 @@ class _Replay:
             return
         for item in out:
             if isinstance(item, Settle | Release):
-                self.sent[topics.WALLET_INBOX][(item.user_id, item.src, item.seq)] = (
-                    codec.encode(item)
+                self.sent[topics.WALLET_INBOX][(item.user_id, item.src, item.seq)] = codec.encode(
+                    item
                 )
             elif isinstance(item, BookOrder | BookCancel):
-                self.sent[topics.BOOK_INBOX][(item.market, item.src, item.seq)] = (
-                    codec.encode(item)
-                )
+                self.sent[topics.BOOK_INBOX][(item.market, item.src, item.seq)] = codec.encode(item)
             else:
                 self.view.apply(item)
 
@@ -138,11 +137,13 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
     received: dict[str, dict[LinkKey, set[bytes]]] = defaultdict(lambda: defaultdict(set))
     trade_copies: Counter[tuple[str, int]] = Counter()
     trades_seen: dict[tuple[str, int], set[bytes]] = defaultdict(set)
-    logical_of = {topics.topic_name(s.logical, settings.topic_prefix): s.logical
-                  for s in topics.TOPICS}
-    names = [topics.topic_name(t, settings.topic_prefix)
-             for t in (topics.WALLET_INBOX, topics.BOOK_INBOX, *_STATE_TOPICS,
-                       topics.DEAD_LETTERS)]
+    logical_of = {
+        topics.topic_name(s.logical, settings.topic_prefix): s.logical for s in topics.TOPICS
+    }
+    names = [
+        topics.topic_name(t, settings.topic_prefix)
+        for t in (topics.WALLET_INBOX, topics.BOOK_INBOX, *_STATE_TOPICS, topics.DEAD_LETTERS)
+    ]
     for record in read_topics(settings, names):
         report.records += 1
         if progress is not None and report.records % 100_000 == 0:
@@ -171,25 +172,38 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
         actual.apply(state)
 
     expected = replay.view
-    report.check("orders", _compare("orders", expected.orders, actual.orders),
-                 f"{len(actual.orders)} orders")
-    report.check("balances", _compare("balances", expected.balances, actual.balances),
-                 f"{len(actual.balances)} accounts")
+    report.check(
+        "orders", _compare("orders", expected.orders, actual.orders), f"{len(actual.orders)} orders"
+    )
+    report.check(
+        "balances",
+        _compare("balances", expected.balances, actual.balances),
+        f"{len(actual.balances)} accounts",
+    )
     trade_problems = _compare("trades", expected.trades, actual.trades)
-    trade_problems += [f"trade {k} written with different contents"
-                       for k, v in sorted(trades_seen.items()) if len(v) > 1]
+    trade_problems += [
+        f"trade {k} written with different contents"
+        for k, v in sorted(trades_seen.items())
+        if len(v) > 1
+    ]
     trade_problems += invariants.trade_sequence_problems(actual.trades.values())
     duplicates = sum(n - 1 for n in trade_copies.values())
-    report.check("trades", trade_problems,
-                 f"{len(actual.trades)} trades, {duplicates} duplicate writes")
-    report.check("transfers", _compare("transfers", expected.transfers, actual.transfers),
-                 f"{len(actual.transfers)} transfers")
+    report.check(
+        "trades", trade_problems, f"{len(actual.trades)} trades, {duplicates} duplicate writes"
+    )
+    report.check(
+        "transfers",
+        _compare("transfers", expected.transfers, actual.transfers),
+        f"{len(actual.transfers)} transfers",
+    )
     final_depth = {m: b.depth(len(b.book), 0) for m, b in replay.books.items()}
     depth_problems = []
     for market, depth in sorted(actual.depth.items()):
         want = final_depth.get(market)
         if want is None or (depth.seq, depth.bids, depth.asks) != (
-            want.seq, want.bids[: len(depth.bids)], want.asks[: len(depth.asks)]
+            want.seq,
+            want.bids[: len(depth.bids)],
+            want.asks[: len(depth.asks)],
         ):
             depth_problems.append(f"{market}: depth at seq {depth.seq} is not the replayed book")
     report.check("depth", depth_problems, f"{len(actual.depth)} markets")
@@ -211,8 +225,11 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
 
     balances = actual.balance_table()
     net = invariants.net_transfers(actual.transfers.values())
-    report.check("supply", invariants.supply_problems(balances, net),
-                 ", ".join(f"{a} {v}" for a, v in sorted(net.items())) or "no transfers")
+    report.check(
+        "supply",
+        invariants.supply_problems(balances, net),
+        ", ".join(f"{a} {v}" for a, v in sorted(net.items())) or "no transfers",
+    )
     hold_problems = [p for w in replay.wallets.values() for p in invariants.hold_problems(w)]
     book_problems = [p for b in replay.books.values() for p in invariants.book_problems(b)]
     report.check("holds", hold_problems, f"{len(replay.wallets)} wallets")
@@ -228,13 +245,17 @@ def main(settings: Settings, argv: Sequence[str] = ()) -> int:
         "topics and the invariants against it.",
     )
     parser.add_argument(
-        "--settle", type=float, default=10.0, metavar="S",
+        "--settle",
+        type=float,
+        default=10.0,
+        metavar="S",
         help="while discrepancies remain, read again for up to S seconds: messages still "
         "travelling between the steps look like discrepancies until they land (default 10)",
     )
     args = parser.parse_args(list(argv))
-    print(f"audit: reading the log at {settings.bootstrap_servers} ...", file=sys.stderr,
-          flush=True)
+    print(
+        f"audit: reading the log at {settings.bootstrap_servers} ...", file=sys.stderr, flush=True
+    )
     deadline = time.monotonic() + args.settle
     while True:
         report = audit(settings, progress=lambda line: print(line, file=sys.stderr))

@@ -24,7 +24,7 @@ from crypton.domain.messages import (
     WalletInbox,
 )
 
-__all__ = ["DecodeError", "decode", "encode", "decoder_for"]
+__all__ = ["DecodeError", "decode", "decoder_for", "encode"]
 
 DecodeError = msgspec.DecodeError
 _encoder = msgspec.json.Encoder()

@@ -33,12 +33,14 @@ class _Client:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 - the URL is the configured API
-            self.base + path, data=data, method=method,
+        request = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=15) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
@@ -56,7 +58,8 @@ def _admin_token(settings: Settings) -> str:
         return path.read_text().strip()
     except OSError:
         raise DemoError(
-            f"no admin token: set CRYPTON_ADMIN_TOKEN or run `crypton up` (which keeps it in {path})"
+            "no admin token: set CRYPTON_ADMIN_TOKEN or run `crypton up` "
+            f"(which keeps it in {path})"
         ) from None
 
 
@@ -68,22 +71,30 @@ def run(settings: Settings, base_url: str, say: Any = print) -> dict[str, Any]:
     bob = admin.call("POST", "/v1/admin/users", {"user_id": f"bob-{tag}"})
     say(f"created users {alice['user_id']} and {bob['user_id']}")
     for user, asset, amount in ((alice, "BTC", "2"), (bob, "USDT", "100000")):
-        admin.call("POST", f"/v1/admin/users/{user['user_id']}/credit?wait=true",
-                   {"asset": asset, "amount": amount, "transfer_id": f"demo-{tag}-{asset}"})
+        admin.call(
+            "POST",
+            f"/v1/admin/users/{user['user_id']}/credit?wait=true",
+            {"asset": asset, "amount": amount, "transfer_id": f"demo-{tag}-{asset}"},
+        )
         say(f"credited {amount} {asset} to {user['user_id']}")
     seller, buyer = _Client(base_url, alice["api_key"]), _Client(base_url, bob["api_key"])
 
     def place(client: _Client, who: str, **order: Any) -> dict[str, Any]:
-        placed: dict[str, Any] = client.call("POST", "/v1/orders?wait=true",
-                                             {"market": "BTC-USDT", **order})
+        placed: dict[str, Any] = client.call(
+            "POST", "/v1/orders?wait=true", {"market": "BTC-USDT", **order}
+        )
         what = order.get("price") or f"market, funds {order.get('funds')}"
-        say(f"  {who:<5} {order['side']:<4} {order.get('quantity') or '':<6} @ {what:<24}"
-            f" -> {placed['status']}")
+        say(
+            f"  {who:<5} {order['side']:<4} {order.get('quantity') or '':<6} @ {what:<24}"
+            f" -> {placed['status']}"
+        )
         return placed
 
     say("placing orders on BTC-USDT:")
-    asks = [place(seller, "alice", side="sell", type="limit", price=p, quantity="0.5")
-            for p in ("50000", "50010", "50020")]
+    asks = [
+        place(seller, "alice", side="sell", type="limit", price=p, quantity="0.5")
+        for p in ("50000", "50010", "50020")
+    ]
     place(buyer, "bob", side="buy", type="limit", price="49990", quantity="0.3")
     place(buyer, "bob", side="buy", type="limit", price="50015", quantity="0.8")
     place(buyer, "bob", side="buy", type="market", funds="5000", time_in_force="IOC")
@@ -95,11 +106,16 @@ def run(settings: Settings, base_url: str, say: Any = print) -> dict[str, Any]:
     trades = admin.call("GET", "/v1/markets/BTC-USDT/trades?limit=10")["items"]
     say("latest trades:")
     for trade in reversed(trades):
-        say(f"  #{trade['seq']:<4} {trade['quantity']:>8} BTC @ {trade['price']:>10} USDT"
-            f" (taker {trade['taker_side']})")
+        say(
+            f"  #{trade['seq']:<4} {trade['quantity']:>8} BTC @ {trade['price']:>10} USDT"
+            f" (taker {trade['taker_side']})"
+        )
     depth = admin.call("GET", "/v1/markets/BTC-USDT/depth?levels=5")
     say(f"book at seq {depth['seq']}: bids {depth['bids']} asks {depth['asks']}")
-    balances = {"alice": seller.call("GET", "/v1/balances"), "bob": buyer.call("GET", "/v1/balances")}
+    balances = {
+        "alice": seller.call("GET", "/v1/balances"),
+        "bob": buyer.call("GET", "/v1/balances"),
+    }
     for who, table in balances.items():
         shown = ", ".join(f"{a} {b['available']} (+{b['held']} held)" for a, b in table.items())
         say(f"{who}: {shown}")
@@ -108,8 +124,11 @@ def run(settings: Settings, base_url: str, say: Any = print) -> dict[str, Any]:
 
 def main(settings: Settings, argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="crypton demo", description=__doc__)
-    parser.add_argument("--url", default=f"http://{settings.api_host}:{settings.api_port}",
-                        help="the API's base URL (default from CRYPTON_API_HOST/PORT)")
+    parser.add_argument(
+        "--url",
+        default=f"http://{settings.api_host}:{settings.api_port}",
+        help="the API's base URL (default from CRYPTON_API_HOST/PORT)",
+    )
     args = parser.parse_args(list(argv))
     try:
         run(settings, args.url)

@@ -57,13 +57,15 @@ def read_topics(settings: Settings, names: list[str], timeout: float = 60.0) -> 
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise RuntimeError(f"kafka: {error}")
-                where = (record.topic(), record.partition())
+                topic, partition, offset = record.topic(), record.partition(), record.offset()
+                assert topic is not None and partition is not None and offset is not None
+                where = (topic, partition)
                 end = ends.get(where)
-                if end is None or record.offset() >= end:
+                if end is None or offset >= end:
                     continue
                 deadline = time.monotonic() + timeout
-                yield Record(where[0], where[1], record.offset(), record.key(), record.value())
-                if record.offset() + 1 >= end:
+                yield Record(topic, partition, offset, record.key(), record.value())
+                if offset + 1 >= end:
                     del ends[where]
     finally:
         consumer.close()

@@ -50,8 +50,12 @@ def _failed(step: str, msg: Message, exc: Exception) -> DeadLetter:
     log.error("%s could not process %r: %s", step, msg, exc)
     key = getattr(msg, "user_id", None) or getattr(msg, "market", None)
     return DeadLetter(
-        topic=step, partition=-1, offset=-1, key=key.encode() if key else None,
-        value=codec.encode(msg), reason=f"{type(exc).__name__}: {exc}",
+        topic=step,
+        partition=-1,
+        offset=-1,
+        key=key.encode() if key else None,
+        value=codec.encode(msg),
+        reason=f"{type(exc).__name__}: {exc}",
     )
 
 
@@ -192,13 +196,12 @@ def build_flow(
     The sources yield ``(partition, message)``: the steps are keyed by inbox partition.
     """
     flow = Dataflow("crypton")
-    wallet_in = op.branch("wallet_decoded", op.input("wallet_inbox", flow, wallet_inbox),
-                          _is_message)
+    wallet_in = op.branch(
+        "wallet_decoded", op.input("wallet_inbox", flow, wallet_inbox), _is_message
+    )
     book_in = op.branch("book_decoded", op.input("book_inbox", flow, book_inbox), _is_message)
     wallets = op.stateful_batch("wallet", wallet_in.trues, lambda s: WalletLogic(markets, s))
-    books = op.stateful_batch(
-        "book", book_in.trues, lambda s: BookLogic(markets, s, depth_levels)
-    )
+    books = op.stateful_batch("book", book_in.trues, lambda s: BookLogic(markets, s, depth_levels))
     out = op.merge(
         "outputs",
         op.map("wallet_out", wallets, _value),

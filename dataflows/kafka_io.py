@@ -15,7 +15,6 @@ the stock sink's ``flush()`` after every ``write_batch`` costs.
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -44,8 +43,13 @@ FETCH_WAIT_MS = 20  # back-off of an empty partition; bounds the hop latency
 
 class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
     def __init__(
-        self, settings: Settings, topic: str, partition: int, offset: int | None,
-        decode: Callable[[bytes], Message], batch_size: int,
+        self,
+        settings: Settings,
+        topic: str,
+        partition: int,
+        offset: int | None,
+        decode: Callable[[bytes], Message],
+        batch_size: int,
     ) -> None:
         self._consumer = Consumer(
             consumer_config(
@@ -89,8 +93,12 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
                 items.append((key, decode(value)))
             except Exception as exc:  # undecodable input is kept, with its reason
                 dead = DeadLetter(
-                    topic=self._topic, partition=self._partition, offset=record.offset(),
-                    key=record.key(), value=value, reason=f"undecodable: {exc}",
+                    topic=self._topic,
+                    partition=self._partition,
+                    offset=record.offset(),
+                    key=record.key(),
+                    value=value,
+                    reason=f"undecodable: {exc}",
                 )
                 items.append((key, dead))
         return items
@@ -111,7 +119,10 @@ class InboxSource(FixedPartitionedSource[tuple[str, Message], int]):
     the consumer happens to return."""
 
     def __init__(
-        self, settings: Settings, topic: str, decode: Callable[[bytes], Message],
+        self,
+        settings: Settings,
+        topic: str,
+        decode: Callable[[bytes], Message],
         batch_size: int = 1000,
     ) -> None:
         self._settings = settings
@@ -129,7 +140,11 @@ class InboxSource(FixedPartitionedSource[tuple[str, Message], int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _InboxPartition:
         return _InboxPartition(
-            self._settings, self._topic, int(for_part), resume_state, self._decode,
+            self._settings,
+            self._topic,
+            int(for_part),
+            resume_state,
+            self._decode,
             self._batch_size,
         )
 
@@ -137,9 +152,7 @@ class InboxSource(FixedPartitionedSource[tuple[str, Message], int]):
 class _LogPartition(StatefulSinkPartition[Record, None]):
     def __init__(self, settings: Settings) -> None:
         self._errors: list[str] = []
-        self._producer = Producer(
-            producer_config(settings, **{"error_cb": self._on_error})
-        )
+        self._producer = Producer(producer_config(settings, **{"error_cb": self._on_error}))
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():

@@ -11,8 +11,9 @@ __all__ = ["count", "serve"]
 MESSAGES = Counter("crypton_dataflow_messages_total", "Inbox messages processed", ["step"])
 EMITTED = Counter("crypton_dataflow_emitted_total", "Messages emitted", ["step"])
 TRADES = Counter("crypton_dataflow_trades_total", "Trades executed")
-DEAD_LETTERS = Counter("crypton_dataflow_dead_letters_total", "Messages sent to dead letters",
-                       ["step"])
+DEAD_LETTERS = Counter(
+    "crypton_dataflow_dead_letters_total", "Messages sent to dead letters", ["step"]
+)
 
 
 def count(step: str, processed: int, out: list[Message]) -> None:

@@ -29,10 +29,23 @@ def _hop(flow: Dataflow, name: str, source: str, sink: str) -> None:
     messages = op.input(f"in_{name}", flow, KafkaSource(BROKERS, [source], add_config=CONFIG))
     keyed = op.key_on(f"key_{name}", messages, lambda m: m.key.decode())
     counted = op.stateful_map(f"step_{name}", keyed, _count)
-    op.output(f"out_{name}", op.map(f"value_{name}", counted, lambda kv: kv[1]),
-              KafkaSink(BROKERS, sink, add_config=CONFIG))
+    op.output(
+        f"out_{name}",
+        op.map(f"value_{name}", counted, lambda kv: kv[1]),
+        KafkaSink(BROKERS, sink, add_config=CONFIG),
+    )
 
 
 flow = Dataflow("baseline")
-_hop(flow, "ab", os.environ.get("BASELINE_A", "baseline.a"), os.environ.get("BASELINE_B", "baseline.b"))
-_hop(flow, "bc", os.environ.get("BASELINE_B", "baseline.b"), os.environ.get("BASELINE_C", "baseline.c"))
+_hop(
+    flow,
+    "ab",
+    os.environ.get("BASELINE_A", "baseline.a"),
+    os.environ.get("BASELINE_B", "baseline.b"),
+)
+_hop(
+    flow,
+    "bc",
+    os.environ.get("BASELINE_B", "baseline.b"),
+    os.environ.get("BASELINE_C", "baseline.c"),
+)

@@ -19,9 +19,9 @@ runs on 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import argparse
-import msgspec
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -110,10 +111,16 @@ def _orders(count: int, rng: random.Random, start: int) -> list[PlaceOrder]:
         offset = rng.randint(0, 15) * (1 if crossing else -1) * (1 if side == "buy" else -1)
         orders.append(
             PlaceOrder(
-                user_id=f"user{rng.randrange(USERS)}", order_id=f"o{start + i}",
-                client_order_id=f"c{start + i}", market=symbol, side=side, type="limit",
-                price=(mid + offset) * market.tick, quantity=rng.randint(1, 20) * market.min_quantity,
-                time_in_force="IOC" if crossing and rng.random() < 0.5 else "GTC", ts=0,
+                user_id=f"user{rng.randrange(USERS)}",
+                order_id=f"o{start + i}",
+                client_order_id=f"c{start + i}",
+                market=symbol,
+                side=side,
+                type="limit",
+                price=(mid + offset) * market.tick,
+                quantity=rng.randint(1, 20) * market.min_quantity,
+                time_in_force="IOC" if crossing and rng.random() < 0.5 else "GTC",
+                ts=0,
             )
         )
     return orders
@@ -124,9 +131,13 @@ class _Watcher(threading.Thread):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(daemon=True)
-        self.consumer = Consumer(consumer_config(settings, **{"group.id": "bench-watch", "fetch.wait.max.ms": 10}))
-        names = [topics.topic_name(t, settings.topic_prefix)
-                 for t in (topics.ORDERS, topics.TRADES, topics.TRANSFERS)]
+        self.consumer = Consumer(
+            consumer_config(settings, **{"group.id": "bench-watch", "fetch.wait.max.ms": 10})
+        )
+        names = [
+            topics.topic_name(t, settings.topic_prefix)
+            for t in (topics.ORDERS, topics.TRADES, topics.TRANSFERS)
+        ]
         self.consumer.assign([TopicPartition(n, p, 0) for n in names for p in range(PARTITIONS)])
         self.first_state: dict[str, int] = {}
         self.final: dict[str, int] = {}
@@ -178,8 +189,11 @@ def _produce(producer: Producer, settings: Settings, messages: list[Message]) ->
         producer.poll(0)
 
 
-def _produce_stamped(producer: Producer, settings: Settings, orders: list[PlaceOrder],
-                     ) -> list[Message]:
+def _produce_stamped(
+    producer: Producer,
+    settings: Settings,
+    orders: list[PlaceOrder],
+) -> list[Message]:
     """Produce each order stamped with the time it is handed to the producer, as the API does."""
     stamped: list[Message] = []
     for order in orders:
@@ -198,8 +212,13 @@ def bench_baseline(settings: Settings, items: int, logs: Path) -> float:
         future.result()
     env = settings_env(settings) | {f"BASELINE_{k.upper()}": v for k, v in names.items()}
     env["CRYPTON_KAFKA_BOOTSTRAP"] = settings.bootstrap_servers
-    flow = Child("baseline", [sys.executable, "-m", "bytewax.run", "loadtest.baseline_flow:flow"],
-                 logs / "baseline.log", env=env, cwd=ROOT).start()
+    flow = Child(
+        "baseline",
+        [sys.executable, "-m", "bytewax.run", "loadtest.baseline_flow:flow"],
+        logs / "baseline.log",
+        env=env,
+        cwd=ROOT,
+    ).start()
     consumer = Consumer(consumer_config(settings, **{"group.id": "bench-baseline"}))
     consumer.assign([TopicPartition(names["c"], p, 0) for p in range(PARTITIONS)])
     producer = Producer(producer_config(settings))
@@ -225,8 +244,10 @@ def bench_baseline(settings: Settings, items: int, logs: Path) -> float:
                 raise TimeoutError("the baseline did not finish in 600 s")
         elapsed = time.monotonic() - start
         rate = items / elapsed
-        _say(f"  baseline: {items} items A->B->C in {elapsed:.1f} s = {rate:,.0f} items/s"
-             f" ({cpu.report()})")
+        _say(
+            f"  baseline: {items} items A->B->C in {elapsed:.1f} s = {rate:,.0f} items/s"
+            f" ({cpu.report()})"
+        )
         return rate
     finally:
         consumer.close()
@@ -236,24 +257,45 @@ def bench_baseline(settings: Settings, items: int, logs: Path) -> float:
 _broker_pid: int | None = None
 
 
-def bench_exchange(settings: Settings, count: int, rate: int, seconds: int, logs: Path,
-                   ) -> dict[str, float]:
+def bench_exchange(
+    settings: Settings,
+    count: int,
+    rate: int,
+    seconds: int,
+    logs: Path,
+) -> dict[str, float]:
     recovery = settings.data_dir / "recovery"
     recovery.mkdir(parents=True)
-    import subprocess
-
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
-    flow = Child("dataflow", [sys.executable, "-m", "bytewax.run", "dataflows.exchange:flow",
-                              "-r", str(recovery), "-s", "2", "-b", "0"],
-                 logs / "dataflow.log", env=settings_env(settings), cwd=ROOT).start()
+    flow = Child(
+        "dataflow",
+        [
+            sys.executable,
+            "-m",
+            "bytewax.run",
+            "dataflows.exchange:flow",
+            "-r",
+            str(recovery),
+            "-s",
+            "2",
+            "-b",
+            "0",
+        ],
+        logs / "dataflow.log",
+        env=settings_env(settings),
+        cwd=ROOT,
+    ).start()
     watcher = _Watcher(settings)
     watcher.start()
     producer = Producer(producer_config(settings))
     rng = random.Random(2024)
     results: dict[str, float] = {}
     try:
-        funding = [Credit(user_id=f"user{u}", asset=a, amount=10**15, transfer_id=f"fund-{a}", ts=0)
-                   for u in range(USERS) for a in ("BTC", "ETH", "USDT")]
+        funding = [
+            Credit(user_id=f"user{u}", asset=a, amount=10**15, transfer_id=f"fund-{a}", ts=0)
+            for u in range(USERS)
+            for a in ("BTC", "ETH", "USDT")
+        ]
         _produce(producer, settings, funding)
         producer.flush(30)
         watcher.wait(lambda: watcher.transfers >= len(funding), 120, "funding")
@@ -264,12 +306,17 @@ def bench_exchange(settings: Settings, count: int, rate: int, seconds: int, logs
         stamped = _produce_stamped(producer, settings, orders)
         producer.flush(30)
         ids = [o.order_id for o in orders]
-        watcher.wait(lambda: all(i in watcher.final for i in ids[-50:])
-                     and len(watcher.final) >= count, 900, "full speed")
+        watcher.wait(
+            lambda: all(i in watcher.final for i in ids[-50:]) and len(watcher.final) >= count,
+            900,
+            "full speed",
+        )
         end_ms = max(watcher.final[i] for i in ids)
         results["orders_per_s"] = count / ((end_ms - start_ms) / 1000)
-        _say(f"  exchange, full speed: {count} orders final in {(end_ms - start_ms) / 1000:.1f} s"
-             f" = {results['orders_per_s']:,.0f} orders/s ({cpu.report()})")
+        _say(
+            f"  exchange, full speed: {count} orders final in {(end_ms - start_ms) / 1000:.1f} s"
+            f" = {results['orders_per_s']:,.0f} orders/s ({cpu.report()})"
+        )
         _latency("full speed", stamped, watcher)
 
         paced = _orders(rate * seconds, rng, count)
@@ -293,29 +340,49 @@ def bench_exchange(settings: Settings, count: int, rate: int, seconds: int, logs
 
 
 def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, float]:
-    first = [watcher.first_state[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_state]
-    trade = [watcher.first_trade[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_trade]
-    _say(f"    latency {label}: first state p50 {_percentile(first, 0.5):.0f} ms,"
-         f" p99 {_percentile(first, 0.99):.0f} ms; trade p50 {_percentile(trade, 0.5):.0f} ms,"
-         f" p99 {_percentile(trade, 0.99):.0f} ms ({len(trade)} taker orders traded)")
-    return {"first_p50": _percentile(first, 0.5), "first_p99": _percentile(first, 0.99),
-            "trade_p50": _percentile(trade, 0.5), "trade_p99": _percentile(trade, 0.99)}
+    first = [
+        watcher.first_state[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_state
+    ]
+    trade = [
+        watcher.first_trade[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_trade
+    ]
+    _say(
+        f"    latency {label}: first state p50 {_percentile(first, 0.5):.0f} ms,"
+        f" p99 {_percentile(first, 0.99):.0f} ms; trade p50 {_percentile(trade, 0.5):.0f} ms,"
+        f" p99 {_percentile(trade, 0.99):.0f} ms ({len(trade)} taker orders traded)"
+    )
+    return {
+        "first_p50": _percentile(first, 0.5),
+        "first_p99": _percentile(first, 0.99),
+        "trade_p50": _percentile(trade, 0.5),
+        "trade_p99": _percentile(trade, 0.99),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     global _broker_pid
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_pipeline",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench_pipeline", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--broker", choices=["noida", "tansu"], default="noida")
     parser.add_argument("--orders", type=int, default=20_000, help="orders at full speed")
-    parser.add_argument("--baseline-items", type=int, default=None,
-                        help="items through the baseline loop (default: --orders)")
+    parser.add_argument(
+        "--baseline-items",
+        type=int,
+        default=None,
+        help="items through the baseline loop (default: --orders)",
+    )
     parser.add_argument("--rate", type=int, default=500, help="paced orders/s")
     parser.add_argument("--seconds", type=int, default=10, help="paced phase length")
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="crypton-bench-"))
-    settings = Settings(data_dir=data, broker=args.broker, kafka_port=free_port(),
-                        topic_prefix="bench.", partitions=PARTITIONS)
+    settings = Settings(
+        data_dir=data,
+        broker=args.broker,
+        kafka_port=free_port(),
+        topic_prefix="bench.",
+        partitions=PARTITIONS,
+    )
     _say(f"bench_pipeline on {args.broker} (127.0.0.1:{settings.kafka_port}), data in {data}")
     broker = EmbeddedBroker(settings, data / "logs" / "broker.log").start()
     try:
@@ -324,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         topics.ensure_topics(settings)
         baseline = bench_baseline(settings, args.baseline_items or args.orders, data / "logs")
         result = bench_exchange(settings, args.orders, args.rate, args.seconds, data / "logs")
-        _say(f"  ratio: exchange orders/s / baseline items/s = "
-             f"{result['orders_per_s'] / baseline:.2f}")
+        _say(
+            f"  ratio: exchange orders/s / baseline items/s = "
+            f"{result['orders_per_s'] / baseline:.2f}"
+        )
     finally:
         broker.stop(grace=5)
     return 0

@@ -20,24 +20,37 @@ from crypton.logreader import read_topics
 from crypton.process import Child
 from crypton.routing import route
 
-_STATE = (topics.ORDERS, topics.BALANCES, topics.TRADES, topics.TRANSFERS, topics.DEPTH,
-          topics.REJECTIONS)
+_STATE = (
+    topics.ORDERS,
+    topics.BALANCES,
+    topics.TRADES,
+    topics.TRANSFERS,
+    topics.DEPTH,
+    topics.REJECTIONS,
+)
 _DECODERS = {
-    topics.ORDERS: codec.orders, topics.BALANCES: codec.balances, topics.TRADES: codec.trades,
-    topics.TRANSFERS: codec.transfers, topics.DEPTH: codec.depth,
+    topics.ORDERS: codec.orders,
+    topics.BALANCES: codec.balances,
+    topics.TRADES: codec.trades,
+    topics.TRANSFERS: codec.transfers,
+    topics.DEPTH: codec.depth,
     topics.REJECTIONS: codec.rejections,
 }
 
 
-def produce(settings: Settings, messages: Iterable[Message], producer: Producer | None = None,
-            ) -> None:
+def produce(
+    settings: Settings,
+    messages: Iterable[Message],
+    producer: Producer | None = None,
+) -> None:
     """Write commands where the API would: the wallet inbox, keyed by user."""
     own = producer is None
     producer = producer or Producer(producer_config(settings))
     for message in messages:
         logical, key = route(message)
-        producer.produce(topics.topic_name(logical, settings.topic_prefix),
-                         codec.encode(message), key.encode())
+        producer.produce(
+            topics.topic_name(logical, settings.topic_prefix), codec.encode(message), key.encode()
+        )
         producer.poll(0)
     if own:
         assert producer.flush(30) == 0
@@ -49,16 +62,31 @@ def produce_raw(settings: Settings, value: bytes, key: bytes = b"x") -> None:
     assert producer.flush(30) == 0
 
 
-def start_dataflow(spawn: Callable[..., Child], settings: Settings, *args: str,
-                   name: str = "dataflow") -> Child:
+def start_dataflow(
+    spawn: Callable[..., Child], settings: Settings, *args: str, name: str = "dataflow"
+) -> Child:
     """The real dataflow process, as `crypton dataflow` runs it, with 1 s snapshots."""
     recovery = settings.data_dir / "recovery"
     if not recovery.exists():
         recovery.mkdir(parents=True)
-        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
-                       check=True, capture_output=True)
-    argv = [sys.executable, "-m", "bytewax.run", "dataflows.exchange:flow",
-            "-r", str(recovery), "-s", "1", "-b", "0", *args]
+        subprocess.run(
+            [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
+            check=True,
+            capture_output=True,
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "bytewax.run",
+        "dataflows.exchange:flow",
+        "-r",
+        str(recovery),
+        "-s",
+        "1",
+        "-b",
+        "0",
+        *args,
+    ]
     return spawn(name, argv, settings=settings, cwd=Path(__file__).parents[2])
 
 
@@ -78,9 +106,11 @@ def settled(view: View, commands: Iterable[Message]) -> bool:
             state = view.orders.get(command.order_id)
             if state is None or state.status == "NEW":
                 return False
-        elif isinstance(command, Credit | Debit):
-            if (command.user_id, command.transfer_id) not in view.transfers:
-                return False
+        elif (
+            isinstance(command, Credit | Debit)
+            and (command.user_id, command.transfer_id) not in view.transfers
+        ):
+            return False
     return True
 
 

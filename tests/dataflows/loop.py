@@ -57,8 +57,9 @@ class Loop:
 
     def send(self, *commands: Message | bytes) -> None:
         """Append commands (or raw bytes, decoded as the Kafka source would) to the wallet inbox."""
-        self.wallet_log.extend(codec.wallet_inbox.decode(c) if isinstance(c, bytes) else c
-                               for c in commands)
+        self.wallet_log.extend(
+            codec.wallet_inbox.decode(c) if isinstance(c, bytes) else c for c in commands
+        )
 
     def run(self, max_rounds: int = 50) -> None:
         """Run rounds until the loop is quiet."""
@@ -79,8 +80,14 @@ class Loop:
         if self.workers == 1:
             run_main(flow, epoch_interval=timedelta(seconds=10), recovery_config=config)
         else:
-            cluster_main(flow, [], 0, worker_count_per_proc=self.workers,
-                         epoch_interval=timedelta(seconds=10), recovery_config=config)
+            cluster_main(
+                flow,
+                [],
+                0,
+                worker_count_per_proc=self.workers,
+                epoch_interval=timedelta(seconds=10),
+                recovery_config=config,
+            )
         self.rounds += 1
         more = False
         for _dest, (topic, _key, value) in out:

@@ -47,9 +47,16 @@ def flow_view(loop: Loop) -> View:
 
 def order(user: str, oid: str, side: str, price: str, qty: str, **kw: object) -> PlaceOrder:
     return PlaceOrder(
-        user_id=user, order_id=oid, client_order_id=oid, market="BTC-USDT", side=side,  # type: ignore[arg-type]
-        type="limit", price=int(price) * BTC.quote.scale, quantity=int(qty) * BTC.step,
-        ts=kw.pop("ts", 10), **kw,  # type: ignore[arg-type]
+        user_id=user,
+        order_id=oid,
+        client_order_id=oid,
+        market="BTC-USDT",
+        side=side,  # type: ignore[arg-type]
+        type="limit",
+        price=int(price) * BTC.quote.scale,
+        quantity=int(qty) * BTC.step,
+        ts=kw.pop("ts", 10),
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -98,8 +105,17 @@ def test_rejections_are_never_silent(loop: Loop) -> None:
         Debit(user_id="u", asset="USDT", amount=6 * 10**6, transfer_id="t2", ts=2),
         Credit(user_id="u", asset="DOGE", amount=1, transfer_id="t3", ts=3),
         order("u", "too-big", "buy", "50000", "10", ts=4),
-        PlaceOrder(user_id="u", order_id="nowhere", client_order_id="x", market="XRP-USDT",
-                   side="buy", type="limit", price=1, quantity=1, ts=5),
+        PlaceOrder(
+            user_id="u",
+            order_id="nowhere",
+            client_order_id="x",
+            market="XRP-USDT",
+            side="buy",
+            type="limit",
+            price=1,
+            quantity=1,
+            ts=5,
+        ),
         CancelOrder(user_id="u", order_id="never-placed", ts=6),
     )
     loop.run()
@@ -122,8 +138,9 @@ def test_cancel_releases_the_hold_exactly_once(loop: Loop) -> None:
     loop.run()
     assert flow_view(loop).balance_table()["u"]["USDT"] == (100 * 10**6 - 40_080_000, 40_080_000)
     # Two cancels in flight at once: the book closes the order once, the second is refused.
-    loop.send(CancelOrder(user_id="u", order_id="o1", ts=3),
-              CancelOrder(user_id="u", order_id="o1", ts=4))
+    loop.send(
+        CancelOrder(user_id="u", order_id="o1", ts=3), CancelOrder(user_id="u", order_id="o1", ts=4)
+    )
     loop.run()
     view = flow_view(loop)
     assert view.orders["o1"].status == "CANCELED"
@@ -151,8 +168,9 @@ def test_replayed_inbox_messages_have_no_effect(loop: Loop) -> None:
 
 
 def test_unprocessable_input_goes_to_dead_letters(loop: Loop) -> None:
-    stray = BookOrder(market="XRP-USDT", src="u", seq=1, hold=1,
-                      order=order("u", "o", "buy", "1", "1"))
+    stray = BookOrder(
+        market="XRP-USDT", src="u", seq=1, hold=1, order=order("u", "o", "buy", "1", "1")
+    )
     loop.book_log.append(stray)
     loop.send(Credit(user_id="u", asset="USDT", amount=1, transfer_id="t", ts=1))
     loop.run()

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
+from crypton.broker import EmbeddedBroker
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import CancelOrder, Credit, PlaceOrder
-from crypton.process import Child
+from crypton.process import Child, free_port
 from tests.dataflows.kafka_support import (
     produce,
     produce_raw,
@@ -46,8 +47,6 @@ def test_parallel_runs_agree_with_the_log(
     if workers == "-w2":
         start_dataflow(spawn, settings, "-w", "2")
     else:
-        from crypton.process import free_port
-
         addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
         for proc in ("0", "1"):
             start_dataflow(spawn, settings, "-i", proc, "-a", addresses, name=f"dataflow-{proc}")
@@ -73,8 +72,17 @@ def test_garbage_goes_to_dead_letters_and_the_flow_keeps_going(
 
 def test_cancel_releases_exactly_the_hold(settings: Settings, spawn: Callable[..., Child]) -> None:
     start_dataflow(spawn, settings)
-    place = PlaceOrder(user_id="u", order_id="o1", client_order_id="c1", market="BTC-USDT",
-                       side="buy", type="limit", price=30_000 * 10**6, quantity=20_000, ts=2)
+    place = PlaceOrder(
+        user_id="u",
+        order_id="o1",
+        client_order_id="c1",
+        market="BTC-USDT",
+        side="buy",
+        type="limit",
+        price=30_000 * 10**6,
+        quantity=20_000,
+        ts=2,
+    )
     credit = Credit(user_id="u", asset="USDT", amount=100 * 10**6, transfer_id="t", ts=1)
     produce(settings, [credit, place])
     view = wait_settled(settings, [credit, place])
@@ -91,8 +99,6 @@ def test_cancel_releases_exactly_the_hold(settings: Settings, spawn: Callable[..
 def test_flow_resumes_after_a_broker_restart(
     kafka_broker: object, settings: Settings, spawn: Callable[..., Child]
 ) -> None:
-    from crypton.broker import EmbeddedBroker
-
     if not isinstance(kafka_broker, EmbeddedBroker) or kafka_broker.settings.broker != "noida":
         pytest.skip("needs the embedded noida broker, which keeps its data")
     first = funding(MARKETS, users=("a", "b"))
