@@ -34,6 +34,8 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m loadtest.bench_core
+	$(PY) -m loadtest.bench_pipeline --broker tansu
+	$(PY) -m loadtest.bench_pipeline --broker noida
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
