@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-w", "--workers", type=int, default=None, help="dataflow workers")
     up.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
     for name, what in (("demo", "a scripted trading session"), ("audit", "check invariants")):
-        sub.add_parser(name, help=f"{what}; its options pass through")
+        # No -h of ours: `crypton audit --help` must reach the audit's own parser.
+        sub.add_parser(name, help=f"{what}; its options pass through", add_help=False)
     return parser
 
 
