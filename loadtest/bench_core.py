@@ -1,0 +1,289 @@
+"""Benchmark of the pure exchange core: commands per second through ``Exchange.submit``.
+
+Replays a fixed, seeded mix of commands on BTC-USDT and ETH-USDT from 1,000
+pre-funded users (the credits are not timed): about 55% limit orders that rest
+(priced on their own side of a fixed mid), 25% orders that cross (IOC limits
+through the mid, market buys by funds and market sells) and 20% cancels of
+orders placed earlier, drawn from a bounded set of recent resting orders. All
+commands are built before the clock starts; each ``submit`` is timed with
+``time.perf_counter_ns``. At the end every invariant is checked
+(``crypton.domain.invariants.exchange_problems``); the exit status is 1 if
+any fails.
+
+    python -m loadtest.bench_core                  # 1,000,000 commands, seed 1
+    python -m loadtest.bench_core --commands 200000 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import random
+import sys
+import time
+from array import array
+from collections import deque
+from collections.abc import Sequence
+
+from crypton.config import load_markets
+from crypton.domain.exchange import Exchange
+from crypton.domain.invariants import exchange_problems
+from crypton.domain.markets import Market
+from crypton.domain.messages import (
+    TERMINAL,
+    CancelOrder,
+    Credit,
+    OrderState,
+    PlaceOrder,
+    Rejection,
+    Trade,
+    WalletInbox,
+)
+
+MARKETS = ("BTC-USDT", "ETH-USDT")
+MIDS = {"BTC-USDT": "50000", "ETH-USDT": "2500"}
+USERS = 1_000
+# Generous: nobody should run out of funds in a million commands, so that the
+# mix stays what it says (amounts in whole units of each asset).
+FUNDING = {"USDT": 10**9, "BTC": 10**5, "ETH": 10**6}
+CANCEL_POOL = 20_000  # cancels pick from this many of the most recent open resting orders
+PROGRESS_EVERY = 200_000
+
+
+class _LivePool:
+    """The most recent ``capacity`` resting orders still open: O(1) add, remove and draw."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: list[tuple[str, str]] = []  # (user, order id)
+        self.index: dict[str, int] = {}
+        self.age: deque[str] = deque()
+
+    def add(self, user: str, order_id: str) -> None:
+        self.index[order_id] = len(self.items)
+        self.items.append((user, order_id))
+        self.age.append(order_id)
+        while len(self.index) > self.capacity:
+            self.discard(self.age.popleft())
+
+    def discard(self, order_id: str) -> None:
+        position = self.index.pop(order_id, None)
+        if position is None:
+            return
+        last = self.items.pop()
+        if last[1] != order_id:
+            self.items[position] = last
+            self.index[last[1]] = position
+
+    def draw(self, rng: random.Random) -> tuple[str, str]:
+        user, order_id = self.items[rng.randrange(len(self.items))]
+        self.discard(order_id)
+        return user, order_id
+
+
+def build_commands(
+    count: int, seed: int, users: int = USERS
+) -> tuple[list[WalletInbox], list[Credit]]:
+    """The funding credits and ``count`` seeded commands (the same for the same arguments).
+
+    A shadow exchange runs alongside so that cancels name orders that are
+    still resting when the cancel arrives: the timed run replays the same
+    commands in a fresh exchange, which is deterministic, so they still are.
+    """
+    markets = load_markets()
+    rng = random.Random(seed)
+    user_ids = [f"user{i:04d}" for i in range(users)]
+    credits = [
+        Credit(
+            user_id=user,
+            asset=asset,
+            amount=amount * markets.asset(asset).scale,
+            transfer_id=f"fund-{asset}",
+            ts=0,
+        )
+        for user in user_ids
+        for asset, amount in FUNDING.items()
+    ]
+    shadow = Exchange(markets)
+    for credit in credits:
+        shadow.submit(credit)
+    specs = {symbol: markets.market(symbol) for symbol in MARKETS}
+    mids = {s: int(MIDS[s]) * specs[s].quote.scale for s in MARKETS}
+    pool = _LivePool(CANCEL_POOL)
+    commands: list[WalletInbox] = []
+    for n in range(count):
+        ts = 1_700_000_000_000 + n
+        roll = rng.random()
+        command: WalletInbox
+        if roll < 0.20 and pool.items:
+            user, order_id = pool.draw(rng)
+            command = CancelOrder(user_id=user, order_id=order_id, ts=ts)
+        else:
+            symbol = MARKETS[rng.random() < 0.4]  # 60% BTC-USDT, 40% ETH-USDT
+            market, mid = specs[symbol], mids[symbol]
+            user = user_ids[rng.randrange(users)]
+            side = "buy" if rng.random() < 0.5 else "sell"
+            common = {
+                "user_id": user, "order_id": f"{user}-{n}", "client_order_id": str(n),
+                "market": symbol, "side": side, "ts": ts,
+            }  # fmt: skip
+            if roll < 0.75:
+                # Rest on our own side of the mid, 1 to 400 ticks away, denser near it.
+                ticks = 1 + int(rng.expovariate(1 / 60)) % 400
+                price = mid - ticks * market.tick if side == "buy" else mid + ticks * market.tick
+                quantity = _quantity(rng, market, price, 1, 40)
+                command = PlaceOrder(type="limit", price=price, quantity=quantity, **common)  # type: ignore[arg-type]
+            else:
+                command = _crossing(rng, market, mid, common)
+        commands.append(command)
+        for message in shadow.submit(command):
+            if type(message) is OrderState:
+                if message.status == "OPEN":  # type: ignore[attr-defined]
+                    pool.add(message.user_id, message.order_id)  # type: ignore[attr-defined]
+                elif message.status in TERMINAL:  # type: ignore[attr-defined]
+                    pool.discard(message.order_id)  # type: ignore[attr-defined]
+        if (n + 1) % PROGRESS_EVERY == 0:
+            print(f"  built {n + 1:>9,} commands", file=sys.stderr)
+    return commands, credits
+
+
+def _quantity(rng: random.Random, market: Market, price: int, low: int, high: int) -> int:
+    """A quantity of ``low``..``high`` times the minimum that meets the minimum value."""
+    steps_for_min = -(-market.min_notional * market.base.scale // (price * market.step))
+    unit = max(market.min_quantity // market.step, steps_for_min, 1)
+    return unit * rng.randint(low, high) * market.step
+
+
+def _crossing(
+    rng: random.Random, market: Market, mid: int, common: dict[str, object]
+) -> PlaceOrder:
+    """An order that takes liquidity: an IOC limit through the mid, or a market order."""
+    side = common["side"]
+    kind = rng.random()
+    if kind < 0.6:
+        ticks = rng.randint(1, 200)
+        price = mid + ticks * market.tick if side == "buy" else mid - ticks * market.tick
+        quantity = _quantity(rng, market, price, 1, 48)
+        return PlaceOrder(
+            type="limit",
+            price=price,
+            quantity=quantity,
+            time_in_force="IOC",
+            **common,  # type: ignore[arg-type]
+        )
+    if side == "buy":
+        funds = market.notional(mid, _quantity(rng, market, mid, 1, 48))
+        return PlaceOrder(type="market", funds=funds, time_in_force="IOC", **common)  # type: ignore[arg-type]
+    quantity = _quantity(rng, market, mid, 1, 48)
+    return PlaceOrder(type="market", quantity=quantity, time_in_force="IOC", **common)  # type: ignore[arg-type]
+
+
+def percentile(sorted_values: Sequence[int], fraction: float) -> int:
+    """The value at ``fraction`` (0..1) of an ascending sequence, nearest rank."""
+    index = min(len(sorted_values) - 1, max(0, int(fraction * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def run(count: int, seed: int, profile: bool) -> int:
+    started = time.perf_counter()
+    commands, credits = build_commands(count, seed)
+    print(
+        f"built {len(commands):,} commands for {USERS:,} users in "
+        f"{time.perf_counter() - started:.1f} s (seed {seed})",
+        file=sys.stderr,
+    )
+    exchange = Exchange(load_markets())
+    for credit in credits:
+        exchange.submit(credit)
+    net = {asset: 0 for asset in FUNDING}
+    for credit in credits:
+        net[credit.asset] += credit.amount
+
+    # Everything built so far lives to the end: take it out of the collector's
+    # view, as a long-running process would, so its pauses measure the work.
+    gc.collect()
+    gc.freeze()
+    latencies = array("q", bytes(8 * len(commands)))
+    trades = canceled = cancel_missed = rejected = 0
+    submit, clock = exchange.submit, time.perf_counter_ns
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i, command in enumerate(commands):
+        t0 = clock()
+        out = submit(command)
+        latencies[i] = clock() - t0
+        for message in out:
+            kind = type(message)
+            if kind is Trade:
+                trades += 1
+            elif kind is Rejection:
+                cancel_missed += 1
+            elif kind is OrderState:
+                status = message.status  # type: ignore[attr-defined]
+                if status == "CANCELED":
+                    canceled += 1
+                elif status == "REJECTED":
+                    rejected += 1
+        if (i + 1) % PROGRESS_EVERY == 0:
+            elapsed = time.perf_counter() - wall
+            print(f"  {i + 1:>9,} commands  {elapsed:6.1f} s  {trades:,} trades", file=sys.stderr)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if profiler:
+        profiler.disable()
+    gc.unfreeze()
+
+    busy_ns = sum(latencies)
+    ordered = sorted(latencies)
+    print(f"commands           {len(commands):,} (seed {seed})")
+    print(f"throughput         {len(commands) / (busy_ns / 1e9):,.0f} commands/s in submit")
+    print(
+        f"                   {len(commands) / wall:,.0f} commands/s wall, "
+        f"{len(commands) / cpu:,.0f} per CPU second (loop and counting included)"
+    )
+    print(
+        "latency per command "
+        + "  ".join(
+            f"p{label} {percentile(ordered, q) / 1000:.1f} us"
+            for label, q in (("50", 0.5), ("99", 0.99), ("99.9", 0.999))
+        )
+        + f"  max {ordered[-1] / 1000:.0f} us"
+    )
+    print(f"trades             {trades:,}")
+    print(f"cancels            {canceled:,} canceled, {cancel_missed:,} rejected (order not open)")
+    print(f"orders rejected    {rejected:,}")
+    for symbol in MARKETS:
+        book = exchange.books[symbol].book
+        print(
+            f"book {symbol:<9}    {len(book):,} resting orders, "
+            f"{len(book.prices['buy']):,} bid / {len(book.prices['sell']):,} ask levels, "
+            f"best {book.best_bid()} / {book.best_ask()}"
+        )
+    if profiler:
+        print("\nprofile: top 25 by tottime")
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+
+    checked = time.perf_counter()
+    problems = exchange_problems(exchange, net)
+    print(f"invariants         {len(problems)} problems ({time.perf_counter() - checked:.1f} s)")
+    for problem in problems[:20]:
+        print(f"  {problem}")
+    return 1 if problems else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--commands", type=int, default=1_000_000, help="default 1,000,000")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by tottime")
+    args = parser.parse_args(argv)
+    if args.commands <= 0:
+        parser.error("--commands must be positive")
+    return run(args.commands, args.seed, args.profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
