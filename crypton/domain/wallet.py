@@ -89,10 +89,13 @@ class WalletMachine:
 
     def handle(self, msg: WalletInbox) -> list[Message]:
         """Apply one inbox message; return what it causes, in a fixed order."""
-        if isinstance(msg, Settle | Release):
+        # Exact type tests first: isinstance() on msgspec Structs is slow (metaclass).
+        if type(msg) is PlaceOrder:
+            return self._place(msg)
+        if type(msg) is Settle or type(msg) is Release or isinstance(msg, Settle | Release):
             out: list[Message] = []
             for due in self.inbound.accept(msg.src, msg.seq, msg):
-                if isinstance(due, Settle):
+                if type(due) is Settle or (type(due) is not Release and isinstance(due, Settle)):
                     self._settle(due.trade)
                     out.append(self._balances(due.trade.time))
                 elif self._release(due.order_id):
