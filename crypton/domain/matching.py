@@ -57,7 +57,10 @@ class BookMachine:
         out: list[Message] = []
         for due in self.inbound.accept(msg.src, msg.seq, msg):
             self.seq += 1
-            if isinstance(due, BookOrder):
+            # Exact types first: isinstance() on msgspec Structs is slow (metaclass).
+            if type(due) is BookCancel:
+                self._cancel(due, out)
+            elif type(due) is BookOrder or isinstance(due, BookOrder):
                 self._take(due.order, due.hold, out)
             else:
                 self._cancel(due, out)
