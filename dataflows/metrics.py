@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, start_http_server
 
 from crypton.domain.messages import DeadLetter, Message, Trade
@@ -32,4 +34,5 @@ def count(step: str, processed: int, out: list[Message]) -> None:
 
 
 def serve(port: int) -> None:
-    start_http_server(port, addr="127.0.0.1")
+    """Serve /metrics; CRYPTON_DATAFLOW_METRICS_HOST=0.0.0.0 lets a pod monitor reach it."""
+    start_http_server(port, addr=os.environ.get("CRYPTON_DATAFLOW_METRICS_HOST", "127.0.0.1"))
