@@ -40,13 +40,6 @@ __all__ = ["AuditReport", "audit", "main"]
 
 _MAX_SHOWN = 10
 _STATE_TOPICS = (topics.ORDERS, topics.BALANCES, topics.TRADES, topics.TRANSFERS, topics.DEPTH)
-_DECODERS: dict[str, Any] = {
-    topics.ORDERS: codec.orders,
-    topics.BALANCES: codec.balances,
-    topics.TRADES: codec.trades,
-    topics.TRANSFERS: codec.transfers,
-    topics.DEPTH: codec.depth,
-}
 
 LinkKey = tuple[str, str, int]  # (destination key, origin, sequence)
 
@@ -154,7 +147,7 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
             report.dead_letters += 1
             continue
         if logical in (topics.WALLET_INBOX, topics.BOOK_INBOX):
-            decoder = codec.wallet_inbox if logical == topics.WALLET_INBOX else codec.book_inbox
+            decoder = codec.BY_TOPIC[logical]
             try:
                 msg = decoder.decode(record.value or b"")
             except Exception:
@@ -165,7 +158,7 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
                 received[logical][(msg.market, msg.src, msg.seq)].add(record.value or b"")
             replay.feed(logical, msg, where)
             continue
-        state = _DECODERS[logical].decode(record.value or b"")
+        state = codec.BY_TOPIC[logical].decode(record.value or b"")
         if logical == topics.TRADES:
             trades_seen[(state.market, state.seq)].add(record.value or b"")
             trade_copies[(state.market, state.seq)] += 1

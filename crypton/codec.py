@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from crypton import topics
 from crypton.domain.messages import (
     BalanceState,
     BookInbox,
@@ -38,6 +39,20 @@ depth = msgspec.json.Decoder(DepthState)
 transfers = msgspec.json.Decoder(TransferState)
 rejections = msgspec.json.Decoder(Rejection)
 dead_letters = msgspec.json.Decoder(DeadLetter)
+
+
+BY_TOPIC: dict[str, msgspec.json.Decoder[Any]] = {
+    topics.WALLET_INBOX: wallet_inbox,
+    topics.BOOK_INBOX: book_inbox,
+    topics.ORDERS: orders,
+    topics.BALANCES: balances,
+    topics.TRADES: trades,
+    topics.DEPTH: depth,
+    topics.TRANSFERS: transfers,
+    topics.REJECTIONS: rejections,
+    topics.DEAD_LETTERS: dead_letters,
+}
+"""The decoder of each logical topic (users are the API's: see ``crypton.users``)."""
 
 
 def encode(message: Message | msgspec.Struct) -> bytes:

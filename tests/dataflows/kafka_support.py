@@ -28,14 +28,6 @@ _STATE = (
     topics.DEPTH,
     topics.REJECTIONS,
 )
-_DECODERS = {
-    topics.ORDERS: codec.orders,
-    topics.BALANCES: codec.balances,
-    topics.TRADES: codec.trades,
-    topics.TRANSFERS: codec.transfers,
-    topics.DEPTH: codec.depth,
-    topics.REJECTIONS: codec.rejections,
-}
 
 
 def produce(
@@ -95,7 +87,7 @@ def state_view(settings: Settings) -> View:
     view = View()
     names = {topics.topic_name(t, settings.topic_prefix): t for t in _STATE}
     for record in read_topics(settings, list(names)):
-        view.apply(_DECODERS[names[record.topic]].decode(record.value or b""))
+        view.apply(codec.BY_TOPIC[names[record.topic]].decode(record.value or b""))
     return view
 
 

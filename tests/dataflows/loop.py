@@ -23,18 +23,6 @@ from crypton.domain.markets import Markets
 from crypton.domain.messages import Message
 from dataflows.exchange import build_flow
 
-_DECODERS: dict[str, Any] = {
-    topics.WALLET_INBOX: codec.wallet_inbox,
-    topics.BOOK_INBOX: codec.book_inbox,
-    topics.ORDERS: codec.orders,
-    topics.BALANCES: codec.balances,
-    topics.TRADES: codec.trades,
-    topics.DEPTH: codec.depth,
-    topics.TRANSFERS: codec.transfers,
-    topics.REJECTIONS: codec.rejections,
-    topics.DEAD_LETTERS: codec.dead_letters,
-}
-
 
 def _part(key: str, partitions: int = 3) -> str:
     """The inbox partition of ``key``, stable like Kafka's partitioner."""
@@ -92,7 +80,7 @@ class Loop:
         more = False
         for _dest, (topic, _key, value) in out:
             logical = topic.removeprefix("crypton.")
-            message = _DECODERS[logical].decode(value)
+            message = codec.BY_TOPIC[logical].decode(value)
             if logical == topics.WALLET_INBOX:
                 self.wallet_log.append(message)
                 more = True
