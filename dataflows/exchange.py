@@ -31,7 +31,7 @@ from crypton import codec, topics
 from crypton.config import Settings
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
-from crypton.domain.messages import BookCancel, BookOrder, DeadLetter, Message
+from crypton.domain.messages import BalanceState, BookCancel, BookOrder, DeadLetter, Message
 from crypton.domain.wallet import WalletMachine
 from crypton.routing import route
 from dataflows import metrics
@@ -132,6 +132,19 @@ class WalletLogic(_PartitionLogic):
 
     def key_of(self, msg: Any) -> str:
         return msg.user_id  # type: ignore[no-any-return]
+
+    def finish(self, touched: dict[str, Message], out: list[Message]) -> None:
+        # Each balance record is the user's whole state with a version: within a batch
+        # only the last one per user matters, so the others are not written at all.
+        last: dict[str, int] = {}
+        count = 0
+        for i, message in enumerate(out):
+            if type(message) is BalanceState:
+                last[message.user_id] = i
+                count += 1
+        if count > len(last):
+            keep = set(last.values())
+            out[:] = [m for i, m in enumerate(out) if type(m) is not BalanceState or i in keep]
 
 
 class BookLogic(_PartitionLogic):
