@@ -50,7 +50,7 @@ FEE_ACCOUNT: Final = "_fees"
 """The wallet that collects trading fees. User ids starting with ``_`` are reserved."""
 
 
-class Message(msgspec.Struct, tag_field="msg", kw_only=True):
+class Message(msgspec.Struct, tag_field="msg", kw_only=True, gc=False):
     """Base of every message: the tag names the type, ``v`` the schema version."""
 
     v: int = SCHEMA_VERSION
@@ -214,7 +214,7 @@ class OrderState(Message, tag="order", kw_only=True):
     version: int
 
 
-class Balance(msgspec.Struct, array_like=True):
+class Balance(msgspec.Struct, array_like=True, gc=False):
     available: int = 0
     held: int = 0
 
