@@ -83,8 +83,11 @@ class BookMachine:
             # Filled or expired while the cancel was on its way: say so, don't drop it.
             out.append(
                 Rejection(
-                    user_id=msg.src, command="cancel_order", ref=msg.order_id,
-                    reason="order is not open", ts=msg.ts,
+                    user_id=msg.src,
+                    command="cancel_order",
+                    ref=msg.order_id,
+                    reason="order is not open",
+                    ts=msg.ts,
                 )
             )
             return
@@ -97,6 +100,12 @@ class BookMachine:
         side = cmd.side
         opposite = "sell" if side == "buy" else "buy"
         book = self.book
+        if cmd.order_id in book.orders:
+            # Order ids are derived from (user, client_order_id), so this only happens
+            # if something other than the wallet writes to the inbox; never let a second
+            # order shadow the first, whose cancel would then find the wrong one.
+            self._close(taker, REJECTED, "duplicate order id", cmd.ts, out)
+            return
         if cmd.post_only and self._crosses(side, cmd.price):
             self._close(taker, REJECTED, "post-only order would take liquidity", cmd.ts, out)
             return
@@ -143,12 +152,16 @@ class BookMachine:
         elif reason == STP_REASON or cmd.type == "market":
             self._close(taker, EXPIRED, reason or "no more liquidity", cmd.ts, out)
         elif cmd.time_in_force != "GTC":
-            self._close(taker, EXPIRED, f"{cmd.time_in_force}: unfilled remainder expired",
-                        cmd.ts, out)
+            self._close(
+                taker, EXPIRED, f"{cmd.time_in_force}: unfilled remainder expired", cmd.ts, out
+            )
         else:
             book.rest(taker)
-            out.append(self._state(taker, PARTIALLY_FILLED if taker.filled_quantity else OPEN,
-                                   None, cmd.ts))
+            out.append(
+                self._state(
+                    taker, PARTIALLY_FILLED if taker.filled_quantity else OPEN, None, cmd.ts
+                )
+            )
 
     def _crosses(self, side: str, price: int | None) -> bool:
         if side == "buy":
@@ -196,7 +209,12 @@ class BookMachine:
         return quantity
 
     def _trade(
-        self, taker: RestingOrder, maker: RestingOrder, level: Level, quantity: int, ts: int,
+        self,
+        taker: RestingOrder,
+        maker: RestingOrder,
+        level: Level,
+        quantity: int,
+        ts: int,
         out: list[Message],
     ) -> None:
         market = self.market
@@ -213,11 +231,20 @@ class BookMachine:
                 taker.spent += buyer_release
         self.trade_seq += 1
         trade = Trade(
-            market=market.symbol, seq=self.trade_seq, price=price, quantity=quantity,
-            notional=value, taker_side=taker.side, maker_order_id=maker.order_id,
-            taker_order_id=taker.order_id, maker_user_id=maker.user_id,
-            taker_user_id=taker.user_id, maker_fee=maker_fee, taker_fee=taker_fee,
-            buyer_release=buyer_release, time=ts,
+            market=market.symbol,
+            seq=self.trade_seq,
+            price=price,
+            quantity=quantity,
+            notional=value,
+            taker_side=taker.side,
+            maker_order_id=maker.order_id,
+            taker_order_id=taker.order_id,
+            maker_user_id=maker.user_id,
+            taker_user_id=taker.user_id,
+            maker_fee=maker_fee,
+            taker_fee=taker_fee,
+            buyer_release=buyer_release,
+            time=ts,
         )
         out.append(trade)
         out.append(self._deliver_trade(maker.user_id, trade))
@@ -231,21 +258,30 @@ class BookMachine:
 
     def _deliver_trade(self, user_id: str, trade: Trade) -> Settle:
         return Settle(
-            user_id=user_id, src=self.market.symbol, seq=self.outbound.next(user_id),
+            user_id=user_id,
+            src=self.market.symbol,
+            seq=self.outbound.next(user_id),
             trade=trade,
         )
 
     def _close(
-        self, order: RestingOrder, status: Any, reason: str | None, ts: int,
+        self,
+        order: RestingOrder,
+        status: Any,
+        reason: str | None,
+        ts: int,
         out: list[Message],
     ) -> None:
         """Report an order's final state and tell its wallet to release what is left."""
         out.append(self._state(order, status, reason, ts))
         out.append(
             Release(
-                user_id=order.user_id, src=self.market.symbol,
-                seq=self.outbound.next(order.user_id), order_id=order.order_id,
-                status=status, ts=ts,
+                user_id=order.user_id,
+                src=self.market.symbol,
+                seq=self.outbound.next(order.user_id),
+                order_id=order.order_id,
+                status=status,
+                ts=ts,
             )
         )
 
@@ -253,12 +289,26 @@ class BookMachine:
         order.version += 1
         cmd = order.cmd
         return OrderState(
-            order_id=cmd.order_id, user_id=cmd.user_id, client_order_id=cmd.client_order_id,
-            market=cmd.market, side=cmd.side, type=cmd.type, price=cmd.price,
-            quantity=cmd.quantity, funds=cmd.funds, time_in_force=cmd.time_in_force,
-            post_only=cmd.post_only, stp=cmd.stp, status=status, reason=reason,
-            filled_quantity=order.filled_quantity, filled_funds=order.filled_funds,
-            fee=order.fee, created_at=cmd.ts, updated_at=ts, version=order.version,
+            order_id=cmd.order_id,
+            user_id=cmd.user_id,
+            client_order_id=cmd.client_order_id,
+            market=cmd.market,
+            side=cmd.side,
+            type=cmd.type,
+            price=cmd.price,
+            quantity=cmd.quantity,
+            funds=cmd.funds,
+            time_in_force=cmd.time_in_force,
+            post_only=cmd.post_only,
+            stp=cmd.stp,
+            status=status,
+            reason=reason,
+            filled_quantity=order.filled_quantity,
+            filled_funds=order.filled_funds,
+            fee=order.fee,
+            created_at=cmd.ts,
+            updated_at=ts,
+            version=order.version,
         )
 
     # --- recovery ------------------------------------------------------------------
@@ -267,13 +317,26 @@ class BookMachine:
         """A compact copy for Bytewax recovery: counters and the resting orders as
         flat tuples in priority order (no deep copy of the book's structure)."""
         resting = [
-            (o.cmd, o.hold, o.remaining, o.spent, o.filled_quantity, o.filled_funds, o.fee,
-             o.fee_num, o.version)
+            (
+                o.cmd,
+                o.hold,
+                o.remaining,
+                o.spent,
+                o.filled_quantity,
+                o.filled_funds,
+                o.fee,
+                o.fee_num,
+                o.version,
+            )
             for o in self.book.resting()
         ]
         return (
-            self.market.symbol, self.seq, self.trade_seq, self.inbound.snapshot(),
-            dict(self.outbound.sent), resting,
+            self.market.symbol,
+            self.seq,
+            self.trade_seq,
+            self.inbound.snapshot(),
+            dict(self.outbound.sent),
+            resting,
         )
 
     @classmethod

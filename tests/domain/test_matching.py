@@ -433,3 +433,30 @@ def test_market_buy_by_funds_property(asks: list[tuple[int, int]], funds: int) -
         assert ask is not None
         value = sum(t.notional for t in fills) + BTC_USDT.notional(ask, BTC_USDT.step)
         assert value + BTC_USDT.fee(value, BTC_USDT.taker_fee_bps) > funds
+
+
+def test_a_second_order_with_a_resting_order_id_is_rejected_and_released() -> None:
+    """Only a stray producer could send this; the resting order must stay cancellable."""
+    machine = BookMachine(BTC_USDT)
+
+    def book_order(user: str, seq: int, price: int) -> BookOrder:
+        cmd = PlaceOrder(
+            user_id=user,
+            order_id="same",
+            client_order_id="c",
+            market="BTC-USDT",
+            side="buy",
+            type="limit",
+            price=price,
+            quantity=10_000,
+            ts=seq,
+        )
+        return BookOrder(market="BTC-USDT", src=user, seq=seq, order=cmd, hold=1)
+
+    machine.handle(book_order("a", 1, 40_000 * 10**6))
+    out = machine.handle(book_order("b", 1, 41_000 * 10**6))
+    (state, release) = out
+    assert state.status == "REJECTED" and state.reason == "duplicate order id"  # type: ignore[attr-defined]
+    assert isinstance(release, Release) and release.user_id == "b"
+    assert machine.book.orders["same"].user_id == "a"
+    assert machine.book.best_bid() == 40_000 * 10**6
