@@ -12,7 +12,8 @@ so a client may reconnect to any replica with ``Last-Event-ID``:
   selects each event exactly once whatever replica serves the reconnect.
 
 Live events pass the same cursor test, which also removes the overlap between
-the snapshot and the live queue. A client that falls behind (its queue
+the snapshot and the live queue. A ``live`` event (empty data) ends the snapshot
+or replay and carries the current cursor. A client that falls behind (its queue
 overflows) or asks for events no longer kept gets a ``resync`` event and the
 stream ends; it should refetch the REST state and reconnect.
 """
@@ -52,6 +53,12 @@ def _resync(reason: str, cursor: str) -> ServerSentEventMessage:
     return _event("resync", {"reason": reason}, cursor)
 
 
+def _live(cursor: str) -> ServerSentEventMessage:
+    # Marks the end of the snapshot (or replay): what follows is live. Its id gives
+    # the client a resume point even before anything has happened.
+    return _event("live", {}, cursor)
+
+
 def parse_market_cursor(text: str | None) -> tuple[int, int] | None:
     match = _MARKET_CURSOR.fullmatch(text or "")
     return None if match is None else (int(match[1]), int(match[2]))
@@ -80,7 +87,15 @@ async def _next(sub: Subscriber, heartbeat: float) -> Change | None:
         return None
 
 
-_HEARTBEAT = ServerSentEventMessage(data=None, comment="keep-alive")
+class _Heartbeat(ServerSentEventMessage):
+    """A comment line *without* the blank line that ends an event: a blank line would
+    make some clients (httpx-sse) dispatch an empty event carrying the last id."""
+
+    def encode(self) -> bytes:
+        return b": keep-alive\r\n"
+
+
+_HEARTBEAT = _Heartbeat()
 
 
 async def market_stream(
@@ -97,7 +112,7 @@ async def market_stream(
             log = model.trade_log(symbol)
             depth = model.depth.get(symbol)
             if resume is None:
-                trade_seq, depth_seq = log.last_seq, -1
+                trade_seq, depth_seq = log.last_seq, 0
                 replay: list[Any] | None = []
             else:
                 trade_seq, depth_seq = resume
@@ -113,6 +128,7 @@ async def market_stream(
             yield _event(
                 "depth", schemas.from_depth(market, depth, 1000), f"{trade_seq}:{depth_seq}"
             )
+        yield _live(f"{trade_seq}:{depth_seq}")
         while True:
             if sub.dropped:
                 ctx.metrics.sse_dropped.labels("market").inc()
@@ -174,6 +190,7 @@ async def user_stream(
                 cursor[(change.kind, change.partition)] = change.offset
             name, data = _user_event(ctx, change)
             yield _event(name, data, format_user_cursor(cursor))
+        yield _live(format_user_cursor(cursor))
         while True:
             if sub.dropped:
                 ctx.metrics.sse_dropped.labels("user").inc()

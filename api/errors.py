@@ -63,7 +63,9 @@ _DESCRIPTIONS = {
 
 
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the error statuses a route can answer."""
+    """OpenAPI entries for the error statuses a route can answer. 400 is always there:
+    Litestar would otherwise document its own body for parameter errors, not ours."""
+    statuses = tuple(sorted({400, *statuses}))
     return {
         s: ResponseSpec(
             data_container=ErrorBody,

@@ -45,6 +45,8 @@ Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", max_length=
 UserId = Annotated[str, Meta(pattern=USER_ID_PATTERN, max_length=64)]
 Millis = Annotated[int, Meta(description="Milliseconds since the Unix epoch")]
 Decimal = Annotated[str, Meta(description="A decimal string")]
+# A list, not a tuple: OpenAPI tools handle [price, quantity] better as a 2-item array.
+Level = Annotated[list[str], Meta(min_length=2, max_length=2, description="[price, quantity]")]
 
 
 class NewUser(msgspec.Struct, forbid_unknown_fields=True):
@@ -154,8 +156,10 @@ class DepthView(msgspec.Struct):
     market: str
     seq: int
     """The book sequence this snapshot reflects."""
-    bids: list[tuple[Decimal, Decimal]]
-    asks: list[tuple[Decimal, Decimal]]
+    bids: list[Level]
+    """Best (highest) first."""
+    asks: list[Level]
+    """Best (lowest) first."""
     ts: Millis
 
 
@@ -290,8 +294,8 @@ def from_depth(m: Market, d: DepthState | None, levels: int) -> DepthView:
     return DepthView(
         market=m.symbol,
         seq=d.seq,
-        bids=[(m.price_text(p), m.quantity_text(q)) for p, q in d.bids[:levels]],
-        asks=[(m.price_text(p), m.quantity_text(q)) for p, q in d.asks[:levels]],
+        bids=[[m.price_text(p), m.quantity_text(q)] for p, q in d.bids[:levels]],
+        asks=[[m.price_text(p), m.quantity_text(q)] for p, q in d.asks[:levels]],
         ts=d.ts,
     )
 
