@@ -22,8 +22,15 @@ T = TypeVar("T")
 
 class Subscriber:
     def __init__(self, maxsize: int) -> None:
-        self.queue: asyncio.Queue[Change] = asyncio.Queue(maxsize)
+        # ``None`` in the queue only wakes the stream (see ``Hub.close``).
+        self.queue: asyncio.Queue[Change | None] = asyncio.Queue(maxsize)
         self.dropped = False
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes it anyway
+            self.queue.put_nowait(None)
 
     def offer(self, change: Change) -> None:
         if self.dropped:
@@ -40,9 +47,19 @@ class Hub:
         self.markets: dict[str, set[Subscriber]] = defaultdict(set)
         self.users: dict[str, set[Subscriber]] = defaultdict(set)
         self._waiters: dict[tuple[str, str], set[asyncio.Future[None]]] = defaultdict(set)
+        self.closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+
+    def close(self) -> None:
+        """End every stream: the server is shutting down. Without this, uvicorn would
+        wait forever for the never-ending SSE responses to finish."""
+        self.closed = True
+        for registry in (self.markets, self.users):
+            for subs in registry.values():
+                for sub in subs:
+                    sub.close()
 
     @staticmethod
     def unsubscribe(registry: dict[str, set[Subscriber]], key: str, sub: Subscriber) -> None:

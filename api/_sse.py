@@ -81,6 +81,7 @@ def format_user_cursor(cursor: Cursor) -> str:
 
 
 async def _next(sub: Subscriber, heartbeat: float) -> Change | None:
+    """The next change; ``None`` when a heartbeat is due or the stream was closed."""
     try:
         return await asyncio.wait_for(sub.queue.get(), heartbeat)
     except TimeoutError:
@@ -102,6 +103,8 @@ async def market_stream(
     ctx: Context, market: Market, last_event_id: str | None
 ) -> AsyncIterator[ServerSentEventMessage]:
     symbol = market.symbol
+    if ctx.hub.closed:
+        return
     sub = Subscriber(ctx.config.sse_queue)
     ctx.hub.markets[symbol].add(sub)
     gauge = ctx.metrics.sse_clients.labels("market")
@@ -136,6 +139,8 @@ async def market_stream(
                 return
             change = await _next(sub, ctx.config.heartbeat_s)
             if change is None:
+                if sub.closed:
+                    return
                 yield _HEARTBEAT
             elif change.kind == "trade" and change.record.seq > trade_seq:
                 trade_seq = change.record.seq
@@ -160,6 +165,8 @@ def _user_event(ctx: Context, change: Change) -> tuple[str, msgspec.Struct | dic
 async def user_stream(
     ctx: Context, user_id: str, last_event_id: str | None
 ) -> AsyncIterator[ServerSentEventMessage]:
+    if ctx.hub.closed:
+        return
     sub = Subscriber(ctx.config.sse_queue)
     ctx.hub.users[user_id].add(sub)
     gauge = ctx.metrics.sse_clients.labels("user")
@@ -198,6 +205,8 @@ async def user_stream(
                 return
             live = await _next(sub, ctx.config.heartbeat_s)
             if live is None:
+                if sub.closed:
+                    return
                 yield _HEARTBEAT
                 continue
             key = (live.kind, live.partition)

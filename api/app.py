@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -37,6 +41,24 @@ ROUTES = [
 ]  # fmt: skip
 
 
+def _close_streams_on_exit_signals(loop: asyncio.AbstractEventLoop, hub: Hub) -> None:
+    """Chain onto the server's SIGINT/SIGTERM handlers so open SSE streams end at once:
+    uvicorn waits for every response to finish before it shuts down, and a stream
+    never finishes by itself. Clients reconnect elsewhere with Last-Event-ID."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers live on the main thread only (e.g. not under a test client)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(sig: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(hub.close)
+            previous(sig, frame)
+
+        signal.signal(signum, handler)
+
+
 def create_app(settings: Settings | None = None, config: ApiConfig | None = None) -> Litestar:
     """Build the app; the read model and the producer start with the server's event loop."""
     settings = settings or Settings.from_env()
@@ -58,7 +80,9 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")
 
     async def start() -> None:
-        hub.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        hub.bind(loop)
+        _close_streams_on_exit_signals(loop, hub)
         ctx.commands.start()
         readmodel.start()
 

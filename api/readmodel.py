@@ -170,6 +170,12 @@ class LiveReadModel:
                         self._targets[(topic, partition)] = high
                 self._assigned.add((topic, partition))
                 new.append(tp)
+                kind = self._kinds[topic][0]
+                if kind in ("order", "balance"):
+                    # Every partition appears in a stream cursor, so that even a client
+                    # that saw nothing yet has a position to resume from.
+                    with self.lock:
+                        self.positions.setdefault((kind, partition), -1)
         if new:
             consumer.incremental_assign(new)
         self._check_ready()

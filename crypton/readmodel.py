@@ -157,16 +157,32 @@ class ReadModel:
         self.orders[state.order_id] = state
         user = state.user_id
         key: OrderKey = (state.created_at, state.order_id)
+        was_open = False
         if old is not None:
             old_key: OrderKey = (old.created_at, old.order_id)
-            self._user_orders[old.user_id].discard(old_key)
-            if old.user_id in self._user_open:
-                self._user_open[old.user_id].discard(old_key)
-        self._user_orders.setdefault(user, SortedList()).add(key)
-        if state.status not in TERMINAL:
-            self._user_open.setdefault(user, SortedList()).add(key)
+            was_open = old.status not in TERMINAL
+            if old_key != key or old.user_id != user:  # never in practice; stay correct
+                self._user_orders[old.user_id].discard(old_key)
+                if was_open:
+                    self._user_open[old.user_id].discard(old_key)
+                old = None
+                was_open = False
+        if old is None:
+            self._index(self._user_orders, user).add(key)
+        is_open = state.status not in TERMINAL
+        if is_open and not was_open:
+            self._index(self._user_open, user).add(key)
+        elif was_open and not is_open:
+            self._user_open[user].discard(key)
         self._client_ids[(user, state.client_order_id)] = state.order_id
         return True
+
+    @staticmethod
+    def _index(indexes: dict[str, SortedList], user: str) -> SortedList:
+        index = indexes.get(user)
+        if index is None:
+            index = indexes[user] = SortedList()
+        return index
 
     def apply_balance(self, state: BalanceState) -> bool:
         old = self.balances.get(state.user_id)
