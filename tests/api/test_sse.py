@@ -8,16 +8,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 from httpx_sse import EventSource, ServerSentEvent, connect_sse
 
 from crypton import topics
+from crypton.config import Settings
 from crypton.domain.messages import Balance, BalanceState, DepthState
 
 from .records import order_state, trade
-from .support import ApiServer, ApiUser, StateWriter
+from .support import ApiServer, ApiUser, StateWriter, start_api, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +57,12 @@ class Events:
 
     def next(self) -> ServerSentEvent:
         return self.take(1)[0]
+
+    def next_data(self) -> ServerSentEvent:
+        """The next event other than ``live``."""
+        while (event := self.next()).event == "live":
+            pass
+        return event
 
     def until_live(self) -> list[ServerSentEvent]:
         """The snapshot or replay: every event before ``live``."""
@@ -130,7 +138,7 @@ def test_user_stream_resumes_without_gaps_or_repeats(
         w.send(topics.ORDERS, "o9", order_state("o9", user="alice", version=1))
         w.flush()
         # Records written before the reconnect may still arrive live, after the replay.
-        while (event := user_event(events.next())) != ("order", "o9@11"):
+        while (event := user_event(events.next_data())) != ("order", "o9@11"):
             seen.append(event)
     expected = {
         ("order", "o1@11"), ("order", "o2@11"), ("order", "o3@11"), ("order", "o1@12"),
@@ -194,7 +202,7 @@ def test_market_stream_resumes_without_gaps_or_repeats(
         seen += [key(e) for e in events.until_live()]
         w.send(topics.TRADES, "BTC-USDT", trade(4))
         w.flush()
-        while (event := key(events.next())) != ("trade", 4):
+        while (event := key(events.next_data())) != ("trade", 4):
             seen.append(event)  # depth 6 may arrive live, after the replay
     trades = [s for kind, s in seen if kind == "trade"]
     assert trades == [1, 2, 3]
@@ -216,3 +224,37 @@ def test_unknown_market_stream_is_404(api_server: ApiServer) -> None:
     with api_server.client() as client:
         assert client.get("/v1/stream/markets/NOPE").status_code == 404
         assert client.get("/v1/stream/me").status_code == 401
+
+
+def test_a_stream_resumes_on_another_replica(
+    settings: Settings,
+    api_server: ApiServer,
+    new_user: Callable[..., ApiUser],
+    state_writer: StateWriter,
+    tmp_path: Path,
+) -> None:
+    """Replicas share nothing but the log: a key made on one works on the other, and an
+    event id from one resumes the stream on the other."""
+    other = start_api(settings, tmp_path / "replica")
+    try:
+        alice = new_user("alice")
+        with other.client(alice.api_key) as on_other:
+            wait_for(lambda: on_other.get("/v1/balances").status_code == 200)
+        w = state_writer
+        with stream(api_server, "/v1/stream/me", alice.api_key) as events:
+            assert events.until_live() == []
+            for oid in ("a", "b"):
+                w.send(topics.ORDERS, oid, order_state(oid, user="alice"))
+            w.flush()
+            first = events.take(1)
+        w.send(topics.ORDERS, "c", order_state("c", user="alice"))
+        w.flush()
+        seen = [user_event(e) for e in first]
+        with stream(other, "/v1/stream/me", alice.api_key, first[-1].id) as events:
+            w.send(topics.ORDERS, "z", order_state("z", user="alice"))
+            w.flush()
+            while (event := user_event(events.next_data())) != ("order", "z@11"):
+                seen.append(event)
+        assert sorted(seen) == [("order", "a@11"), ("order", "b@11"), ("order", "c@11")]
+    finally:
+        other.stop()
