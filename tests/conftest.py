@@ -85,6 +85,37 @@ def settings(kafka: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def own_broker(
+    kafka_broker: EmbeddedBroker | None, broker_kind: str, tmp_path: Path
+) -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own, for tests that restart it or fill it with a long log.
+
+    noida writes its whole log to one file every half second, so a test that writes
+    hundreds of thousands of records to the session's broker slows every later test,
+    and a restart of a broker that large can lose its last writes.
+    """
+    if kafka_broker is None:
+        pytest.skip("CRYPTON_TEST_BOOTSTRAP: no embedded broker of the test's own")
+    settings = Settings(data_dir=tmp_path / "broker", broker=broker_kind, kafka_port=free_port())
+    broker = EmbeddedBroker(settings).start()
+    try:
+        broker.wait_ready(30)
+        yield broker
+    finally:
+        broker.stop(grace=10)
+
+
+@pytest.fixture
+def own_settings(own_broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Like ``settings``, on ``own_broker``."""
+    fresh = dataclasses.replace(
+        own_broker.settings, data_dir=tmp_path / "crypton", api_port=free_port()
+    )
+    ensure_topics(fresh)
+    return fresh
+
+
+@pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Spawn]:
     """Start a child process: ``spawn(name, argv, settings=None, env=None, cwd=None)``.
 

@@ -123,15 +123,16 @@ def test_cancel_releases_exactly_the_hold(settings: Settings, spawn: Callable[..
 
 
 def test_flow_resumes_after_a_broker_restart(
-    kafka_broker: object, settings: Settings, spawn: Callable[..., Child]
+    own_broker: EmbeddedBroker, own_settings: Settings, spawn: Callable[..., Child]
 ) -> None:
-    if not isinstance(kafka_broker, EmbeddedBroker) or kafka_broker.settings.broker != "noida":
+    if own_broker.settings.broker != "noida":
         pytest.skip("needs the embedded noida broker, which keeps its data")
+    settings = own_settings
     first = funding(MARKETS, users=("a", "b"))
     produce(settings, first)
     start_dataflow(spawn, settings)
     wait_settled(settings, first)
-    kafka_broker.restart(timeout=60)
+    own_broker.restart(timeout=60)
     second = trading(MARKETS, 200, seed=13, users=("a", "b"))
     produce(settings, second)
     wait_settled(settings, second, timeout=180)
