@@ -31,8 +31,20 @@ class RestingOrder:
     """An order the book knows: what was asked, and how much of it is done."""
 
     __slots__ = (
-        "cmd", "fee", "fee_num", "filled_funds", "filled_quantity", "hold", "live",
-        "order_id", "price", "remaining", "side", "spent", "user_id", "version",
+        "cmd",
+        "fee",
+        "fee_num",
+        "filled_funds",
+        "filled_quantity",
+        "hold",
+        "live",
+        "order_id",
+        "price",
+        "remaining",
+        "side",
+        "spent",
+        "user_id",
+        "version",
     )
 
     def __init__(self, cmd: PlaceOrder, hold: int) -> None:

@@ -101,7 +101,7 @@ class Markets:
 
 def _amount(where: str, raw: object, precision: int, *, allow_zero: bool = False) -> int:
     if not isinstance(raw, str):
-        raise MarketConfigError(f"{where}: must be a decimal string such as \"0.01\", got {raw!r}")
+        raise MarketConfigError(f'{where}: must be a decimal string such as "0.01", got {raw!r}')
     try:
         return to_units(raw, precision, allow_zero=allow_zero)
     except AmountError as exc:
@@ -154,11 +154,14 @@ def parse_markets(data: Mapping[str, Any]) -> Markets:
         tick = _amount(f"{where}.tick", spec.get("tick"), quote.precision)
         step = _amount(f"{where}.step", spec.get("step"), base.precision)
         min_quantity = _amount(
-            f"{where}.min_quantity", spec.get("min_quantity", to_text(step, base.precision)),
+            f"{where}.min_quantity",
+            spec.get("min_quantity", to_text(step, base.precision)),
             base.precision,
         )
         min_notional = _amount(
-            f"{where}.min_notional", spec.get("min_notional", "0"), quote.precision,
+            f"{where}.min_notional",
+            spec.get("min_notional", "0"),
+            quote.precision,
             allow_zero=True,
         )
         maker = _bps(f"{where}.maker_fee_bps", spec.get("maker_fee_bps", 0))
@@ -174,8 +177,14 @@ def parse_markets(data: Mapping[str, Any]) -> Markets:
         if min_quantity % step:
             raise MarketConfigError(f"{where}.min_quantity: must be a multiple of step")
         markets[symbol] = Market(
-            symbol=symbol, base=base, quote=quote, tick=tick, step=step,
-            min_quantity=min_quantity, min_notional=min_notional,
-            maker_fee_bps=maker, taker_fee_bps=taker,
+            symbol=symbol,
+            base=base,
+            quote=quote,
+            tick=tick,
+            step=step,
+            min_quantity=min_quantity,
+            min_notional=min_notional,
+            maker_fee_bps=maker,
+            taker_fee_bps=taker,
         )
     return Markets(assets, markets)

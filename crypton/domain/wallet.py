@@ -149,7 +149,8 @@ class WalletMachine:
             precision = self.markets.asset(asset).precision
             return [
                 _order_state(
-                    cmd, REJECTED,
+                    cmd,
+                    REJECTED,
                     f"insufficient {asset}: available {to_text(row[0], precision)}, "
                     f"needed {to_text(amount, precision)}",
                 )
@@ -161,8 +162,11 @@ class WalletMachine:
             _order_state(cmd, NEW, None),
             self._balances(cmd.ts),
             BookOrder(
-                market=cmd.market, src=self.user_id, seq=self.outbound.next(cmd.market),
-                order=cmd, hold=amount,
+                market=cmd.market,
+                src=self.user_id,
+                seq=self.outbound.next(cmd.market),
+                order=cmd,
+                hold=amount,
             ),
         ]
 
@@ -173,15 +177,21 @@ class WalletMachine:
         reason = "order is not open" if cmd.order_id in self.orders_seen else "unknown order"
         return [
             Rejection(
-                user_id=self.user_id, command="cancel_order", ref=cmd.order_id,
-                reason=reason, ts=cmd.ts,
+                user_id=self.user_id,
+                command="cancel_order",
+                ref=cmd.order_id,
+                reason=reason,
+                ts=cmd.ts,
             )
         ]
 
     def _book_cancel(self, market: str, order_id: str, ts: int) -> BookCancel:
         return BookCancel(
-            market=market, src=self.user_id, seq=self.outbound.next(market),
-            order_id=order_id, ts=ts,
+            market=market,
+            src=self.user_id,
+            seq=self.outbound.next(market),
+            order_id=order_id,
+            ts=ts,
         )
 
     def _transfer(self, cmd: Credit | Debit) -> list[Message]:
@@ -213,8 +223,13 @@ class WalletMachine:
             else:
                 row[0] -= cmd.amount
         state = TransferState(
-            user_id=self.user_id, transfer_id=key, direction=direction, asset=cmd.asset,
-            amount=cmd.amount, status="REJECTED" if reason else "ACCEPTED", reason=reason,
+            user_id=self.user_id,
+            transfer_id=key,
+            direction=direction,
+            asset=cmd.asset,
+            amount=cmd.amount,
+            status="REJECTED" if reason else "ACCEPTED",
+            reason=reason,
             ts=cmd.ts,
         )
         return [state] if reason else [state, self._balances(cmd.ts)]
@@ -298,9 +313,21 @@ class WalletMachine:
 
 def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
     return OrderState(
-        order_id=cmd.order_id, user_id=cmd.user_id, client_order_id=cmd.client_order_id,
-        market=cmd.market, side=cmd.side, type=cmd.type, price=cmd.price,
-        quantity=cmd.quantity, funds=cmd.funds, time_in_force=cmd.time_in_force,
-        post_only=cmd.post_only, stp=cmd.stp, status=status, reason=reason,
-        created_at=cmd.ts, updated_at=cmd.ts, version=1,
+        order_id=cmd.order_id,
+        user_id=cmd.user_id,
+        client_order_id=cmd.client_order_id,
+        market=cmd.market,
+        side=cmd.side,
+        type=cmd.type,
+        price=cmd.price,
+        quantity=cmd.quantity,
+        funds=cmd.funds,
+        time_in_force=cmd.time_in_force,
+        post_only=cmd.post_only,
+        stp=cmd.stp,
+        status=status,
+        reason=reason,
+        created_at=cmd.ts,
+        updated_at=cmd.ts,
+        version=1,
     )
