@@ -86,7 +86,9 @@ def api_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     """``python -m uvicorn api.app:create_app --factory --host H --port P [extra]``."""
     return [
         sys.executable, "-m", "uvicorn", API_FACTORY, "--factory",
-        "--host", settings.api_host, "--port", str(settings.api_port), *extra,
+        "--host", settings.api_host, "--port", str(settings.api_port),
+        # The app closes its streams on shutdown; this bounds it should a client linger.
+        "--timeout-graceful-shutdown", "3", *extra,
     ]  # fmt: skip
 
 
