@@ -41,7 +41,7 @@ _IDLE = timedelta(milliseconds=2)
 FETCH_WAIT_MS = 20  # back-off of an empty partition; bounds the hop latency
 
 
-class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
+class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
     def __init__(
         self,
         settings: Settings,
@@ -70,14 +70,14 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
         self._batch_size = batch_size
         self._awake: datetime | None = None
 
-    def next_batch(self) -> list[tuple[str, Message]]:
+    def next_batch(self) -> list[tuple[str, list[Message]]]:
         records = self._consumer.consume(self._batch_size, 0)
         if not records:
             self._awake = datetime.now(UTC) + _IDLE
             return []
         self._awake = None
-        items: list[tuple[str, Message]] = []
-        decode, key = self._decode, self._key
+        items: list[Message] = []
+        decode = self._decode
         for record in records:
             error = record.error()
             if error is not None:
@@ -90,7 +90,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
             self._offset = record.offset() + 1
             value = record.value()
             try:
-                items.append((key, decode(value)))
+                items.append(decode(value))
             except Exception as exc:  # undecodable input is kept, with its reason
                 dead = DeadLetter(
                     topic=self._topic,
@@ -100,8 +100,9 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
                     value=value,
                     reason=f"undecodable: {exc}",
                 )
-                items.append((key, dead))
-        return items
+                items.append(dead)
+        # One Bytewax item per consumer batch: the flow pays its per-item cost once.
+        return [(self._key, items)] if items else []
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -113,10 +114,10 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, Message], int]):
         self._consumer.close()
 
 
-class InboxSource(FixedPartitionedSource[tuple[str, Message], int]):
-    """Every partition of one inbox topic, decoded with ``decode``, each message keyed
-    by its partition: the steps process a partition in log order, whatever batches
-    the consumer happens to return."""
+class InboxSource(FixedPartitionedSource[tuple[str, list[Message]], int]):
+    """Every partition of one inbox topic, decoded with ``decode``: items are
+    ``(partition, [messages...])``, one per consumer batch, keyed by partition so the
+    steps process a partition in log order, whatever batches the consumer returns."""
 
     def __init__(
         self,
@@ -149,7 +150,7 @@ class InboxSource(FixedPartitionedSource[tuple[str, Message], int]):
         )
 
 
-class _LogPartition(StatefulSinkPartition[Record, None]):
+class _LogPartition(StatefulSinkPartition[list[Record], None]):
     def __init__(self, settings: Settings) -> None:
         self._errors: list[str] = []
         self._producer = Producer(producer_config(settings, **{"error_cb": self._on_error}))
@@ -164,15 +165,16 @@ class _LogPartition(StatefulSinkPartition[Record, None]):
         if error is not None:
             self._errors.append(str(error))
 
-    def write_batch(self, values: list[Record]) -> None:
+    def write_batch(self, values: list[list[Record]]) -> None:
         produce, delivered = self._producer.produce, self._delivered
-        for topic, key, value in values:
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=delivered)
-                    break
-                except BufferError:  # the local queue is full: let it drain
-                    self._producer.poll(0.05)
+        for records in values:
+            for topic, key, value in records:
+                while True:
+                    try:
+                        produce(topic, value, key, on_delivery=delivered)
+                        break
+                    except BufferError:  # the local queue is full: let it drain
+                        self._producer.poll(0.05)
         self._producer.poll(0)
         self._raise_if_failed()
 
@@ -193,9 +195,9 @@ class _LogPartition(StatefulSinkPartition[Record, None]):
         self._producer.flush(60)
 
 
-class LogSink(FixedPartitionedSink[Record, None]):
-    """Writes (topic, key, value) records. Items keyed by their destination land in
-    one sink partition, one producer, so each destination sees them in order."""
+class LogSink(FixedPartitionedSink[list[Record], None]):
+    """Writes lists of (topic, key, value) records, keyed by the inbox partition they
+    came from: one source partition, one sink partition, one producer, one order."""
 
     def __init__(self, settings: Settings, parts: int = 1) -> None:
         self._settings = settings

@@ -60,8 +60,8 @@ class Loop:
         out: list[Any] = []
         flow = build_flow(
             self.markets,
-            TestingSource([(_part(m.user_id), m) for m in self.wallet_log], batch_size=7),
-            TestingSource([(_part(m.market), m) for m in self.book_log], batch_size=7),
+            TestingSource([(_part(m.user_id), [m]) for m in self.wallet_log], batch_size=7),
+            TestingSource([(_part(m.market), [m]) for m in self.book_log], batch_size=7),
             TestingSink(out),
         )
         config = RecoveryConfig(str(self.recovery))
@@ -78,7 +78,8 @@ class Loop:
             )
         self.rounds += 1
         more = False
-        for _dest, (topic, _key, value) in out:
+        records = [record for _part_key, batch in out for record in batch]
+        for topic, _key, value in records:
             logical = topic.removeprefix("crypton.")
             message = codec.BY_TOPIC[logical].decode(value)
             if logical == topics.WALLET_INBOX:
