@@ -70,6 +70,7 @@ def test_process_command_lines(tmp_path: Path) -> None:
     api = cli.api_command(settings)
     assert api[1:] == [
         "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8123",
+        "--timeout-graceful-shutdown", "3",
     ]  # fmt: skip
 
 
