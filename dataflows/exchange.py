@@ -38,7 +38,6 @@ from crypton.domain.messages import (
     BookOrder,
     DeadLetter,
     Message,
-    PlaceOrder,
     Release,
     Settle,
 )
@@ -75,7 +74,7 @@ BookSnapshot = tuple[
     int,
     tuple[dict[str, int], dict[str, dict[int, BookOrder | BookCancel]]],
     dict[str, int],
-    list[tuple[PlaceOrder, int, int, int, int, int, int, int, int]],
+    list[tuple[tuple[Any, ...], int, int, int, int, int, int, int, int]],
 ]
 
 

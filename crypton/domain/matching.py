@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from crypton.domain.book import Level, OrderBook, RestingOrder
 from crypton.domain.markets import Market
 from crypton.domain.messages import (
@@ -40,6 +42,7 @@ from crypton.domain.sequencing import Inbound, Outbound
 __all__ = ["BookMachine"]
 
 STP_REASON = "self-trade prevented"
+_PLACE_FIELDS = PlaceOrder.__struct_fields__
 
 
 class BookMachine:
@@ -316,9 +319,10 @@ class BookMachine:
     def snapshot(self) -> tuple[Any, ...]:
         """A compact copy for Bytewax recovery: counters and the resting orders as
         flat tuples in priority order (no deep copy of the book's structure)."""
+        astuple = msgspec.structs.astuple
         resting = [
             (
-                o.cmd,
+                astuple(o.cmd),  # values only: a third of the bytes of the struct's map
                 o.hold,
                 o.remaining,
                 o.spent,
@@ -347,7 +351,8 @@ class BookMachine:
         applied, parked = inbound
         machine.inbound = Inbound(dict(applied), {s: dict(w) for s, w in parked.items()})
         machine.outbound = Outbound(dict(sent))
-        for cmd, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version in resting:
+        for values, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version in resting:
+            cmd = PlaceOrder(**dict(zip(_PLACE_FIELDS, values, strict=True)))
             order = RestingOrder(cmd, hold)
             order.remaining, order.spent = remaining, spent
             order.filled_quantity, order.filled_funds = filled_q, filled_f
