@@ -15,10 +15,13 @@ the stock sink's ``flush()`` after every ``write_batch`` costs.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import zlib
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -37,8 +40,80 @@ log = logging.getLogger("crypton.dataflow")
 Record = tuple[str, bytes, bytes]
 """What the sink writes: (topic, key, value)."""
 
-_IDLE = timedelta(milliseconds=2)
-FETCH_WAIT_MS = 20  # back-off of an empty partition; bounds the hop latency
+_IDLE = timedelta(milliseconds=2)  # back-off of an empty partition; bounds the hop latency
+# Brokers hold an empty fetch this long before answering: it bounds each hop's latency.
+FETCH_WAIT_MS = int(os.environ.get("CRYPTON_FETCH_WAIT_MS", "20"))
+
+
+class _SharedConsumer:
+    """One consumer per inbox topic per process, feeding a buffer per partition.
+
+    Bytewax builds one source partition per Kafka partition; a consumer each would
+    mean a fetch loop each, and a broker that answers empty fetches at once (noida)
+    makes every fetch loop burn CPU on both sides. One consumer fetches for all the
+    partitions this process reads, and each source partition takes its own records.
+    """
+
+    _shared: ClassVar[dict[str, _SharedConsumer]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, settings: Settings, topic: str, batch_size: int) -> None:
+        self.topic = topic
+        self.batch_size = batch_size
+        self.consumer = Consumer(
+            consumer_config(
+                settings,
+                **{"group.id": f"crypton-dataflow-{topic}", "fetch.wait.max.ms": FETCH_WAIT_MS},
+            )
+        )
+        self.buffers: dict[int, deque[Any]] = {}
+        self.lock = threading.Lock()
+
+    @classmethod
+    def join(
+        cls, settings: Settings, topic: str, partition: int, offset: int | None, batch_size: int
+    ) -> _SharedConsumer:
+        with cls._registry_lock:
+            shared = cls._shared.get(topic)
+            if shared is None:
+                shared = cls._shared[topic] = cls(settings, topic, batch_size)
+        with shared.lock:
+            shared.buffers[partition] = deque()
+            start = OFFSET_BEGINNING if offset is None else offset
+            shared.consumer.incremental_assign([KafkaPartition(topic, partition, start)])
+        return shared
+
+    def take(self, partition: int) -> list[Any]:
+        """The records of ``partition`` fetched so far (fetching if there are none)."""
+        with self.lock:
+            buffer = self.buffers[partition]
+            if not buffer:
+                for record in self.consumer.consume(self.batch_size, 0):
+                    error = record.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        if error.fatal():
+                            raise KafkaException(error)
+                        log.warning("kafka: %s", error)
+                        continue
+                    target = self.buffers.get(record.partition())  # type: ignore[arg-type]
+                    if target is not None:
+                        target.append(record)
+            records = list(buffer)
+            buffer.clear()
+            return records
+
+    def leave(self, partition: int) -> None:
+        with self.lock:
+            self.buffers.pop(partition, None)
+            self.consumer.incremental_unassign([KafkaPartition(self.topic, partition)])
+            empty = not self.buffers
+        if empty:
+            with self._registry_lock:
+                if self._shared.get(self.topic) is self:
+                    del self._shared[self.topic]
+            self.consumer.close()
 
 
 class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
@@ -51,27 +126,15 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
         decode: Callable[[bytes], Message],
         batch_size: int,
     ) -> None:
-        self._consumer = Consumer(
-            consumer_config(
-                settings,
-                **{
-                    "group.id": f"crypton-dataflow-{topic}",
-                    # Brokers hold an empty fetch this long: it bounds each hop's latency.
-                    "fetch.wait.max.ms": FETCH_WAIT_MS,
-                },
-            )
-        )
-        start = OFFSET_BEGINNING if offset is None else offset
-        self._consumer.assign([KafkaPartition(topic, partition, start)])
+        self._shared = _SharedConsumer.join(settings, topic, partition, offset, batch_size)
         self._topic, self._partition = topic, partition
         self._key = str(partition)
         self._offset = offset if offset is not None else 0
         self._decode = decode
-        self._batch_size = batch_size
         self._awake: datetime | None = None
 
     def next_batch(self) -> list[tuple[str, list[Message]]]:
-        records = self._consumer.consume(self._batch_size, 0)
+        records = self._shared.take(self._partition)
         if not records:
             self._awake = datetime.now(UTC) + _IDLE
             return []
@@ -79,15 +142,10 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
         items: list[Message] = []
         decode = self._decode
         for record in records:
-            error = record.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("kafka: %s", error)
-                continue
-            self._offset = record.offset() + 1
+            offset = record.offset()
+            if offset < self._offset:
+                continue  # already read: a fetch raced a resume
+            self._offset = offset + 1
             value = record.value()
             try:
                 items.append(decode(value))
@@ -95,7 +153,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
                 dead = DeadLetter(
                     topic=self._topic,
                     partition=self._partition,
-                    offset=record.offset(),
+                    offset=offset,
                     key=record.key(),
                     value=value,
                     reason=f"undecodable: {exc}",
@@ -111,7 +169,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
         return self._offset
 
     def close(self) -> None:
-        self._consumer.close()
+        self._shared.leave(self._partition)
 
 
 class InboxSource(FixedPartitionedSource[tuple[str, list[Message]], int]):
