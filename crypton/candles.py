@@ -13,7 +13,7 @@ gap) still lands where it belongs.
 ...                  buyer_release=0, time=time)
 >>> series = CandleSeries(60_000)
 >>> for t in (trade(1, 10, 0), trade(2, 12, 1_000), trade(3, 9, 61_000)):
-...     series.add(t)
+...     _ = series.add(t)
 >>> [(c.start, c.open, c.high, c.low, c.close, c.trades) for c in series.last(10)]
 [(0, 10, 12, 10, 12, 2), (60000, 9, 9, 9, 9, 1)]
 """

@@ -37,6 +37,7 @@ from crypton.domain.messages import (
     Settle,
     Trade,
 )
+from crypton.domain.orders import order_state
 from crypton.domain.sequencing import Inbound, Outbound
 
 __all__ = ["BookMachine"]
@@ -290,29 +291,10 @@ class BookMachine:
 
     def _state(self, order: RestingOrder, status: Any, reason: str | None, ts: int) -> OrderState:
         order.version += 1
-        cmd = order.cmd
-        return OrderState(
-            order_id=cmd.order_id,
-            user_id=cmd.user_id,
-            client_order_id=cmd.client_order_id,
-            market=cmd.market,
-            side=cmd.side,
-            type=cmd.type,
-            price=cmd.price,
-            quantity=cmd.quantity,
-            funds=cmd.funds,
-            time_in_force=cmd.time_in_force,
-            post_only=cmd.post_only,
-            stp=cmd.stp,
-            status=status,
-            reason=reason,
-            filled_quantity=order.filled_quantity,
-            filled_funds=order.filled_funds,
-            fee=order.fee,
-            created_at=cmd.ts,
-            updated_at=ts,
-            version=order.version,
-        )
+        return order_state(
+            order.cmd, status, reason, version=order.version, updated_at=ts,
+            filled_quantity=order.filled_quantity, filled_funds=order.filled_funds, fee=order.fee,
+        )  # fmt: skip
 
     # --- recovery ------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 from crypton.domain.markets import Market
-from crypton.domain.messages import PlaceOrder
+from crypton.domain.messages import OrderState, PlaceOrder
 from crypton.domain.money import MAX_UNITS
 
-__all__ = ["hold_for", "order_problem"]
+__all__ = ["hold_for", "order_problem", "order_state"]
 
 
 def order_problem(market: Market, cmd: PlaceOrder) -> str | None:
@@ -88,3 +90,39 @@ def hold_for(market: Market, cmd: PlaceOrder) -> tuple[str, int]:
     assert cmd.price is not None and cmd.quantity is not None
     value = market.notional(cmd.price, cmd.quantity)
     return market.quote.code, value + market.fee(value, market.taker_fee_bps)
+
+
+def order_state(
+    cmd: PlaceOrder,
+    status: Any,
+    reason: str | None,
+    *,
+    version: int,
+    updated_at: int,
+    filled_quantity: int = 0,
+    filled_funds: int = 0,
+    fee: int = 0,
+) -> OrderState:
+    """The state record of the order ``cmd`` placed: its terms, then how it stands."""
+    return OrderState(
+        order_id=cmd.order_id,
+        user_id=cmd.user_id,
+        client_order_id=cmd.client_order_id,
+        market=cmd.market,
+        side=cmd.side,
+        type=cmd.type,
+        price=cmd.price,
+        quantity=cmd.quantity,
+        funds=cmd.funds,
+        time_in_force=cmd.time_in_force,
+        post_only=cmd.post_only,
+        stp=cmd.stp,
+        status=status,
+        reason=reason,
+        filled_quantity=filled_quantity,
+        filled_funds=filled_funds,
+        fee=fee,
+        created_at=cmd.ts,
+        updated_at=updated_at,
+        version=version,
+    )

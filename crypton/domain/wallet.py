@@ -43,7 +43,7 @@ from crypton.domain.messages import (
     WalletInbox,
 )
 from crypton.domain.money import MAX_UNITS, to_text
-from crypton.domain.orders import hold_for, order_problem
+from crypton.domain.orders import hold_for, order_problem, order_state
 from crypton.domain.sequencing import Inbound, Outbound
 
 __all__ = ["InvariantBreach", "WalletMachine"]
@@ -312,22 +312,5 @@ class WalletMachine:
 
 
 def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
-    return OrderState(
-        order_id=cmd.order_id,
-        user_id=cmd.user_id,
-        client_order_id=cmd.client_order_id,
-        market=cmd.market,
-        side=cmd.side,
-        type=cmd.type,
-        price=cmd.price,
-        quantity=cmd.quantity,
-        funds=cmd.funds,
-        time_in_force=cmd.time_in_force,
-        post_only=cmd.post_only,
-        stp=cmd.stp,
-        status=status,
-        reason=reason,
-        created_at=cmd.ts,
-        updated_at=cmd.ts,
-        version=1,
-    )
+    """The wallet's only order records: version 1, NEW or REJECTED."""
+    return order_state(cmd, status, reason, version=1, updated_at=cmd.ts)
