@@ -251,7 +251,11 @@ def main(settings: Settings, argv: Sequence[str] = ()) -> int:
     )
     deadline = time.monotonic() + args.settle
     while True:
-        report = audit(settings, progress=lambda line: print(line, file=sys.stderr))
+        try:
+            report = audit(settings, progress=lambda line: print(line, file=sys.stderr))
+        except (RuntimeError, TimeoutError) as exc:  # a missing topic, a stalled read
+            print(f"crypton: error: audit: {exc}", file=sys.stderr)
+            return 2
         if report.clean or time.monotonic() >= deadline:
             break
         time.sleep(1)
