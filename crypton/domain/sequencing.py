@@ -44,6 +44,9 @@ class Inbound(Generic[M]):
     def accept(self, src: str, seq: int, message: M) -> list[M]:
         """The messages now due, in order: none for a replay, several when a gap fills."""
         last = self.applied.get(src, 0)
+        if seq == last + 1 and not self.parked:  # the common case: next in line
+            self.applied[src] = seq
+            return [message]
         if seq <= last:
             return []
         if seq > last + 1:
