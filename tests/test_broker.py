@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from crypton.broker import BrokerError, EmbeddedBroker, port_in_use
 from crypton.config import Settings
 from crypton.kafka import admin, consumer_config, producer_config
 from crypton.process import free_port, settings_env
+from tests.processes import read_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +38,6 @@ def _one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("crypton: error: "), stderr
     return lines[0]
-
-
-def _read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
-    """stdout of ``proc`` up to (at least) the first line containing ``text``."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide lines from select
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or proc.poll() is not None:
-            raise AssertionError(f"no {text!r} in {seen!r} (code {proc.poll()})")
-        if select.select([fd], [], [], left)[0]:
-            seen += os.read(fd, 65536).decode()
-    return seen
 
 
 def _own_broker(tmp_path: Path, kind: str = "noida") -> EmbeddedBroker:
@@ -160,7 +145,7 @@ def test_foreground_broker_stops_on_sigterm(tmp_path: Path, broker_kind: str) ->
     settings = Settings(data_dir=tmp_path, broker=broker_kind, kafka_port=free_port())
     proc = _crypton("broker", env=settings_env(settings))
     try:
-        out = _read_until(proc, "broker ready at", 30)
+        out = read_until(proc, "broker ready at", 30)
         assert f"broker ready at 127.0.0.1:{settings.kafka_port} ({broker_kind}" in out
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
@@ -175,7 +160,7 @@ def test_no_orphan_broker_when_the_launcher_is_killed(tmp_path: Path, broker_kin
     settings = Settings(data_dir=tmp_path, broker=broker_kind, kafka_port=free_port())
     proc = _crypton("broker", env=settings_env(settings))
     try:
-        _read_until(proc, "broker ready at", 30)
+        read_until(proc, "broker ready at", 30)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=10)
         deadline = time.monotonic() + 10

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import stat
 import subprocess
 import sys
-import time
 import types
 import urllib.error
 import urllib.request
@@ -19,6 +17,7 @@ import pytest
 from crypton import cli
 from crypton.config import Settings
 from crypton.process import free_port, settings_env
+from tests.processes import read_until
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -132,21 +131,6 @@ def _children(pid: int) -> dict[str, int]:
     return found
 
 
-def _read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
-    """stdout of ``proc`` up to (at least) the first line containing ``text``."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide lines from select
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or proc.poll() is not None:
-            raise AssertionError(f"no {text!r} in {seen!r} (code {proc.poll()})")
-        if select.select([fd], [], [], left)[0]:
-            seen += os.read(fd, 65536).decode()
-    return seen
-
-
 @pytest.mark.integration
 def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
     tmp_path: Path, broker_kind: str, monkeypatch: pytest.MonkeyPatch
@@ -163,7 +147,7 @@ def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
         text=True,
     )
     try:
-        out = _read_until(proc, "Ctrl-C stops everything", 60)
+        out = read_until(proc, "Ctrl-C stops everything", 60)
         token = (tmp_path / "admin-token").read_text().strip()
         assert f"admin token:  {token}" in out
         assert f"API http://127.0.0.1:{settings.api_port}" in out
@@ -173,7 +157,7 @@ def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
             assert answered.code < 500
 
         os.kill(_children(proc.pid)["dataflow"], signal.SIGKILL)
-        out = _read_until(proc, "dataflow restarted", 20)
+        out = read_until(proc, "dataflow restarted", 20)
         assert "dataflow exited with code -9; restarting in 1s" in out
 
         proc.send_signal(signal.SIGTERM)
