@@ -203,7 +203,7 @@ def _produce_stamped(
     return stamped
 
 
-def bench_baseline(settings: Settings, items: int, logs: Path) -> float:
+def bench_baseline(settings: Settings, items: int, logs: Path, broker_pid: int | None) -> float:
     names = {x: f"baseline.{x}" for x in "abc"}
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     for future in admin.create_topics(
@@ -231,7 +231,7 @@ def bench_baseline(settings: Settings, items: int, logs: Path) -> float:
             seen += sum(1 for r in consumer.consume(100, 0.2) if not r.error())
             if time.monotonic() > deadline:
                 raise TimeoutError("the baseline flow never answered")
-        cpu = _Cpu(broker=_broker_pid, dataflow=flow.pid)
+        cpu = _Cpu(broker=broker_pid, dataflow=flow.pid)
         start = time.monotonic()
         for i in range(items):
             producer.produce(names["a"], b"x" * 100, f"k{i % 1000}".encode())
@@ -254,15 +254,13 @@ def bench_baseline(settings: Settings, items: int, logs: Path) -> float:
         flow.stop(grace=5)
 
 
-_broker_pid: int | None = None
-
-
 def bench_exchange(
     settings: Settings,
     count: int,
     rate: int,
     seconds: int,
     logs: Path,
+    broker_pid: int | None,
 ) -> dict[str, float]:
     recovery = settings.data_dir / "recovery"
     recovery.mkdir(parents=True)
@@ -301,7 +299,7 @@ def bench_exchange(
         watcher.wait(lambda: watcher.transfers >= len(funding), 120, "funding")
 
         orders = _orders(count, rng, 0)
-        cpu = _Cpu(broker=_broker_pid, dataflow=flow.pid)
+        cpu = _Cpu(broker=broker_pid, dataflow=flow.pid)
         start_ms = _now_ms()
         stamped = _produce_stamped(producer, settings, orders)
         producer.flush(30)
@@ -321,7 +319,7 @@ def bench_exchange(
 
         paced = _orders(rate * seconds, rng, count)
         sent: list[Message] = []
-        cpu = _Cpu(broker=_broker_pid, dataflow=flow.pid)
+        cpu = _Cpu(broker=broker_pid, dataflow=flow.pid)
         begin = time.monotonic()
         for i, order in enumerate(paced):
             target = begin + i / rate
@@ -360,7 +358,6 @@ def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _broker_pid
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench_pipeline", description=__doc__.split("\n\n")[0]
     )
@@ -387,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     broker = EmbeddedBroker(settings, data / "logs" / "broker.log").start()
     try:
         broker.wait_ready(60)
-        _broker_pid = broker.pid
         topics.ensure_topics(settings)
-        baseline = bench_baseline(settings, args.baseline_items or args.orders, data / "logs")
-        result = bench_exchange(settings, args.orders, args.rate, args.seconds, data / "logs")
+        logs = data / "logs"
+        baseline = bench_baseline(settings, args.baseline_items or args.orders, logs, broker.pid)
+        result = bench_exchange(settings, args.orders, args.rate, args.seconds, logs, broker.pid)
         _say(
             f"  ratio: exchange orders/s / baseline items/s = "
             f"{result['orders_per_s'] / baseline:.2f}"
