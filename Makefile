@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint fmt bench venv clean unit
+.PHONY: up test lint fmt bench venv clean unit kafka
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-up: $(STAMP)
+# Apache Kafka's jars, fetched once with Maven into ~/.cache/crypton (needs java 17+ and mvn;
+# CRYPTON_BROKER=tansu runs without Java and skips this).
+kafka: $(STAMP)
+	@if [ "$${CRYPTON_BROKER:-kafka}" = kafka ] && [ -z "$${CRYPTON_KAFKA_BOOTSTRAP:-}" ]; then \
+		$(VENV)/bin/crypton broker --fetch; fi
+
+up: $(STAMP) kafka
 	$(VENV)/bin/crypton up
 
-test: $(STAMP) lint
+test: $(STAMP) lint kafka
 	$(PY) -m pytest -q
 
 unit: $(STAMP)
@@ -32,10 +38,9 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)
+bench: $(STAMP) kafka
 	$(PY) -m loadtest.bench_core
-	$(PY) -m loadtest.bench_pipeline --broker tansu
-	$(PY) -m loadtest.bench_pipeline --broker noida
+	$(PY) -m loadtest.bench_pipeline --broker kafka
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

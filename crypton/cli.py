@@ -22,7 +22,7 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 
-from crypton.broker import BrokerError, EmbeddedBroker
+from crypton.broker import KAFKA_VERSION, BrokerError, EmbeddedBroker, ensure_kafka_jars
 from crypton.config import ConfigError, Settings
 from crypton.kafka import KafkaUnavailableError, wait_for_kafka
 from crypton.process import Child, settings_env, wait_for_port
@@ -141,12 +141,16 @@ class _Stop:
 
 def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
     """Run the embedded broker in the foreground until Ctrl-C or SIGTERM."""
+    if args.fetch:
+        if settings.broker == "kafka":
+            say(f"Apache Kafka {KAFKA_VERSION} jars in {ensure_kafka_jars(say)}")
+        return 0
     if settings.bootstrap:
         _wait_external(settings, args.kafka_timeout)
         say("an external cluster is configured; no embedded broker to start")
         return 0
     stop = _Stop()
-    broker = EmbeddedBroker(settings)
+    broker = EmbeddedBroker(settings, say=say)
     try:
         broker.start().wait_ready(args.kafka_timeout)
         say(broker.ready_line())
@@ -201,10 +205,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         if settings.bootstrap:
             _wait_external(settings, args.kafka_timeout)
         else:
-            broker = EmbeddedBroker(settings, log_path=logs / "broker.log")
+            broker = EmbeddedBroker(settings, log_path=logs / "broker.log", say=say)
             broker.start().wait_ready(args.kafka_timeout)
             say(broker.ready_line())
-            processes.append(broker)
+            # Each node on its own: a node that dies is restarted while the others serve.
+            processes.extend(broker.nodes)
         _provision(settings)
         ensure_recovery_store(settings)
         token = ensure_admin_token(settings)
@@ -263,15 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crypton", description=DESCRIPTION)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--kafka-timeout", type=float, default=15.0, metavar="S",
-        help="seconds to wait for Kafka to answer (default 15)",
+        "--kafka-timeout", type=float, default=60.0, metavar="S",
+        help="seconds to wait for Kafka to answer (default 60)",
     )  # fmt: skip
     embedded = argparse.ArgumentParser(add_help=False)
-    embedded.add_argument("--broker", choices=["noida", "tansu"], help="embedded broker")
+    embedded.add_argument(
+        "--broker", choices=["kafka", "tansu"], help="embedded broker (default kafka)"
+    )
     embedded.add_argument("--kafka-port", type=int, metavar="P", help="embedded broker port")
+    embedded.add_argument(
+        "--nodes", type=int, metavar="N", help="Kafka nodes (3: a replicated local cluster)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
+    broker = sub.add_parser(
         "broker", parents=[common, embedded], help="run the embedded Kafka broker (foreground)"
+    )
+    broker.add_argument(
+        "--fetch", action="store_true", help="only fetch Apache Kafka's jars with Maven, then exit"
     )
     sub.add_parser("topics", parents=[common], help="create the exchange's topics (idempotent)")
     for name, what in (("dataflow", "the Bytewax dataflow"), ("api", "the HTTP API")):
@@ -301,6 +314,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
     if getattr(args, "broker", None):
         settings = dataclasses.replace(settings, broker=args.broker)
+    nodes = getattr(args, "nodes", None)
+    if nodes is not None:
+        if not 1 <= nodes <= 9:
+            raise ConfigError(f"--nodes {nodes} must be between 1 and 9")
+        settings = dataclasses.replace(settings, nodes=nodes)
     port = getattr(args, "kafka_port", None)
     if port is not None:
         if not 1 <= port <= 65535:

@@ -26,6 +26,7 @@ PARTITIONER = "murmur2_random"
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """A durable, ordered producer: acks from all replicas, idempotent, murmur2."""
     config: dict[str, Any] = {
+        **settings.client_config(),
         "bootstrap.servers": settings.bootstrap_servers,
         "partitioner": PARTITIONER,
         "acks": "all",
@@ -41,6 +42,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """A consumer that reads only committed data and never commits offsets by itself:
     the exchange keeps its own offsets (Bytewax snapshots, API read model)."""
     config: dict[str, Any] = {
+        **settings.client_config(),
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": "crypton",
         "enable.auto.commit": False,
@@ -68,7 +70,10 @@ def _quiet_logger() -> logging.Logger:
 
 def admin(settings: Settings, **overrides: Any) -> AdminClient:
     """An admin client for the configured cluster, silent about connection retries."""
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    config: dict[str, Any] = {
+        **settings.client_config(),
+        "bootstrap.servers": settings.bootstrap_servers,
+    }
     config.update(overrides)
     return AdminClient(config, logger=_quiet_logger())
 
@@ -89,8 +94,9 @@ def _tcp_reachable(bootstrap: str, timeout: float) -> str | None:
     return reason
 
 
-def wait_for_kafka(settings: Settings, timeout: float = 30.0) -> None:
-    """Return once the cluster answers a metadata request; raise :class:`KafkaUnavailableError`.
+def wait_for_kafka(settings: Settings, timeout: float = 30.0, brokers: int = 1) -> None:
+    """Return once the cluster answers a metadata request naming at least ``brokers``
+    brokers; raise :class:`KafkaUnavailableError`.
 
     A TCP probe comes first so that an unreachable address fails fast with the
     operating system's reason ("Connection refused") instead of a client timeout.
@@ -105,8 +111,10 @@ def wait_for_kafka(settings: Settings, timeout: float = 30.0) -> None:
         if tcp is None:
             client = client or admin(settings)
             try:
-                client.list_topics(timeout=max(0.5, min(2.0, left)))
-                return
+                metadata = client.list_topics(timeout=max(0.5, min(2.0, left)))
+                if len(metadata.brokers) >= brokers:
+                    return
+                reason = f"{len(metadata.brokers)} of {brokers} brokers up"
             except KafkaException as exc:
                 reason = exc.args[0].str() if exc.args else str(exc)
         else:

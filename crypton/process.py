@@ -22,14 +22,13 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from crypton.config import Settings
+from crypton.config import CLIENT_SECURITY_ENV, Settings
 
-__all__ = ["Child", "free_port", "log_tail", "settings_env", "wait_for_port"]
+__all__ = ["Child", "free_port", "free_ports", "log_tail", "settings_env", "wait_for_port"]
 
 _PR_SET_PDEATHSIG = 1
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# noida-db's binary is linked against a newer glibc symbol version that it does
-# not need; the loader's warning is noise in logs and error messages.
+# Lines that say nothing about why a child stopped (loader warnings, banners).
 _NOISE = ("GLIBC_2.", "press Ctrl-C to stop", "RUST_BACKTRACE", "stack backtrace")
 
 
@@ -48,7 +47,7 @@ _prctl = _load_prctl()
 
 
 def _die_with_parent() -> None:
-    # SIGTERM rather than SIGKILL: noida-db saves its data on SIGTERM.
+    # SIGTERM rather than SIGKILL: a Kafka node then shuts down cleanly.
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # type: ignore[operator]
 
@@ -184,6 +183,7 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
         CRYPTON_BROKER=settings.broker,
         CRYPTON_KAFKA_HOST=settings.kafka_host,
         CRYPTON_KAFKA_PORT=str(settings.kafka_port),
+        CRYPTON_KAFKA_NODES=str(settings.nodes),
         CRYPTON_TOPIC_PREFIX=settings.topic_prefix,
         CRYPTON_PARTITIONS=str(settings.partitions),
         CRYPTON_API_HOST=settings.api_host,
@@ -194,6 +194,16 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
         env["CRYPTON_KAFKA_BOOTSTRAP"] = settings.bootstrap
     else:
         env.pop("CRYPTON_KAFKA_BOOTSTRAP", None)
+    for name, key in CLIENT_SECURITY_ENV.items():
+        value = dict(settings.security).get(key)
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    if settings.kafka_config_file is not None:
+        env["CRYPTON_KAFKA_CONFIG"] = str(settings.kafka_config_file.absolute())
+    else:
+        env.pop("CRYPTON_KAFKA_CONFIG", None)
     if settings.markets_file is not None:
         env["CRYPTON_MARKETS"] = str(settings.markets_file.absolute())
     else:
@@ -214,6 +224,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free TCP ports (a Kafka node needs two).
+
+    >>> base = free_ports(3)
+    >>> 1024 < base < 65533
+    True
+    """
+    for _ in range(200):
+        base = free_port(host)
+        if base + count > 65535:
+            continue
+        taken = False
+        for port in range(base + 1, base + count):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
 
 
 def wait_for_port(

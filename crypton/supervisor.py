@@ -6,7 +6,7 @@ that doubles on each quick failure (1s, 2s, 4s, ... up to a cap), so a crash
 loop does not spin a core while a transient fault (the broker restarting) heals
 by itself. Ctrl-C or SIGTERM stops the processes in reverse start order: the API
 first (no new commands), then the dataflow (it has consumed what it could), the
-broker last (noida-db saves its data on SIGTERM).
+broker last (it has acknowledged everything the others wrote).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["Managed", "Supervisor"]
 
 class Managed(Protocol):
     """What the supervisor needs of a process: :class:`crypton.process.Child` and
-    :class:`crypton.broker.EmbeddedBroker` both fit."""
+    :class:`crypton.broker.BrokerNode` both fit."""
 
     name: str
     log_path: Path

@@ -27,11 +27,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
-from confluent_kafka.admin import AdminClient
 
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
-from crypton.kafka import consumer_config, producer_config
+from crypton.kafka import admin, consumer_config, producer_config
 
 __all__ = ["InboxSource", "LogSink", "Record"]
 
@@ -190,8 +189,7 @@ class InboxSource(FixedPartitionedSource[tuple[str, list[Message]], int]):
         self._batch_size = batch_size
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient({"bootstrap.servers": self._settings.bootstrap_servers})
-        metadata = admin.list_topics(self._topic, timeout=30)
+        metadata = admin(self._settings).list_topics(self._topic, timeout=30)
         topic = metadata.topics.get(self._topic)
         if topic is None or topic.error is not None or not topic.partitions:
             raise RuntimeError(f"topic {self._topic} is missing: run `crypton topics` first")

@@ -1,6 +1,6 @@
 """Benchmark of the whole pipeline: broker + dataflow, measured from the outside.
 
-    python -m loadtest.bench_pipeline --broker noida|tansu [--orders N]
+    python -m loadtest.bench_pipeline --broker kafka|tansu [--orders N]
 
 Starts an embedded broker on a free loopback port and, on it:
 
@@ -38,7 +38,7 @@ from crypton.broker import EmbeddedBroker
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder
 from crypton.kafka import consumer_config, producer_config
-from crypton.process import Child, free_port, settings_env
+from crypton.process import Child, free_ports, settings_env
 from crypton.routing import route
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench_pipeline", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--broker", choices=["noida", "tansu"], default="noida")
+    parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
     parser.add_argument("--orders", type=int, default=20_000, help="orders at full speed")
     parser.add_argument(
         "--baseline-items",
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         data_dir=data,
         broker=args.broker,
-        kafka_port=free_port(),
+        kafka_port=free_ports(2),
         topic_prefix="bench.",
         partitions=PARTITIONS,
     )

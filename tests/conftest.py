@@ -1,8 +1,8 @@
 """Fixtures shared by every test package: a real broker and real child processes.
 
-- ``kafka`` (session): an embedded broker on a free port in a temporary data
-  directory, as a ``Settings`` pointing at it. ``CRYPTON_TEST_BROKER=tansu``
-  runs the suite on tansu; ``CRYPTON_TEST_BOOTSTRAP=host:port`` on an existing
+- ``kafka`` (session): an embedded Apache Kafka node on free ports in a temporary
+  data directory, as a ``Settings`` pointing at it. ``CRYPTON_TEST_BROKER=tansu``
+  runs the suite on tansu (no Java); ``CRYPTON_TEST_BOOTSTRAP=host:port`` on an existing
   cluster (nothing is started then).
 - ``settings`` (function): ``kafka`` with a fresh topic prefix and data
   directory, topics already created, so tests never see each other's records.
@@ -23,22 +23,22 @@ import pytest
 
 from crypton.broker import EmbeddedBroker
 from crypton.config import Settings
-from crypton.process import Child, free_port, log_tail, settings_env
+from crypton.process import Child, free_port, free_ports, log_tail, settings_env
 from crypton.topics import ensure_topics
 
 Spawn = Callable[..., Child]
 
 
 def _test_broker_kind() -> str:
-    kind = os.environ.get("CRYPTON_TEST_BROKER", "noida")
-    if kind not in ("noida", "tansu"):
-        raise pytest.UsageError(f"CRYPTON_TEST_BROKER={kind!r} must be noida or tansu")
+    kind = os.environ.get("CRYPTON_TEST_BROKER", "kafka")
+    if kind not in ("kafka", "tansu"):
+        raise pytest.UsageError(f"CRYPTON_TEST_BROKER={kind!r} must be kafka or tansu")
     return kind
 
 
 @pytest.fixture(scope="session")
 def broker_kind() -> str:
-    """The embedded broker the suite runs on: ``noida`` (default) or ``tansu``."""
+    """The embedded broker the suite runs on: ``kafka`` (default) or ``tansu``."""
     return _test_broker_kind()
 
 
@@ -51,13 +51,13 @@ def kafka_broker(
         yield None
         return
     data_dir = tmp_path_factory.mktemp("kafka")
-    settings = Settings(data_dir=data_dir, broker=broker_kind, kafka_port=free_port())
+    settings = Settings(data_dir=data_dir, broker=broker_kind, kafka_port=free_ports(2))
     broker = EmbeddedBroker(settings).start()
     try:
-        broker.wait_ready(30)
+        broker.wait_ready(90)
         yield broker
     finally:
-        broker.stop(grace=5)
+        broker.stop(grace=10)
 
 
 @pytest.fixture(scope="session")
@@ -88,18 +88,13 @@ def settings(kafka: Settings, tmp_path: Path) -> Settings:
 def own_broker(
     kafka_broker: EmbeddedBroker | None, broker_kind: str, tmp_path: Path
 ) -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own, for tests that restart it or fill it with a long log.
-
-    noida writes its whole log to one file every half second, so a test that writes
-    hundreds of thousands of records to the session's broker slows every later test,
-    and a restart of a broker that large can lose its last writes.
-    """
+    """A broker of this test's own, for tests that restart or kill it."""
     if kafka_broker is None:
         pytest.skip("CRYPTON_TEST_BOOTSTRAP: no embedded broker of the test's own")
-    settings = Settings(data_dir=tmp_path / "broker", broker=broker_kind, kafka_port=free_port())
+    settings = Settings(data_dir=tmp_path / "broker", broker=broker_kind, kafka_port=free_ports(2))
     broker = EmbeddedBroker(settings).start()
     try:
-        broker.wait_ready(30)
+        broker.wait_ready(90)
         yield broker
     finally:
         broker.stop(grace=10)

@@ -16,7 +16,7 @@ import pytest
 
 from crypton import cli
 from crypton.config import Settings
-from crypton.process import free_port, settings_env
+from crypton.process import free_port, free_ports, settings_env
 from tests.processes import read_until
 
 
@@ -137,7 +137,7 @@ def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
 ) -> None:
     monkeypatch.delenv("CRYPTON_ADMIN_TOKEN", raising=False)
     settings = Settings(
-        data_dir=tmp_path, broker=broker_kind, kafka_port=free_port(), api_port=free_port()
+        data_dir=tmp_path, broker=broker_kind, kafka_port=free_ports(2), api_port=free_port()
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "crypton.cli", "up", "--grace", "5"],

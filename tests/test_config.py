@@ -21,7 +21,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_run_on_one_machine() -> None:
     settings = Settings.from_env()
     assert settings.bootstrap is None
-    assert settings.broker == "noida"
+    assert settings.broker == "kafka"
     assert settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.partitions == 4
     assert settings.data_dir == Path(".crypton")
@@ -39,7 +39,7 @@ def test_external_bootstrap_wins_over_embedded_address(monkeypatch: pytest.Monke
         ("CRYPTON_PARTITIONS", "four", "CRYPTON_PARTITIONS='four' is not an integer"),
         ("CRYPTON_PARTITIONS", "0", "CRYPTON_PARTITIONS=0 must be between 1 and 1024"),
         ("CRYPTON_KAFKA_PORT", "70000", "CRYPTON_KAFKA_PORT=70000 must be between 1 and 65535"),
-        ("CRYPTON_BROKER", "redpanda", "CRYPTON_BROKER='redpanda' must be 'noida' or 'tansu'"),
+        ("CRYPTON_BROKER", "redpanda", "CRYPTON_BROKER='redpanda' must be 'kafka' or 'tansu'"),
     ],
 )
 def test_invalid_values_name_the_variable(

@@ -9,7 +9,7 @@ import pytest
 
 from crypton.broker import EmbeddedBroker
 from crypton.config import Settings
-from crypton.process import free_port
+from crypton.process import free_ports
 from crypton.topics import ensure_topics
 
 from .support import ADMIN_TOKEN, create_user, start_api
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def test_503_when_the_broker_is_down(tmp_path: Path, broker_kind: str) -> None:
     # A broker of our own: the session's is shared and must stay up.
-    settings = Settings(data_dir=tmp_path / "data", broker=broker_kind, kafka_port=free_port())
+    settings = Settings(data_dir=tmp_path / "data", broker=broker_kind, kafka_port=free_ports(2))
     broker = EmbeddedBroker(settings, log_path=tmp_path / "broker.log").start().wait_ready(30)
     server = None
     try:
