@@ -91,6 +91,8 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     snapshot_seconds: int = 2
+    state_segment_ms: int = 600_000
+    """How often a compacted state topic rolls a segment: only closed segments compact."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -119,6 +121,7 @@ class Settings:
             api_host=os.environ.get("CRYPTON_API_HOST", "127.0.0.1"),
             api_port=_int("CRYPTON_API_PORT", 8000, 1, 65535),
             snapshot_seconds=_int("CRYPTON_SNAPSHOT_SECONDS", 2, 1, 3600),
+            state_segment_ms=_int("CRYPTON_STATE_SEGMENT_MS", 600_000, 10, 1 << 31),
         )
 
     @property

@@ -189,6 +189,7 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
         CRYPTON_API_HOST=settings.api_host,
         CRYPTON_API_PORT=str(settings.api_port),
         CRYPTON_SNAPSHOT_SECONDS=str(settings.snapshot_seconds),
+        CRYPTON_STATE_SEGMENT_MS=str(settings.state_segment_ms),
     )
     if settings.bootstrap:
         env["CRYPTON_KAFKA_BOOTSTRAP"] = settings.bootstrap

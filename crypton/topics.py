@@ -50,11 +50,23 @@ class TopicSpec:
         """The Kafka topic name under ``prefix``."""
         return topic_name(self.logical, prefix)
 
-    def config(self) -> dict[str, str]:
-        """Topic-level configuration given at creation."""
-        # Compacted topics hold the latest state per key (an upsert log); the
-        # others are the history itself and must never lose a record to compaction.
-        return {"cleanup.policy": "compact" if self.compacted else "delete"}
+    def config(self, segment_ms: int = 600_000) -> dict[str, str]:
+        """Topic-level configuration given at creation.
+
+        >>> TopicSpec("orders", "order_id", True, "").config(60_000)["segment.ms"]
+        '60000'
+        """
+        if not self.compacted:
+            # The history itself: never loses a record to compaction.
+            return {"cleanup.policy": "delete", "retention.ms": "-1"}
+        # An upsert log holding the latest state per key. Only closed segments are
+        # compacted, so they roll every ``segment_ms``, and the cleaner starts once a
+        # tenth of a log is superseded records.
+        return {
+            "cleanup.policy": "compact",
+            "segment.ms": str(segment_ms),
+            "min.cleanable.dirty.ratio": "0.1",
+        }
 
 
 TOPICS: Final = (
@@ -139,7 +151,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         # No replication factor: the cluster's default (1 on an embedded
         # broker, typically 3 in production) is the right one.
         futures = client.create_topics(
-            [NewTopic(n, settings.partitions, config=wanted[n].config()) for n in missing],
+            [
+                NewTopic(n, settings.partitions, config=wanted[n].config(settings.state_segment_ms))
+                for n in missing
+            ],
             request_timeout=timeout,
         )
         for name, future in futures.items():
