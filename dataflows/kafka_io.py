@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -39,9 +40,14 @@ log = logging.getLogger("crypton.dataflow")
 Record = tuple[str, bytes, bytes]
 """What the sink writes: (topic, key, value)."""
 
-_IDLE = timedelta(milliseconds=2)  # back-off of an empty partition; bounds the hop latency
-# Brokers hold an empty fetch this long before answering: it bounds each hop's latency.
-FETCH_WAIT_MS = int(os.environ.get("CRYPTON_FETCH_WAIT_MS", "20"))
+# Back-off of an empty partition: short while records flow (it bounds the hop latency),
+# longer once the partition has been quiet for a while, so an idle exchange sleeps.
+_IDLE = timedelta(milliseconds=2)
+_QUIET = timedelta(milliseconds=50)
+_QUIET_AFTER_S = 1.0
+# Kafka answers a waiting fetch as soon as a record arrives, so a long wait costs no
+# latency and keeps an idle consumer from polling the broker many times a second.
+FETCH_WAIT_MS = int(os.environ.get("CRYPTON_FETCH_WAIT_MS", "500"))
 
 
 class _SharedConsumer:
@@ -131,13 +137,19 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
         self._offset = offset if offset is not None else 0
         self._decode = decode
         self._awake: datetime | None = None
+        self._quiet_since: float | None = None
 
     def next_batch(self) -> list[tuple[str, list[Message]]]:
         records = self._shared.take(self._partition)
         if not records:
-            self._awake = datetime.now(UTC) + _IDLE
+            now = time.monotonic()
+            if self._quiet_since is None:
+                self._quiet_since = now
+            quiet = now - self._quiet_since >= _QUIET_AFTER_S
+            self._awake = datetime.now(UTC) + (_QUIET if quiet else _IDLE)
             return []
         self._awake = None
+        self._quiet_since = None
         items: list[Message] = []
         decode = self._decode
         for record in records:
