@@ -343,9 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaException as exc:
         error = exc.args[0] if exc.args else exc
         message = error.str() if hasattr(error, "str") else str(error)
-        return _fail(f"Kafka: {message}")
+        # Some client errors (a timed-out admin request) carry no text, only a name.
+        if not message and hasattr(error, "name"):
+            message = error.name()
+        return _fail(f"Kafka: {message or type(exc).__name__}")
     except (ConfigError, BrokerError, KafkaUnavailableError, TopicError, CliError) as exc:
         return _fail(str(exc))
+    except TimeoutError:
+        return _fail("timed out waiting for Kafka to answer")
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:

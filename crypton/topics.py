@@ -7,10 +7,12 @@ Streams use) and the same partition count per topic.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from crypton.config import Settings
@@ -131,6 +133,29 @@ def murmur2(key: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
+def _wait_for_leaders(client: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
+    """The cluster's topics once every partition of ``names`` has a leader.
+
+    A created topic reaches every broker's metadata a moment later; a client that
+    used it at once could be told it does not exist.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = client.list_topics(timeout=timeout).topics
+        pending = [
+            name
+            for name in names
+            if name not in topics
+            or topics[name].error is not None
+            or any(p.leader < 0 for p in topics[name].partitions.values())
+        ]
+        if not pending:
+            return dict(topics)
+        if time.monotonic() >= deadline:
+            raise TopicError(f"topic {pending[0]} has no leader {timeout:g}s after its creation")
+        time.sleep(0.1)
+
+
 class TopicError(RuntimeError):
     """Existing topics contradict the configuration (for example their partition count)."""
 
@@ -161,11 +186,15 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             try:
                 future.result(timeout)
                 created.append(name)
+            except TimeoutError:
+                raise TopicError(
+                    f"Kafka did not confirm creating topic {name} within {timeout:g}s"
+                ) from None
             except KafkaException as exc:
                 # Another process created it between our listing and our request.
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"cannot create topic {name}: {exc.args[0].str()}") from None
-        existing = client.list_topics(timeout=timeout).topics
+        existing = _wait_for_leaders(client, created, timeout)
     wrong = [
         f"{name} has {len(existing[name].partitions)}"
         for name in wanted

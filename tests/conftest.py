@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import uuid
@@ -23,8 +24,9 @@ import pytest
 
 from crypton.broker import EmbeddedBroker
 from crypton.config import Settings
+from crypton.kafka import admin
 from crypton.process import Child, free_port, free_ports, log_tail, settings_env
-from crypton.topics import ensure_topics
+from crypton.topics import ensure_topics, topic_names
 
 Spawn = Callable[..., Child]
 
@@ -72,7 +74,7 @@ def kafka(
 
 
 @pytest.fixture
-def settings(kafka: Settings, tmp_path: Path) -> Settings:
+def settings(kafka: Settings, tmp_path: Path) -> Iterator[Settings]:
     """``kafka`` with a fresh topic prefix and data dir; the prefixed topics exist."""
     fresh = dataclasses.replace(
         kafka,
@@ -81,7 +83,14 @@ def settings(kafka: Settings, tmp_path: Path) -> Settings:
         api_port=free_port(),
     )
     ensure_topics(fresh)
-    return fresh
+    yield fresh
+    # Thousands of partitions left behind would slow the session's broker for every
+    # later test (each partition holds files and memory-mapped indexes).
+    client = admin(fresh)
+    names = topic_names(fresh.topic_prefix)
+    for future in client.delete_topics(names, operation_timeout=30).values():
+        with contextlib.suppress(Exception):
+            future.result(30)
 
 
 @pytest.fixture

@@ -70,17 +70,21 @@ def test_a_start_that_fails_is_retried_not_fatal(tmp_path: Path) -> None:
 SCRIPT = textwrap.dedent(
     """
     import sys
+    import time
     from pathlib import Path
     from crypton.process import Child
     from crypton.supervisor import Supervisor
 
     logs = Path(sys.argv[1])
-    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                "time.sleep(60)")
+    stubborn = ("import signal, time, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                "print('ignoring', flush=True); time.sleep(60)")
     first = Child("first", ["sleep", "60"], logs / "first.log")
     second = Child("second", [sys.executable, "-c", stubborn], logs / "second.log")
     supervisor = Supervisor([first, second], grace=0.5)
     supervisor.start()
+    # The stubborn child says when its handler is in place (slow on a busy machine).
+    while "ignoring" not in (logs / "second.log").read_text():
+        time.sleep(0.02)
     print("pids", first.pid, second.pid, flush=True)
     supervisor.run(poll_interval=0.05)
     """
