@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from crypton import codec, topics
 from crypton.config import Settings
@@ -167,7 +167,13 @@ class LiveReadModel:
                     continue
                 tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
                 if not self.ready.is_set():
-                    _, high = consumer.get_watermark_offsets(tp, timeout=5)
+                    try:
+                        _, high = consumer.get_watermark_offsets(tp, timeout=5)
+                    except KafkaException as exc:
+                        # A partition without a leader yet (just created, or its
+                        # broker failing over): try again at the next refresh.
+                        log.warning("no end offset for %s[%d] yet: %s", topic, partition, exc)
+                        continue
                     if high > 0:
                         self._targets[(topic, partition)] = high
                 self._assigned.add((topic, partition))
