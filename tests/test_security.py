@@ -148,6 +148,8 @@ def test_api_and_dataflow_trade_each_with_its_own_credentials(
     def spawn_dataflow(*args: Any, **kwargs: Any) -> Child:
         return spawn(*args, env=dataflow_env, **kwargs)
 
+    # What `crypton dataflow` does first: check every topic exists (create none).
+    assert ensure_topics(secure_log.as_user("dataflow")) == []
     start_dataflow(spawn_dataflow, settings)
     api = start_api(settings, tmp_path / "logs", env=secure_log.env("api"))
     try:

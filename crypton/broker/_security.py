@@ -10,8 +10,8 @@ who      writes                                  reads (and its consumer groups)
 api      wallet inbox, users                     orders, balances, trades, depth,
                                                  transfers, users; ``crypton-api-*``
 dataflow wallet and book inboxes, orders,        wallet and book inboxes;
-         balances, trades, depth, transfers,     ``crypton-dataflow-*``
-         rejections, dead letters
+         balances, trades, depth, transfers,     ``crypton-dataflow-*`` (and sees
+         rejections, dead letters                that users exists)
 auditor  nothing                                 every topic; ``crypton-reader``
 ======== ======================================= ====================================
 
@@ -103,6 +103,9 @@ ACCESS: Final[Mapping[str, tuple[Grant, ...]]] = {
         # The wallet step writes the book inbox and the book step the wallet inbox.
         *_topics(("Read", "Write"), topics.WALLET_INBOX, topics.BOOK_INBOX),
         *_topics(("Write",), *_STATE, topics.REJECTIONS, topics.DEAD_LETTERS),
+        # `crypton dataflow` checks that every topic exists before it starts: it must
+        # see the users topic in the metadata, never read it.
+        Grant("topic", topics.USERS, ("Describe",)),
         Grant("group", "crypton-dataflow-", ("Read",)),
         _IDEMPOTENT,
     ),
