@@ -46,7 +46,7 @@ BROKERS = ("kafka", "tansu")
 
 
 def read_client_properties(path: Path) -> dict[str, str]:
-    """``key=value`` lines of a Java-style properties file (``#`` and ``!`` comments).
+    r"""``key=value`` lines of a Java-style properties file (``#`` and ``!`` comments).
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
