@@ -83,7 +83,7 @@ def _tcp_reachable(bootstrap: str, timeout: float) -> str | None:
     reason = "no address"
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
-        host = host.removeprefix("PLAINTEXT://").strip("[]")
+        host = host.rpartition("://")[2].strip("[]")  # SASL_SSL://host:port as well
         try:
             with socket.create_connection((host or "127.0.0.1", int(port)), timeout):
                 return None

@@ -16,8 +16,11 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow
 
+from crypton.config import Settings
+
 BROKERS = [os.environ.get("CRYPTON_KAFKA_BOOTSTRAP", "127.0.0.1:9092")]
-CONFIG = {"partitioner": "murmur2_random", "linger.ms": "5"}
+# The exchange's client settings (SASL from CRYPTON_KAFKA_*), as every other client.
+CONFIG = {**Settings.from_env().client_config(), "partitioner": "murmur2_random", "linger.ms": "5"}
 
 
 def _count(seen: int | None, message: Any) -> tuple[int, KafkaSinkMessage[bytes, bytes]]:

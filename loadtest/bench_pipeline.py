@@ -31,12 +31,13 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from crypton import codec, topics
 from crypton.broker import EmbeddedBroker
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder
+from crypton.kafka import admin as kafka_admin
 from crypton.kafka import consumer_config, producer_config
 from crypton.process import Child, free_ports, settings_env
 from crypton.routing import route
@@ -205,7 +206,7 @@ def _produce_stamped(
 
 def bench_baseline(settings: Settings, items: int, logs: Path, broker_pid: int | None) -> float:
     names = {x: f"baseline.{x}" for x in "abc"}
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka_admin(settings)
     for future in admin.create_topics(
         [NewTopic(n, PARTITIONS, 1) for n in names.values()]
     ).values():

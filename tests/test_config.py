@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from crypton.config import ConfigError, Settings
+from crypton.kafka import consumer_config, producer_config
 from crypton.process import settings_env
 
 
@@ -77,3 +78,81 @@ def test_settings_env_passes_an_external_cluster(monkeypatch: pytest.MonkeyPatch
     for name, value in settings_env(settings, base={}).items():
         monkeypatch.setenv(name, value)
     assert Settings.from_env() == settings
+
+
+def test_client_config_is_the_file_with_the_environment_on_top(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    properties = tmp_path / "client.properties"
+    properties.write_text(
+        "# the cluster's TLS and SASL\n"
+        "security.protocol = SASL_SSL\n"
+        "sasl.mechanism=PLAIN\n"
+        "ssl.ca.location=/etc/kafka/ca.crt\n"
+        "! Java-style comment\n"
+        "client.id=crypton\n"
+    )
+    monkeypatch.setenv("CRYPTON_KAFKA_CONFIG", str(properties))
+    monkeypatch.setenv("CRYPTON_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("CRYPTON_KAFKA_SASL_USERNAME", "api")
+    monkeypatch.setenv("CRYPTON_KAFKA_SASL_PASSWORD", "s3cret=with=equals")
+    settings = Settings.from_env()
+    expected = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",  # the variable wins over the file
+        "ssl.ca.location": "/etc/kafka/ca.crt",
+        "client.id": "crypton",
+        "sasl.username": "api",
+        "sasl.password": "s3cret=with=equals",
+    }
+    assert settings.client_config() == expected
+    # Producers and consumers are built from it (and the admin client, the same way).
+    for config in (producer_config(settings), consumer_config(settings)):
+        assert expected.items() <= config.items()
+        assert config["bootstrap.servers"] == "127.0.0.1:9092"
+
+
+def test_settings_env_hands_credentials_and_the_file_to_children(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    properties = tmp_path / "client.properties"
+    properties.write_text("security.protocol=SASL_SSL\n")
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka_config_file=properties,
+        security=(("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "dataflow")),
+    )
+    stale = {"CRYPTON_KAFKA_SASL_PASSWORD": "someone-else's", "PATH": "/bin"}
+    env = settings_env(settings, base=stale)
+    assert env["CRYPTON_KAFKA_SASL_USERNAME"] == "dataflow"
+    assert "CRYPTON_KAFKA_SASL_PASSWORD" not in env  # not inherited from the parent
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings.from_env().client_config() == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "dataflow",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("security.protocol\n", "client.properties:1: expected key=value"),
+        ("# ok\n=SASL_SSL\n", "client.properties:2: expected key=value"),
+    ],
+)
+def test_a_malformed_client_file_names_the_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, message: str
+) -> None:
+    properties = tmp_path / "client.properties"
+    properties.write_text(text)
+    monkeypatch.setenv("CRYPTON_KAFKA_CONFIG", str(properties))
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env().client_config()
+
+
+def test_a_missing_client_file_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CRYPTON_KAFKA_CONFIG", str(tmp_path / "nope.properties"))
+    with pytest.raises(ConfigError, match=r"CRYPTON_KAFKA_CONFIG: cannot read .*nope\.properties"):
+        Settings.from_env().client_config()

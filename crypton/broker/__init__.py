@@ -34,15 +34,31 @@ from crypton.broker._kafka import (
     java_binary,
     kafka_home,
 )
+from crypton.broker._security import (
+    ACCESS,
+    Grant,
+    ScramSecurity,
+    acl_bindings,
+    client_security,
+    create_acls,
+    create_scram_users,
+)
 from crypton.config import Settings
 from crypton.kafka import KafkaUnavailableError, wait_for_kafka
 from crypton.process import Child
 
 __all__ = [
+    "ACCESS",
     "KAFKA_VERSION",
     "BrokerError",
     "BrokerNode",
     "EmbeddedBroker",
+    "Grant",
+    "ScramSecurity",
+    "acl_bindings",
+    "client_security",
+    "create_acls",
+    "create_scram_users",
     "ensure_kafka_jars",
     "kafka_home",
     "port_in_use",
@@ -155,7 +171,8 @@ class EmbeddedBroker:
     answers metadata requests with all its nodes, ``stop()`` sends SIGTERM to all
     nodes at once (Kafka shuts down cleanly) and SIGKILL after a grace period. As a
     context manager it does all three. ``extra_properties`` are added to each
-    Kafka node's ``server.properties`` (listeners with SASL, an authorizer).
+    Kafka node's ``server.properties``. With ``security`` the nodes accept only
+    SASL/SCRAM clients and authorize them with ACLs (:class:`ScramSecurity`).
     """
 
     def __init__(
@@ -164,6 +181,7 @@ class EmbeddedBroker:
         log_path: Path | None = None,
         extra_properties: Mapping[str, str] | None = None,
         say: Callable[[str], None] = print,
+        security: ScramSecurity | None = None,
     ) -> None:
         if settings.broker not in KINDS:
             raise BrokerError(
@@ -185,6 +203,7 @@ class EmbeddedBroker:
             self.port,
             settings.nodes,
             dict(extra_properties or {}),
+            security,
         )
         self._java: str | None = None
         self._libs: Path | None = None
@@ -295,9 +314,12 @@ class EmbeddedBroker:
         """Block until the cluster answers with all its nodes; raise :class:`BrokerError`."""
         if not self.nodes or all(node.poll() is None and node.pid is None for node in self.nodes):
             raise BrokerError("the broker was not started")
+        security = self.layout.security
         probe = Settings(
             kafka_host=self.host, kafka_port=self.port, nodes=self.settings.nodes,
-            broker=self.kind, security=self.settings.security,
+            broker=self.kind,
+            # The broker knows its super user; the settings may hold a component's.
+            security=security.admin_security() if security else self.settings.security,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from crypton.broker._security import ScramSecurity
+
 __all__ = [
     "KAFKA_VERSION",
     "JavaMissingError",
@@ -168,7 +170,9 @@ class KafkaLayout:
     port: int
     nodes: int = 1
     extra: Mapping[str, str] = field(default_factory=dict)
-    """Properties added to (or replacing) every node's defaults, e.g. listeners with SASL."""
+    """Properties added to (or replacing) every node's defaults (and security's)."""
+    security: ScramSecurity | None = None
+    """SASL/SCRAM listeners and ACLs instead of the open PLAINTEXT listener."""
 
     def client_port(self, node: int) -> int:
         return self.port + node - 1
@@ -239,6 +243,9 @@ class KafkaLayout:
             "log.cleaner.threads": "1",
             "log.cleaner.dedupe.buffer.size": str(16 << 20),
         }
+        if self.security is not None:
+            props.update(self.security.listeners(self.host, client, controller))
+            props.update(self.security.properties())
         props.update(self.extra)
         return props
 
@@ -292,6 +299,7 @@ class KafkaLayout:
         argv = self.java_command(
             java, libs, node, "kafka.tools.StorageTool", "format",
             "-t", self.cluster_id(), "-c", str(props), "--ignore-formatted",
+            *(self.security.format_args() if self.security else []),
         )  # fmt: skip
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:

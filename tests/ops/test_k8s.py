@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from crypton.broker import ACCESS
 from crypton.config import load_markets
 from crypton.topics import TOPICS
 
@@ -235,6 +236,98 @@ def test_monitors_select_the_workloads() -> None:
     pod_monitor = _one("PodMonitor", "crypton-dataflow")
     labels = _one("StatefulSet", "crypton-dataflow")["spec"]["template"]["metadata"]["labels"]
     assert labels.items() >= pod_monitor["spec"]["selector"]["matchLabels"].items()
+
+
+def _acls(user: Doc) -> set[tuple[str, str, str, str]]:
+    out = set()
+    for acl in user["spec"]["authorization"]["acls"]:
+        assert acl.get("host", "*") == "*"
+        resource = acl["resource"]
+        for operation in acl["operations"]:
+            out.add(
+                (
+                    resource["type"],
+                    resource.get("name", ""),
+                    resource.get("patternType", ""),
+                    operation,
+                )
+            )
+    return out
+
+
+def test_the_log_takes_only_authenticated_clients() -> None:
+    spec = _one("Kafka", "crypton")["spec"]["kafka"]
+    for listener in spec["listeners"]:
+        # Anyone who can write the wallet inbox can credit money.
+        assert listener["authentication"]["type"] == "scram-sha-512", listener["name"]
+        assert listener["tls"] is True, f"{listener['name']}: SCRAM needs TLS around it"
+    assert spec["authorization"]["type"] == "simple"
+    assert spec["config"].get("allow.everyone.if.no.acl.found") is False
+    port = int(_settings()["CRYPTON_KAFKA_BOOTSTRAP"].rpartition(":")[2])
+    assert port in {listener["port"] for listener in spec["listeners"]}
+    assert _settings()["CRYPTON_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert _settings()["CRYPTON_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+
+
+def test_every_component_has_a_kafka_user_with_exactly_its_acls() -> None:
+    users = {u["metadata"]["name"]: u for u in _kind("KafkaUser")}
+    assert set(users) == {f"crypton-{component}" for component in ACCESS}
+    prefix = _settings()["CRYPTON_TOPIC_PREFIX"]
+    for component, grants in ACCESS.items():
+        user = users[f"crypton-{component}"]
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "crypton"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert user["spec"]["authorization"]["type"] == "simple"
+        expected = {
+            (
+                g.resource,
+                "" if g.resource == "cluster" else g.resource_name(prefix),
+                "" if g.resource == "cluster" else g.pattern(),
+                operation,
+            )
+            for g in grants
+            for operation in g.operations
+        }
+        assert _acls(user) == expected, component
+
+
+def test_the_acls_let_each_component_do_its_job_and_no_more() -> None:
+    prefix = _settings()["CRYPTON_TOPIC_PREFIX"]
+    name = {spec.logical: spec.name(prefix) for spec in TOPICS}
+    writes = {
+        u["metadata"]["name"]: {n for t, n, _, op in _acls(u) if t == "topic" and op == "Write"}
+        for u in _kind("KafkaUser")
+    }
+    assert writes["crypton-api"] == {name["wallet.inbox"], name["users"]}
+    assert writes["crypton-auditor"] == set()
+    # The dataflow writes every topic but the users (API keys belong to the API).
+    assert writes["crypton-dataflow"] == set(name.values()) - {name["users"]}
+    reads = {n for t, n, _, op in _acls(_one("KafkaUser", "crypton-auditor")) if op == "Read"}
+    assert reads >= set(name.values())
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "user"),
+    [
+        ("Deployment", "crypton-api", "crypton-api"),
+        ("StatefulSet", "crypton-dataflow", "crypton-dataflow"),
+    ],
+)
+def test_workloads_log_in_as_their_own_kafka_user(kind: str, name: str, user: str) -> None:
+    pod = _one(kind, name)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CRYPTON_KAFKA_SASL_USERNAME"]["value"] == user
+    password = env["CRYPTON_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    # The User Operator keeps each KafkaUser's password in a Secret of its name.
+    assert password == {"name": user, "key": "password"}
+    assert _one("KafkaUser", user)
+    # The broker's certificate is checked against Strimzi's cluster CA.
+    ca = Path(_settings()["CRYPTON_KAFKA_SSL_CA_LOCATION"])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(ca.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "crypton-cluster-ca-cert"
+    assert {"key": "ca.crt", "path": ca.name} in volume["secret"]["items"]
 
 
 def test_core_resources_validate_against_the_kubernetes_schemas() -> None:
