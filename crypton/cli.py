@@ -229,7 +229,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         url = f"http://{settings.api_host}:{settings.api_port}"
         if not wait_for_port(settings.api_host, settings.api_port, 30, api, stop.event):
             say(f"the API did not open {url} yet (log: {api.log_path})")
-        say(f"Crypton is up. API {url} (docs at {url}/schema/swagger)")
+        say(f"Crypton is up. API {url} (docs at {url}/schema)")
         say(f"  Kafka:        {settings.bootstrap_servers}")
         say(f"  data dir:     {data_dir}")
         say(f"  admin token:  {token}")
