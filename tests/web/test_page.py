@@ -6,11 +6,9 @@ and an order placed from its form must show up as open and be cancellable from i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,12 +16,10 @@ import pytest
 from crypton.config import Settings
 from crypton.process import Child, settings_env
 from tests.api.support import ADMIN_TOKEN, ApiServer, ApiUser
+from tests.browser import DOCS, chromium_page
 from tests.dataflows.kafka_support import start_dataflow
 
 pytestmark = pytest.mark.integration
-
-DOCS = Path(__file__).parents[2] / "docs"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
 expect = sync_api.expect
@@ -31,18 +27,8 @@ expect = sync_api.expect
 
 @pytest.fixture
 def browser_page() -> Iterator[sync_api.Page]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is missing: apt-get install -y chromium")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 980})
-            page.set_default_timeout(15_000)
-            yield page
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        yield page
 
 
 def _credit(admin: httpx.Client, user: str, asset: str, amount: str) -> None:
