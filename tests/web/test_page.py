@@ -1,11 +1,13 @@
 """The live market page in a real browser (Playwright driving Debian's Chromium).
 
-The demo trades first; the page must then show the book, the trades and a candle,
-and an order placed from its form must show up as open and be cancellable from it.
+The demo trades first; the page must then show the book, the trades and a candle
+(its first market stream is cut and must resume from its cursor), and an order
+placed from its form must show up as open, live in the book, and be cancellable.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -66,8 +68,21 @@ def test_market_page_shows_the_market_and_trades_from_the_form(
     assert ask.json()["status"] == "OPEN", ask.text
 
     page = browser_page
+    # The first market stream is cut: the page must reconnect, resuming from its cursor.
+    cursors: list[str | None] = []
+
+    def cut_the_first(route: sync_api.Route) -> None:
+        cursors.append(route.request.headers.get("last-event-id"))
+        if len(cursors) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/v1/stream/markets/**", cut_the_first)
     page.goto(f"{api_server.url}/?market=BTC-USDT")
     expect(page.locator("#conn")).to_have_text("live")
+    assert len(cursors) == 2 and cursors[0] == cursors[1], cursors
+    assert re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", cursors[1] or ""), cursors  # trade:depth
     expect(page.locator("#bids tr").first).to_contain_text("49990")
     expect(page.locator("#asks tr").last).to_contain_text("51000")
     expect(page.locator("#spread")).to_contain_text("spread 1010")
