@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from crypton import monitor
 from crypton.config import Settings
 from crypton.monitor import prometheus_config
 from crypton.process import free_port
@@ -121,3 +122,12 @@ def test_monitor_serves_dashboards_of_the_running_exchange(
             graph = page.locator(f'.graph[data-title="{title}"]')
             assert int(graph.get_attribute("data-series") or 0) >= 1, title  # fmt: skip
         page.screenshot(path=str(DOCS / "monitor.png"), full_page=True)
+
+
+def test_without_prometheus_it_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert monitor.main(Settings(data_dir=tmp_path), []) == 2
+    err = capsys.readouterr().err
+    assert err == "crypton: error: prometheus is not installed: apt-get install -y prometheus\n"
