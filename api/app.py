@@ -25,7 +25,7 @@ from .auth import BEARER
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics, metrics_middleware
 from .readmodel import LiveReadModel
-from .routes import account, admin, health, markets, orders, stream
+from .routes import account, admin, health, markets, orders, page, stream
 
 log = logging.getLogger("crypton.api")
 
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         await asyncio.to_thread(ctx.commands.close)
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, page.index, page.static_files()],
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,7 +1,9 @@
 """Prometheus metrics of one API process, served at ``/metrics``.
 
 Each app gets its own registry so several apps can live in one process (tests)
-without clashing over the global default registry.
+without clashing over the global default registry; the process, platform and
+garbage-collector collectors are added to it (the default registry has them, a new
+one does not), so CPU, memory, file descriptors and GC pauses are scraped too.
 """
 
 from __future__ import annotations
@@ -10,18 +12,28 @@ import time
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.requests = Counter(
             "crypton_api_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )
         self.latency = Histogram(
-            "crypton_api_request_seconds",
+            "crypton_api_request_duration_seconds",
             "HTTP request latency until the response starts",
             ["method", "route"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

@@ -25,7 +25,8 @@ from confluent_kafka import KafkaException
 from crypton.broker import KAFKA_VERSION, BrokerError, EmbeddedBroker, ensure_kafka_jars
 from crypton.config import ConfigError, Settings
 from crypton.kafka import KafkaUnavailableError, wait_for_kafka
-from crypton.process import Child, settings_env, wait_for_port
+from crypton.monitor import DATAFLOW_METRICS_PORT, wait_http
+from crypton.process import Child, settings_env
 from crypton.supervisor import Managed, Supervisor
 from crypton.topics import TOPICS, TopicError, ensure_topics
 
@@ -214,6 +215,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         ensure_recovery_store(settings)
         token = ensure_admin_token(settings)
         env = settings_env(settings)
+        # `crypton monitor` scrapes the dataflow there; a busy port costs only the metrics.
+        metrics_port = env.setdefault("CRYPTON_DATAFLOW_METRICS_PORT", str(DATAFLOW_METRICS_PORT))
         dataflow = Child(
             "dataflow", dataflow_command(settings, args.workers), logs / "dataflow.log", env
         )
@@ -227,9 +230,16 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             supervisor.stop_all()
             return 0
         url = f"http://{settings.api_host}:{settings.api_port}"
-        if not wait_for_port(settings.api_host, settings.api_port, 30, api, stop.event):
-            say(f"the API did not open {url} yet (log: {api.log_path})")
-        say(f"Crypton is up. API {url} (docs at {url}/schema/swagger)")
+        # "Up" means every part answered: the API caught up with the log and reached
+        # the broker (/ready), and the dataflow serves its metrics.
+        probes = [(api, f"{url}/ready"), (dataflow, f"http://127.0.0.1:{metrics_port}/metrics")]
+        silent = [c for c, probe in probes if not wait_http(probe, 60, c, stop.event)]
+        if silent:
+            for child in silent:
+                say(f"the {child.name} did not answer yet (log: {child.log_path})")
+            say(f"Crypton started, not every part answered. API {url} (docs at {url}/schema)")
+        else:
+            say(f"Crypton is up. API {url} (docs at {url}/schema), market page at {url}/")
         say(f"  Kafka:        {settings.bootstrap_servers}")
         say(f"  data dir:     {data_dir}")
         say(f"  admin token:  {token}")
@@ -292,13 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", parents=[common, embedded], help="run everything, supervised")
     up.add_argument("-w", "--workers", type=int, default=None, help="dataflow workers")
     up.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
-    for name, what in (("demo", "a scripted trading session"), ("audit", "check invariants")):
+    for name, what in (
+        ("demo", "a scripted trading session"),
+        ("audit", "check invariants"),
+        ("monitor", "Prometheus with the dashboards, scraping a running exchange"),
+    ):
         # No -h of ours: `crypton audit --help` must reach the audit's own parser.
         sub.add_parser(name, help=f"{what}; its options pass through", add_help=False)
     return parser
 
 
-PASS_THROUGH = frozenset({"dataflow", "api", "demo", "audit"})
+PASS_THROUGH = frozenset({"dataflow", "api", "demo", "audit", "monitor"})
 COMMANDS = {
     "broker": cmd_broker,
     "topics": cmd_topics,
@@ -307,6 +321,7 @@ COMMANDS = {
     "up": cmd_up,
     "demo": cmd_lead_module,
     "audit": cmd_lead_module,
+    "monitor": cmd_lead_module,
 }
 
 

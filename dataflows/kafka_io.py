@@ -32,6 +32,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
 from crypton.kafka import admin, consumer_config, producer_config
+from dataflows import metrics
 
 __all__ = ["InboxSource", "LogSink", "Record"]
 
@@ -141,6 +142,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
 
     def next_batch(self) -> list[tuple[str, list[Message]]]:
         records = self._shared.take(self._partition)
+        metrics.observe_lag(self._shared.consumer, self._topic, self._partition, self._offset)
         if not records:
             now = time.monotonic()
             if self._quiet_since is None:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 from confluent_kafka import Producer
@@ -34,6 +35,7 @@ from crypton.config import Settings
 from crypton.domain.messages import Balance, BalanceState, OrderState
 from crypton.kafka import producer_config
 from crypton.process import Child, free_port, free_ports, settings_env
+from loadtest import report
 
 TOKEN = "bench-admin-token"
 
@@ -140,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    report.add_arguments(parser)
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="crypton-bench-api-"))
     settings = Settings(
@@ -165,6 +168,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"read model ({args.broker}): ready {ready:.2f}s after launch"
             f" over {args.records} order records"
         )
+        results = {
+            "ack_ms": {q: _ms(latencies, f) for q, f in (("p50", 0.5), ("p99", 0.99))},
+            "ack_mean_ms": 1000 * statistics.fmean(latencies),
+            "readmodel_ready_s": ready,
+            "ack_latencies_ms": sorted(1000 * x for x in latencies),
+        }
+        params = {"orders": args.orders, "records": args.records}
+        report.write_json(
+            args.out,
+            "bench_api",
+            results,
+            broker=report.broker_label(args.broker),
+            parameters=params,
+        )
+        if args.plot:
+            _plot(results, args.broker, args.out)
         return 0
     finally:
         if api is not None:
@@ -172,6 +191,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker.stop()
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def _plot(results: dict[str, Any], broker: str, out: Path) -> None:
+    """CDF of the acknowledged-write latency of ``POST /v1/orders``."""
+    plt = report.plotting()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs, ys = report.cdf(results["ack_latencies_ms"])
+    ax.plot(
+        xs,
+        ys,
+        label=f"p50 {results['ack_ms']['p50']:.1f} ms, p99 {results['ack_ms']['p99']:.1f} ms",
+    )
+    ax.set(xlabel="POST /v1/orders until 202 (ms)", ylabel="fraction of requests", xscale="log")
+    ax.set_title(f"API acknowledged writes ({broker}, acks=all)")
+    ax.legend()
+    report.footer(fig, report.broker_label(broker))
+    report.save(fig, out, "bench_api")
 
 
 if __name__ == "__main__":

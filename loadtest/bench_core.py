@@ -26,6 +26,8 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from crypton.config import load_markets
 from crypton.domain.exchange import Exchange
@@ -41,6 +43,7 @@ from crypton.domain.messages import (
     Trade,
     WalletInbox,
 )
+from loadtest import report
 
 MARKETS = ("BTC-USDT", "ETH-USDT")
 MIDS = {"BTC-USDT": "50000", "ETH-USDT": "2500"}
@@ -186,7 +189,9 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> int:
     return sorted_values[index]
 
 
-def run(count: int, seed: int, profile: bool) -> int:
+def run(
+    count: int, seed: int, profile: bool, results_dir: Path = report.DEFAULT_OUT, plot: bool = False
+) -> int:
     started = time.perf_counter()
     commands, credits = build_commands(count, seed)
     print(
@@ -271,7 +276,51 @@ def run(count: int, seed: int, profile: bool) -> int:
     print(f"invariants         {len(problems)} problems ({time.perf_counter() - checked:.1f} s)")
     for problem in problems[:20]:
         print(f"  {problem}")
+    results = {
+        "commands": len(commands),
+        "seed": seed,
+        "commands_per_s_in_submit": len(commands) / (busy_ns / 1e9),
+        "commands_per_s_wall": len(commands) / wall,
+        "latency_us": {
+            f"p{label}": percentile(ordered, q) / 1000
+            for label, q in (("50", 0.5), ("99", 0.99), ("99.9", 0.999), ("100", 1.0))
+        },
+        "trades": trades,
+        "canceled": canceled,
+        "rejected": rejected,
+        "invariant_problems": len(problems),
+    }
+    report.write_json(results_dir, "bench_core", results)
+    if plot:
+        _plot(latencies, ordered, results, results_dir)
     return 1 if problems else 0
+
+
+def _plot(
+    latencies: Sequence[int], ordered: Sequence[int], results: dict[str, Any], out: Path
+) -> None:
+    """Commands/s per slice of the run, and the per-command latency CDF."""
+    plt = report.plotting()
+    fig, (rate, cdf) = plt.subplots(1, 2, figsize=(11, 4))
+    chunk = max(1, len(latencies) // 50)
+    starts = range(0, len(latencies) - chunk + 1, chunk)
+    rate.plot(
+        [(i + chunk) / 1000 for i in starts],
+        [chunk / (sum(latencies[i : i + chunk]) / 1e9) for i in starts],
+    )
+    rate.set(xlabel="commands (thousands)", ylabel="commands/s (in submit)", ylim=(0, None))
+    rate.set_title(f"core: {results['commands_per_s_in_submit']:,.0f} commands/s overall")
+    step = max(1, len(ordered) // 5000)
+    xs = [v / 1000 for v in ordered[::step]]
+    cdf.plot(xs, [(i * step + 1) / len(ordered) for i in range(len(xs))])
+    cdf.set(xscale="log", xlabel="latency per command (µs)", ylabel="fraction of commands")
+    for label, value in results["latency_us"].items():
+        if label != "p100":
+            cdf.axvline(value, color="0.6", linestyle=":")
+            cdf.annotate(f"{label} {value:.0f} µs", (value, 0.05), rotation=90, fontsize=7)
+    cdf.set_title("per-command latency CDF")
+    report.footer(fig, f"{results['commands']:,} commands, seed {results['seed']}")
+    report.save(fig, out, "bench_core")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,10 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commands", type=int, default=1_000_000, help="default 1,000,000")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by tottime")
+    report.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.commands <= 0:
         parser.error("--commands must be positive")
-    return run(args.commands, args.seed, args.profile)
+    return run(args.commands, args.seed, args.profile, args.out, args.plot)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from crypton.kafka import admin as kafka_admin
 from crypton.kafka import consumer_config, producer_config
 from crypton.process import Child, free_ports, settings_env
 from crypton.routing import route
+from loadtest import report
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 200
@@ -211,6 +213,9 @@ def bench_baseline(settings: Settings, items: int, logs: Path, broker_pid: int |
         [NewTopic(n, PARTITIONS, 1) for n in names.values()]
     ).values():
         future.result()
+    # A created topic is not yet known to every listener: the flow's first metadata
+    # request would fail with "unknown topic" (Kafka in KRaft mode).
+    topics._wait_for_leaders(admin, list(names.values()), 30)
     env = settings_env(settings) | {f"BASELINE_{k.upper()}": v for k, v in names.items()}
     env["CRYPTON_KAFKA_BOOTSTRAP"] = settings.bootstrap_servers
     flow = Child(
@@ -262,7 +267,7 @@ def bench_exchange(
     seconds: int,
     logs: Path,
     broker_pid: int | None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     recovery = settings.data_dir / "recovery"
     recovery.mkdir(parents=True)
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
@@ -288,7 +293,7 @@ def bench_exchange(
     watcher.start()
     producer = Producer(producer_config(settings))
     rng = random.Random(2024)
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {}
     try:
         funding = [
             Credit(user_id=f"user{u}", asset=a, amount=10**15, transfer_id=f"fund-{a}", ts=0)
@@ -316,7 +321,8 @@ def bench_exchange(
             f"  exchange, full speed: {count} orders final in {(end_ms - start_ms) / 1000:.1f} s"
             f" = {results['orders_per_s']:,.0f} orders/s ({cpu.report()})"
         )
-        _latency("full speed", stamped, watcher)
+        full = _latency("full speed", stamped, watcher)
+        results["full_speed"] = {k: v for k, v in full.items() if not k.endswith("_ms")}
 
         paced = _orders(rate * seconds, rng, count)
         sent: list[Message] = []
@@ -338,7 +344,7 @@ def bench_exchange(
         flow.stop(grace=5)
 
 
-def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, float]:
+def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, Any]:
     first = [
         watcher.first_state[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_state
     ]
@@ -355,6 +361,8 @@ def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, float]
         "first_p99": _percentile(first, 0.99),
         "trade_p50": _percentile(trade, 0.5),
         "trade_p99": _percentile(trade, 0.99),
+        "first_state_ms": sorted(first),
+        "trade_ms": sorted(trade),
     }
 
 
@@ -372,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rate", type=int, default=500, help="paced orders/s")
     parser.add_argument("--seconds", type=int, default=10, help="paced phase length")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    report.add_arguments(parser)
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="crypton-bench-"))
     settings = Settings(
@@ -395,7 +405,49 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         broker.stop(grace=5)
+        if not args.keep:
+            shutil.rmtree(data, ignore_errors=True)
+    result["baseline_items_per_s"] = baseline
+    result["ratio"] = result["orders_per_s"] / baseline
+    params = {"orders": args.orders, "rate": args.rate, "seconds": args.seconds}
+    report.write_json(
+        args.out,
+        "bench_pipeline",
+        result,
+        broker=report.broker_label(args.broker),
+        parameters=params,
+    )
+    if args.plot:
+        _plot(result, args.broker, args.rate, args.out)
     return 0
+
+
+def _plot(result: dict[str, Any], broker: str, rate: int, out: Path) -> None:
+    """The paced latency CDF, and the exchange's throughput beside the baseline loop's."""
+    plt = report.plotting()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (
+        ("first_state_ms", "command → first state"),
+        ("trade_ms", "command → trade"),
+    ):
+        if result[key]:
+            xs, ys = report.cdf(result[key])
+            ax.plot(xs, ys, label=f"{label} (p99 {_percentile(result[key], 0.99):.0f} ms)")
+    ax.set(xlabel="latency (ms)", ylabel="fraction of orders", xscale="log")
+    ax.set_title(f"pipeline latency paced at {rate} orders/s ({broker})")
+    ax.legend()
+    report.footer(fig, report.broker_label(broker))
+    report.save(fig, out, "bench_pipeline_latency")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = ["baseline loop\n(items/s)", "exchange\n(orders/s to final state)"]
+    values = [result["baseline_items_per_s"], result["orders_per_s"]]
+    bars = ax.bar(names, values, color=["0.6", "#4e9af1"])
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+    ax.set(ylabel="per second")
+    ax.set_title(f"throughput on {broker}: ratio {result['ratio']:.2f}")
+    report.footer(fig, report.broker_label(broker))
+    report.save(fig, out, "bench_pipeline_throughput")
 
 
 if __name__ == "__main__":

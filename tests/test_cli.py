@@ -141,7 +141,7 @@ def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "crypton.cli", "up", "--grace", "5"],
-        env=settings_env(settings),
+        env=settings_env(settings) | {"CRYPTON_DATAFLOW_METRICS_PORT": str(free_port())},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -150,7 +150,9 @@ def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
         out = read_until(proc, "Ctrl-C stops everything", 60)
         token = (tmp_path / "admin-token").read_text().strip()
         assert f"admin token:  {token}" in out
-        assert f"API http://127.0.0.1:{settings.api_port}" in out
+        # "up" only once the API is ready and the dataflow answers on its metrics port.
+        assert f"Crypton is up. API http://127.0.0.1:{settings.api_port} (docs at " in out
+        assert f"{settings.api_port}/schema)" in out
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{settings.api_port}/", timeout=5)
         except urllib.error.HTTPError as answered:  # any HTTP answer: the server runs

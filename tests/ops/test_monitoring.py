@@ -67,7 +67,7 @@ def unknown_series(exprs: list[str], known: set[str]) -> set[str]:
 
 def test_exported_series_are_found() -> None:
     known = exported_series()
-    assert {"crypton_api_requests_total", "crypton_api_request_seconds_bucket"} <= known
+    assert {"crypton_api_requests_total", "crypton_api_request_duration_seconds_bucket"} <= known
     assert {"crypton_dataflow_trades_total", "crypton_dataflow_dead_letters_total"} <= known
 
 
@@ -96,15 +96,50 @@ def test_dashboard_panels_query_only_exported_metrics() -> None:
     assert not unknown_series(exprs, exported_series())
     joined = "\n".join(exprs)
     for needed in (
-        'crypton_api_commands_total{command="place_order"}',  # orders/s
+        'crypton_api_commands_total{command="place_order",',  # orders/s
         "crypton_dataflow_trades_total",
         "histogram_quantile(0.50",
         "histogram_quantile(0.99",
+        "crypton_dataflow_command_state_seconds_bucket",
+        "crypton_dataflow_consumer_lag",
+        "crypton_api_request_duration_seconds_bucket",
         "crypton_api_readmodel_lag",
         "crypton_dataflow_dead_letters_total",
         "crypton_api_sse_clients",
     ):
         assert needed in joined, needed
+    for expr in exprs:
+        windows = re.findall(r"\brate\(\w+\{[^}]*\}\[([^\]]+)\]", expr)
+        assert set(windows) <= {"$__rate_interval"}, expr
+        assert 'instance=~"$instance"' in expr, expr
+
+
+def test_dashboard_has_an_instance_variable_and_rate_intervals() -> None:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text("utf-8"))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["instance"]["includeAll"] and variables["instance"]["type"] == "query"
+    assert any("rate(" in e and "[$__rate_interval]" in e for e in _dashboard_exprs())
+
+
+def _console_exprs() -> list[str]:
+    page = (MONITORING / "consoles" / "crypton.html").read_text("utf-8")
+    return [
+        expr.strip()
+        for attr in re.findall(r"data-expr='([^']*)'", page)
+        for expr in attr.split(";")
+    ]
+
+
+def test_consoles_query_exported_metrics_as_the_dashboard_does() -> None:
+    consoles = _console_exprs()
+    assert len(consoles) >= 9
+    assert not unknown_series(consoles, exported_series())
+    grafana = {" ".join(e.split()) for e in _dashboard_exprs()}
+    for expr in consoles:
+        as_grafana = expr.replace("INSTANCE", 'instance=~"$instance"').replace(
+            "[1m]", "[$__rate_interval]"
+        )
+        assert " ".join(as_grafana.split()) in grafana, expr
 
 
 def test_a_renamed_metric_is_caught() -> None:
