@@ -3,7 +3,9 @@ chromium``); Playwright's own browser downloads are not used."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +14,14 @@ from typing import Any
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DOCS = Path(__file__).parents[1] / "docs"
+# The screenshots in docs/ are refreshed with CRYPTON_UPDATE_SCREENSHOTS=1; otherwise a
+# run leaves the checkout as it found it and writes them to a temporary directory.
+SHOTS = (
+    Path(__file__).parents[1] / "docs"
+    if os.environ.get("CRYPTON_UPDATE_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / "crypton-screenshots"
+)
+SHOTS.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager

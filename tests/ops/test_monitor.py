@@ -17,7 +17,7 @@ from crypton.config import Settings
 from crypton.monitor import prometheus_config
 from crypton.process import free_port
 from tests.api.support import ADMIN_TOKEN, ApiServer, create_user
-from tests.browser import DOCS, chromium_page
+from tests.browser import SHOTS, chromium_page
 from tests.conftest import Spawn
 from tests.dataflows.kafka_support import start_dataflow
 
@@ -121,7 +121,7 @@ def test_monitor_serves_dashboards_of_the_running_exchange(
         ):
             graph = page.locator(f'.graph[data-title="{title}"]')
             assert int(graph.get_attribute("data-series") or 0) >= 1, title  # fmt: skip
-        page.screenshot(path=str(DOCS / "monitor.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / "monitor.png"), full_page=True)
 
 
 def test_without_prometheus_it_says_how_to_install_it(

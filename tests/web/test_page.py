@@ -18,7 +18,7 @@ import pytest
 from crypton.config import Settings
 from crypton.process import Child, settings_env
 from tests.api.support import ADMIN_TOKEN, ApiServer, ApiUser
-from tests.browser import DOCS, chromium_page
+from tests.browser import SHOTS, chromium_page
 from tests.dataflows.kafka_support import start_dataflow
 
 pytestmark = pytest.mark.integration
@@ -116,7 +116,7 @@ def test_market_page_shows_the_market_and_trades_from_the_form(
     page.click("#place")
     expect(page.locator("#order-result.error")).to_contain_text("REJECTED")
     page.uncheck("input[name=post_only]")
-    page.screenshot(path=str(DOCS / "market-page.png"))
+    page.screenshot(path=str(SHOTS / "market-page.png"))
 
     row.locator("button.cancel").click()
     expect(page.locator("#open-orders tr", has_text="45000")).to_have_count(0)
