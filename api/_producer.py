@@ -75,6 +75,8 @@ class CommandLog:
         def on_error(err: KafkaError) -> None:
             if err.fatal():
                 self._mark_broken(generation, err)
+            elif err.code() == KafkaError._TRANSPORT:  # every failed reconnect: noise
+                log.debug("kafka: %s", err.str())
             else:
                 log.warning("kafka: %s", err.str())
 
