@@ -378,7 +378,7 @@ def test_sigkill_the_only_broker_and_everything_recovers_by_itself(exchange: Exc
 
 def _partition_leaders(settings: Settings) -> Counter[int]:
     """How many partitions of the exchange's topics each node leads."""
-    names = [topics.topic_name(t, settings.topic_prefix) for t in topics.TOPICS]
+    names = [spec.name(settings.topic_prefix) for spec in topics.TOPICS]
     metadata = admin(settings).list_topics(timeout=10)
     return Counter(
         p.leader
@@ -390,7 +390,7 @@ def _partition_leaders(settings: Settings) -> Counter[int]:
 
 def _wait_all_in_sync(settings: Settings, timeout: float) -> float:
     """Until every partition of the exchange's topics has all three replicas in sync."""
-    names = [topics.topic_name(t, settings.topic_prefix) for t in topics.TOPICS]
+    names = [spec.name(settings.topic_prefix) for spec in topics.TOPICS]
     began = time.monotonic()
     client = admin(settings)
     while time.monotonic() - began < timeout:
