@@ -287,9 +287,12 @@ class LogSink(FixedPartitionedSink[list[Record], None]):
     """Writes lists of (topic, key, value) records, keyed by the inbox partition they
     came from: one source partition, one sink partition, one producer, one order."""
 
-    def __init__(self, settings: Settings, parts: int = 1) -> None:
+    def __init__(
+        self, settings: Settings, parts: int = 1, delivery_timeout_s: float = DELIVERY_TIMEOUT_S
+    ) -> None:
         self._settings = settings
         self._parts = parts
+        self._delivery_timeout_s = delivery_timeout_s
 
     def list_parts(self) -> list[str]:
         return [str(i) for i in range(self._parts)]
@@ -298,4 +301,4 @@ class LogSink(FixedPartitionedSink[list[Record], None]):
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LogPartition:
-        return _LogPartition(self._settings)
+        return _LogPartition(self._settings, self._delivery_timeout_s)
