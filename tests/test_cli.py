@@ -33,7 +33,7 @@ def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("CRYPTON_PARTITIONS", "many"), ("CRYPTON_PARTITIONS", "0"), ("CRYPTON_BROKER", "kafka")],
+    [("CRYPTON_PARTITIONS", "many"), ("CRYPTON_PARTITIONS", "0"), ("CRYPTON_BROKER", "noida")],
 )
 @pytest.mark.parametrize("command", ["topics", "broker", "up"])
 def test_a_bad_setting_is_one_error_line(command: str, variable: str, value: str) -> None:
