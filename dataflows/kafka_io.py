@@ -216,9 +216,10 @@ class SinkDeliveryError(RuntimeError):
     """
 
 
-DELIVERY_TIMEOUT_S = 60.0
-"""How long a record may wait for the broker (``message.timeout.ms``): a broker that
-restarts within it costs a pause, a longer outage a restart of the dataflow."""
+DELIVERY_TIMEOUT_S = float(os.environ.get("CRYPTON_SINK_TIMEOUT", "60"))
+"""How long a record may wait for the broker (``message.timeout.ms``, and the epoch's
+flush): a broker that restarts within it costs a pause, a longer outage a restart of
+the dataflow."""
 
 
 class _LogPartition(StatefulSinkPartition[list[Record], None]):
