@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka.admin import ConfigResource
 
 from crypton import topics
 from crypton.config import Settings
@@ -403,9 +404,22 @@ def _wait_all_in_sync(settings: Settings, timeout: float) -> float:
     raise AssertionError(f"replicas not back in sync within {timeout}s")
 
 
+def _check_replicated(settings: Settings) -> None:
+    """Every partition of the exchange's topics on three nodes, two needed in sync."""
+    client = admin(settings)  # kept alive until the answers: its futures die with it
+    metadata = client.list_topics(timeout=10)
+    for spec in topics.TOPICS:
+        for partition in metadata.topics[spec.name(settings.topic_prefix)].partitions.values():
+            assert len(partition.replicas) == 3, (spec.name(), partition.replicas)
+    resource = ConfigResource("topic", topics.topic_name(topics.ORDERS, settings.topic_prefix))
+    (described,) = client.describe_configs([resource]).values()
+    assert described.result()["min.insync.replicas"].value == "2"
+
+
 @pytest.mark.parametrize("exchange", [3], indirect=True)
 def test_sigkill_a_partition_leader_twice_on_three_nodes(exchange: Exchange) -> None:
     settings = exchange.settings
+    _check_replicated(settings)
     load = start_load(exchange.url)
     figures = []
     try:
