@@ -35,10 +35,19 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
 class ApiError(Exception):
     """An error the API answers deliberately, with its status, code and reason."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = ErrorBody(code=code, message=message, field=field)
+        self.retry_after = retry_after
+        """Seconds a client should wait before retrying (the ``Retry-After`` header)."""
 
 
 def invalid(field: str | None, message: str) -> ApiError:
@@ -49,8 +58,14 @@ def not_found(what: str, name: str) -> ApiError:
     return ApiError(404, f"{what}_not_found", f"{what.replace('_', ' ')} {name!r} not found")
 
 
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message)
+RETRY_AFTER_S = 1
+"""What a 503 asks clients to wait: a broker that restarts answers again within seconds,
+and a request that reaches a broker still down costs at most the produce timeout."""
+
+
+def unavailable(message: str, retry_after: int = RETRY_AFTER_S) -> ApiError:
+    """503: the log cannot be written (or read) right now; retry with the same ids."""
+    return ApiError(503, "unavailable", message, retry_after=retry_after)
 
 
 _DESCRIPTIONS = {
@@ -84,8 +99,8 @@ def _respond(
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    if exc.status == 503:
-        headers = {"Retry-After": "1"}
+    if exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
     return _respond(exc.status, exc.body, headers)
 
 

@@ -224,7 +224,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             "api", api_command(settings), logs / "api.log", {**env, "CRYPTON_ADMIN_TOKEN": token}
         )
         processes += [dataflow, api]
-        supervisor = Supervisor(processes, grace=args.grace)
+        # The nodes form one group: restarted one by one, stopped together (a cluster
+        # stopped node by node loses its quorum and hangs until the grace runs out).
+        nodes: list[Managed] = list(broker.nodes) if broker is not None else []
+        supervised: list[Managed | list[Managed]] = [nodes] if nodes else []
+        supervisor = Supervisor([*supervised, dataflow, api], grace=args.grace)
         supervisor.start()
         if stop.event.is_set():
             supervisor.stop_all()
@@ -251,6 +255,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         supervisor.run()
     except BaseException:
         for process in reversed(processes):
+            if broker is not None and process in broker.nodes:
+                broker.stop(args.grace)  # every node at once, for the same reason
+                break
             process.stop(args.grace)
         raise
     say("stopped")

@@ -7,6 +7,12 @@ loop does not spin a core while a transient fault (the broker restarting) heals
 by itself. Ctrl-C or SIGTERM stops the processes in reverse start order: the API
 first (no new commands), then the dataflow (it has consumed what it could), the
 broker last (it has acknowledged everything the others wrote).
+
+The nodes of a Kafka cluster are one *group*: each is restarted on its own, but
+they stop together. Stopped one by one, the last nodes of a three-node cluster
+lose their quorum and wait for it until the grace period ends (and controlled
+shutdown of a broker needs the controller quorum), so a group gets SIGTERM at
+once and shares one grace period.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -44,6 +51,7 @@ class Managed(Protocol):
 class _Slot:
     process: Managed
     delay: float
+    group: int
     restart_at: float | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -56,13 +64,15 @@ def _say(line: str) -> None:
 class Supervisor:
     """Run processes, restart them with exponential backoff, stop them in reverse order.
 
+    Each item of ``processes`` is a process or a group of processes (a sequence):
+    members of a group start and restart each on its own but stop together.
     ``backoff`` is the first delay, doubled on each restart up to ``max_backoff``,
     and reset once a process has stayed up for ``stable_after`` seconds.
     """
 
     def __init__(
         self,
-        processes: Sequence[Managed],
+        processes: Sequence[Managed | Sequence[Managed]],
         *,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
@@ -70,7 +80,11 @@ class Supervisor:
         grace: float = 10.0,
         say: Callable[[str], None] = _say,
     ) -> None:
-        self._slots = [_Slot(p, backoff) for p in processes]
+        self._slots = [
+            _Slot(member, backoff, group)
+            for group, item in enumerate(processes)
+            for member in (item if isinstance(item, Sequence) else [item])
+        ]
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.stable_after = stable_after
@@ -155,13 +169,22 @@ class Supervisor:
                 signal.signal(signum, handler)
 
     def stop_all(self) -> None:
-        """Stop every process, the last started first, each with the grace period."""
+        """Stop every group, the last started first; a group's members stop together,
+        each with the grace period."""
         self._stop.set()
+        groups: dict[int, list[Managed]] = {}
         for slot in reversed(self._slots):
-            name = slot.process.name
-            if slot.process.poll() is not None:
-                continue
-            began = time.monotonic()
-            code = slot.process.stop(self.grace)
-            took = time.monotonic() - began
-            self.say(f"{name} stopped (code {code}, {took:.1f}s)")
+            groups.setdefault(slot.group, []).append(slot.process)
+        for members in groups.values():
+            running = [p for p in members if p.poll() is None]
+            if len(running) == 1:
+                self._stop_one(running[0])
+            elif running:
+                with ThreadPoolExecutor(len(running), "crypton-stop") as pool:
+                    list(pool.map(self._stop_one, running))
+
+    def _stop_one(self, process: Managed) -> None:
+        began = time.monotonic()
+        code = process.stop(self.grace)
+        took = time.monotonic() - began
+        self.say(f"{process.name} stopped (code {code}, {took:.1f}s)")

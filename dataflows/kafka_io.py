@@ -34,7 +34,7 @@ from crypton.domain.messages import DeadLetter, Message
 from crypton.kafka import admin, consumer_config, producer_config
 from dataflows import metrics
 
-__all__ = ["InboxSource", "LogSink", "Record"]
+__all__ = ["InboxSource", "LogSink", "Record", "SinkDeliveryError"]
 
 log = logging.getLogger("crypton.dataflow")
 
@@ -220,20 +220,43 @@ class InboxSource(FixedPartitionedSource[tuple[str, list[Message]], int]):
         )
 
 
-class _LogPartition(StatefulSinkPartition[list[Record], None]):
-    def __init__(self, settings: Settings) -> None:
-        self._errors: list[str] = []
-        self._producer = Producer(producer_config(settings, **{"error_cb": self._on_error}))
+class SinkDeliveryError(RuntimeError):
+    """The broker did not acknowledge what the sink wrote: the epoch must not commit.
 
+    Raised from the sink (never from a librdkafka callback, where an exception would
+    surface as a ``SystemError`` somewhere else), it ends the dataflow process with a
+    non-zero code; the supervisor restarts it and Bytewax resumes from the last
+    committed epoch, writing again everything after it (the steps drop repeats).
+    """
+
+
+DELIVERY_TIMEOUT_S = float(os.environ.get("CRYPTON_SINK_TIMEOUT", "60"))
+"""How long a record may wait for the broker (``message.timeout.ms``, and the epoch's
+flush): a broker that restarts within it costs a pause, a longer outage a restart of
+the dataflow."""
+
+
+class _LogPartition(StatefulSinkPartition[list[Record], None]):
+    def __init__(self, settings: Settings, delivery_timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
+        self._errors: list[str] = []
+        self._timeout = delivery_timeout_s
+        config = producer_config(
+            settings,
+            **{"error_cb": self._on_error, "message.timeout.ms": int(delivery_timeout_s * 1000)},
+        )
+        self._producer = Producer(config)
+
+    # The two callbacks run inside poll() and flush() on the worker's thread; they
+    # only record what happened, the sink raises after the call returns.
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
-            self._errors.append(str(error))
+            self._errors.append(f"fatal: {error.str()}")
         else:
-            log.warning("kafka: %s", error)
+            log.warning("kafka: %s", error.str())
 
     def _delivered(self, error: KafkaError | None, _record: Any) -> None:
         if error is not None:
-            self._errors.append(str(error))
+            self._errors.append(error.str())
 
     def write_batch(self, values: list[list[Record]]) -> None:
         produce, delivered = self._producer.produce, self._delivered
@@ -245,33 +268,46 @@ class _LogPartition(StatefulSinkPartition[list[Record], None]):
                         break
                     except BufferError:  # the local queue is full: let it drain
                         self._producer.poll(0.05)
+                        self._raise_if_failed()
+                    except KafkaException as exc:  # a fatal error refuses new records
+                        self._errors.append(exc.args[0].str() if exc.args else str(exc))
+                        self._raise_if_failed()
         self._producer.poll(0)
         self._raise_if_failed()
 
     def snapshot(self) -> None:
         # The epoch may commit only once its output is acknowledged by the broker.
-        remaining = self._producer.flush(60)
-        if remaining:
-            raise RuntimeError(f"{remaining} records not acknowledged by the broker in 60 s")
+        remaining = self._producer.flush(self._timeout + 5)
         self._raise_if_failed()
+        if remaining:
+            raise SinkDeliveryError(
+                f"{remaining} records not acknowledged by the broker in {self._timeout:g} s;"
+                " exiting so that the flow restarts from its last snapshot"
+            )
 
     def _raise_if_failed(self) -> None:
         if self._errors:
             # Crashing is the safe answer: the flow restarts from its last snapshot
             # and writes again everything after it.
-            raise RuntimeError(f"kafka write failed: {self._errors[0]}")
+            raise SinkDeliveryError(
+                f"kafka write failed ({len(self._errors)} errors, first: {self._errors[0]});"
+                " exiting so that the flow restarts from its last snapshot"
+            )
 
     def close(self) -> None:
-        self._producer.flush(60)
+        self._producer.flush(self._timeout)
 
 
 class LogSink(FixedPartitionedSink[list[Record], None]):
     """Writes lists of (topic, key, value) records, keyed by the inbox partition they
     came from: one source partition, one sink partition, one producer, one order."""
 
-    def __init__(self, settings: Settings, parts: int = 1) -> None:
+    def __init__(
+        self, settings: Settings, parts: int = 1, delivery_timeout_s: float = DELIVERY_TIMEOUT_S
+    ) -> None:
         self._settings = settings
         self._parts = parts
+        self._delivery_timeout_s = delivery_timeout_s
 
     def list_parts(self) -> list[str]:
         return [str(i) for i in range(self._parts)]
@@ -280,4 +316,4 @@ class LogSink(FixedPartitionedSink[list[Record], None]):
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LogPartition:
-        return _LogPartition(self._settings)
+        return _LogPartition(self._settings, self._delivery_timeout_s)

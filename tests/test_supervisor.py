@@ -112,3 +112,37 @@ def test_a_signal_stops_everything_in_reverse_order(tmp_path: Path, signum: int)
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+STUBBORN = [
+    sys.executable,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
+]
+
+
+def test_a_group_restarts_member_by_member_and_stops_together(tmp_path: Path) -> None:
+    lines: list[str] = []
+    nodes = [Child(f"node-{n}", STUBBORN, tmp_path / f"node-{n}.log") for n in (1, 2, 3)]
+    app = Child("app", SLEEP, tmp_path / "app.log")
+    supervisor = Supervisor([nodes, app], backoff=0.05, grace=1.0, say=lines.append)
+    try:
+        _supervise_for(supervisor, 0.3)
+        nodes[1].signal(signal.SIGKILL)
+        nodes[1].wait(5)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            supervisor.check()
+            time.sleep(0.01)
+        assert [supervisor.restarts(n.name) for n in nodes] == [0, 1, 0]
+        assert all(n.running for n in nodes)
+        time.sleep(0.3)  # let the restarted node install its handler
+    finally:
+        began = time.monotonic()
+        supervisor.stop_all()
+        took = time.monotonic() - began
+    # Three nodes that ignore SIGTERM cost one grace period, not three.
+    assert took < 2.5, took
+    stopped = [line.split()[0] for line in lines if " stopped (code" in line]
+    assert stopped[0] == "app" and sorted(stopped[1:]) == ["node-1", "node-2", "node-3"]
+    assert not any(n.running for n in nodes)
