@@ -33,7 +33,6 @@ from crypton.config import Settings
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
 from crypton.domain.messages import (
-    BalanceState,
     BookCancel,
     BookOrder,
     DeadLetter,
@@ -135,7 +134,9 @@ class _PartitionLogic(StatefulBatchLogic[list[Message], list[Record], Any]):
 
     def on_batch(self, values: list[list[Message]]) -> tuple[list[list[Record]], bool]:
         out: list[Message] = []
+        emit = out.append  # messages for the other step and events all go to the sink
         touched: dict[str, Message] = {}
+        machines, dirty = self.machines, self.dirty
         processed = 0
         for batch in values:
             processed += len(batch)
@@ -145,14 +146,17 @@ class _PartitionLogic(StatefulBatchLogic[list[Message], list[Record], Any]):
                     continue
                 try:
                     key = self.key_of(msg)
-                    machine = self.machines.get(key)
+                    machine = machines.get(key)
                     if machine is None:
-                        machine = self.machines[key] = self.create(key)
-                    self.dirty[key] = None
-                    out.extend(machine.handle(msg))
+                        machine = machines[key] = self.create(key)
+                    dirty[key] = None
                     touched[key] = msg
+                    machine.apply(msg, emit, emit)
                 except Exception as exc:
                     out.append(_failed(self.step, msg, exc))
+        # One state record per balance and order the batch changed, not one per change.
+        for key in touched:
+            machines[key].flush(emit)
         self.finish(touched, out)
         metrics.count(self.step, processed, out)
         if not out:
@@ -183,19 +187,6 @@ class WalletLogic(_PartitionLogic):
 
     def key_of(self, msg: Any) -> str:
         return msg.user_id  # type: ignore[no-any-return]
-
-    def finish(self, touched: dict[str, Message], out: list[Message]) -> None:
-        # Each balance record is the user's whole state with a version: within a batch
-        # only the last one per user matters, so the others are not written at all.
-        last: dict[str, int] = {}
-        count = 0
-        for i, message in enumerate(out):
-            if type(message) is BalanceState:
-                last[message.user_id] = i
-                count += 1
-        if count > len(last):
-            keep = set(last.values())
-            out[:] = [m for i, m in enumerate(out) if type(m) is not BalanceState or i in keep]
 
 
 class BookLogic(_PartitionLogic):

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from sortedcontainers import SortedList
 
-from crypton.domain.messages import PlaceOrder
+from crypton.domain.messages import OrderStatus, PlaceOrder
 
 __all__ = ["Level", "OrderBook", "RestingOrder"]
 
@@ -40,9 +40,12 @@ class RestingOrder:
         "live",
         "order_id",
         "price",
+        "reason",
         "remaining",
         "side",
         "spent",
+        "status",
+        "updated_at",
         "user_id",
         "version",
     )
@@ -63,7 +66,10 @@ class RestingOrder:
         # so that many small fills never cost more than one large one: the hold
         # reserved for the fee is then always enough.
         self.fee_num = 0
-        self.version = 1
+        self.version = 1  # NEW, from the wallet
+        self.status: OrderStatus = "NEW"
+        self.reason: str | None = None
+        self.updated_at = cmd.ts
         self.live = True
 
     def charge(self, quantity: int, value: int, bps: int) -> int:

@@ -15,6 +15,7 @@ at-least-once delivery effectively-once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Literal
 
 import msgspec
@@ -39,6 +40,7 @@ __all__ = [
     "DeadLetter",
     "Debit",
     "DepthState",
+    "Emit",
     "Message",
     "OrderState",
     "PlaceOrder",
@@ -77,6 +79,10 @@ class Message(msgspec.Struct, tag_field="msg", kw_only=True, gc=False):
     """Base of every message: the tag names the type, ``v`` the schema version."""
 
     v: int = SCHEMA_VERSION
+
+
+Emit = Callable[[Message], None]
+"""Where a state machine puts a message it causes: a list's or a queue's ``append``."""
 
 
 # --- Commands, written by the API to the wallet inbox (key: user_id) -----------------

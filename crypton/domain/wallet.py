@@ -17,7 +17,8 @@ never on the cancel request itself, so a cancel can never release twice.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from crypton.domain.markets import Markets
 from crypton.domain.messages import (
@@ -32,6 +33,7 @@ from crypton.domain.messages import (
     CancelOrder,
     Credit,
     Debit,
+    Emit,
     Message,
     OrderState,
     PlaceOrder,
@@ -65,7 +67,16 @@ class _Hold:
 
 
 class WalletMachine:
-    """One user's wallet: ``handle`` a message, get the messages it causes."""
+    """One user's wallet: ``apply`` messages, then ``flush`` the state they changed.
+
+    ``apply`` hands messages for the books to ``send`` and events (order
+    placed or rejected, transfer outcomes, rejected cancels) to ``emit`` as
+    they happen. The balances record is the user's whole state, so it is
+    built once per batch: ``flush`` emits it if anything changed since the
+    last flush, with ``version`` counting every change (not every record), so
+    the same version always names the same balances however the log was
+    batched. ``handle`` is ``apply`` and ``flush`` for one message.
+    """
 
     def __init__(self, user_id: str, markets: Markets) -> None:
         self.user_id = user_id
@@ -74,7 +85,8 @@ class WalletMachine:
         self.holds: dict[str, _Hold] = {}  # open order id -> what it holds
         self.orders_seen: dict[str, None] = {}  # every order id ever placed (dedupe)
         self.transfers_seen: dict[str, None] = {}
-        self.version = 0
+        self.version = 0  # balance changes so far
+        self.changed_at: int | None = None  # time of the last change not yet flushed
         self.inbound: Inbound[Settle | Release] = Inbound()
         self.outbound = Outbound()
 
@@ -88,30 +100,41 @@ class WalletMachine:
     # --- the machine ---------------------------------------------------------------
 
     def handle(self, msg: WalletInbox) -> list[Message]:
-        """Apply one inbox message; return what it causes, in a fixed order."""
-        # Exact type tests first: isinstance() on msgspec Structs is slow (metaclass).
-        if type(msg) is PlaceOrder:
-            return self._place(msg)
-        if type(msg) is Settle or type(msg) is Release or isinstance(msg, Settle | Release):
-            out: list[Message] = []
-            for due in self.inbound.accept(msg.src, msg.seq, msg):
-                if type(due) is Settle or (type(due) is not Release and isinstance(due, Settle)):
-                    self._settle(due.trade)
-                    out.append(self._balances(due.trade.time))
-                elif self._release(due.order_id):
-                    out.append(self._balances(due.ts))
-            return out
-        if isinstance(msg, PlaceOrder):
-            return self._place(msg)
-        if isinstance(msg, CancelOrder):
-            return self._cancel(msg)
-        if isinstance(msg, CancelAll):
-            return [
-                self._book_cancel(hold.market, order_id, msg.ts)
-                for order_id, hold in list(self.holds.items())
-                if msg.market is None or hold.market == msg.market
-            ]
-        return self._transfer(msg)
+        """Apply one inbox message and flush; return everything it causes, in order.
+
+        >>> from crypton.config import load_markets
+        >>> w = WalletMachine("bob", load_markets())
+        >>> [type(m).__name__ for m in w.handle(
+        ...     Credit(user_id="bob", asset="BTC", amount=5, transfer_id="t", ts=0))]
+        ['TransferState', 'BalanceState']
+        """
+        out: list[Message] = []
+        self.apply(msg, out.append, out.append)
+        self.flush(out.append)
+        return out
+
+    def apply(self, msg: WalletInbox, send: Emit, emit: Emit) -> None:
+        """Apply one inbox message: requests to the books go to ``send``, events to ``emit``."""
+        _HANDLERS[type(msg)](self, msg, send, emit)
+
+    def flush(self, emit: Emit) -> None:
+        """Emit the balances record if they changed since the last flush."""
+        ts = self.changed_at
+        if ts is None:
+            return
+        self.changed_at = None
+        emit(
+            BalanceState(
+                user_id=self.user_id,
+                version=self.version,
+                balances={a: Balance(row[0], row[1]) for a, row in self.balances.items()},
+                ts=ts,
+            )
+        )
+
+    def _changed(self, ts: int) -> None:
+        self.version += 1
+        self.changed_at = ts
 
     def _row(self, asset: str) -> list[int]:
         row = self.balances.get(asset)
@@ -119,63 +142,67 @@ class WalletMachine:
             row = self.balances[asset] = [0, 0]
         return row
 
-    def _balances(self, ts: int) -> BalanceState:
-        self.version += 1
-        return BalanceState(
-            user_id=self.user_id,
-            version=self.version,
-            balances={a: Balance(row[0], row[1]) for a, row in self.balances.items()},
-            ts=ts,
-        )
+    def _from_book(self, msg: Settle | Release, send: Emit, emit: Emit) -> None:
+        for due in self.inbound.accept(msg.src, msg.seq, msg):
+            if type(due) is Settle:
+                self._settle(due.trade)
+                self._changed(due.trade.time)
+            elif self._release(due.order_id):  # type: ignore[union-attr]
+                self._changed(due.ts)  # type: ignore[union-attr]
 
-    def _place(self, cmd: PlaceOrder) -> list[Message]:
+    def _place(self, cmd: PlaceOrder, send: Emit, emit: Emit) -> None:
         if cmd.order_id in self.orders_seen:
-            return []  # a retry of an order we already have: the original stands
+            return  # a retry of an order we already have: the original stands
         self.orders_seen[cmd.order_id] = None
         if self.user_id.startswith("_"):
             # Reserved accounts never trade: the fee account settles a trade by
             # collecting its fees only, so an order of its own would create or
             # destroy funds when it fills.
-            return [_order_state(cmd, REJECTED, "reserved account")]
+            emit(_order_state(cmd, REJECTED, "reserved account"))
+            return
         market = self.markets.get(cmd.market)
         if market is None:
-            return [_order_state(cmd, REJECTED, f"unknown market {cmd.market}")]
+            emit(_order_state(cmd, REJECTED, f"unknown market {cmd.market}"))
+            return
         problem = order_problem(market, cmd)
         if problem:
-            return [_order_state(cmd, REJECTED, problem)]
+            emit(_order_state(cmd, REJECTED, problem))
+            return
         asset, amount = hold_for(market, cmd)
         row = self._row(asset)
         if row[0] < amount:
             precision = self.markets.asset(asset).precision
-            return [
+            emit(
                 _order_state(
                     cmd,
                     REJECTED,
                     f"insufficient {asset}: available {to_text(row[0], precision)}, "
                     f"needed {to_text(amount, precision)}",
                 )
-            ]
+            )
+            return
         row[0] -= amount
         row[1] += amount
         self.holds[cmd.order_id] = _Hold(cmd.market, asset, amount)
-        return [
-            _order_state(cmd, NEW, None),
-            self._balances(cmd.ts),
+        self._changed(cmd.ts)
+        emit(_order_state(cmd, NEW, None))
+        send(
             BookOrder(
                 market=cmd.market,
                 src=self.user_id,
                 seq=self.outbound.next(cmd.market),
                 order=cmd,
                 hold=amount,
-            ),
-        ]
+            )
+        )
 
-    def _cancel(self, cmd: CancelOrder) -> list[Message]:
+    def _cancel(self, cmd: CancelOrder, send: Emit, emit: Emit) -> None:
         hold = self.holds.get(cmd.order_id)
         if hold is not None:
-            return [self._book_cancel(hold.market, cmd.order_id, cmd.ts)]
+            send(self._book_cancel(hold.market, cmd.order_id, cmd.ts))
+            return
         reason = "order is not open" if cmd.order_id in self.orders_seen else "unknown order"
-        return [
+        emit(
             Rejection(
                 user_id=self.user_id,
                 command="cancel_order",
@@ -183,7 +210,12 @@ class WalletMachine:
                 reason=reason,
                 ts=cmd.ts,
             )
-        ]
+        )
+
+    def _cancel_all(self, cmd: CancelAll, send: Emit, emit: Emit) -> None:
+        for order_id, hold in list(self.holds.items()):
+            if cmd.market is None or hold.market == cmd.market:
+                send(self._book_cancel(hold.market, order_id, cmd.ts))
 
     def _book_cancel(self, market: str, order_id: str, ts: int) -> BookCancel:
         return BookCancel(
@@ -194,12 +226,19 @@ class WalletMachine:
             ts=ts,
         )
 
-    def _transfer(self, cmd: Credit | Debit) -> list[Message]:
+    def _credit(self, cmd: Credit, send: Emit, emit: Emit) -> None:
+        self._transfer(cmd, "credit", emit)
+
+    def _debit(self, cmd: Debit, send: Emit, emit: Emit) -> None:
+        self._transfer(cmd, "debit", emit)
+
+    def _transfer(
+        self, cmd: Credit | Debit, direction: Literal["credit", "debit"], emit: Emit
+    ) -> None:
         key = cmd.transfer_id
         if key in self.transfers_seen:
-            return []
+            return
         self.transfers_seen[key] = None
-        direction: Any = "credit" if isinstance(cmd, Credit) else "debit"
         reason: str | None = None
         if self.user_id.startswith("_") and self.user_id != FEE_ACCOUNT:
             reason = "reserved account"
@@ -209,7 +248,7 @@ class WalletMachine:
             reason = "amount must be positive"
         else:
             row = self._row(cmd.asset)
-            if isinstance(cmd, Credit):
+            if direction == "credit":
                 if row[0] + row[1] + cmd.amount > MAX_UNITS:
                     reason = "balance would exceed the largest amount"
                 else:
@@ -222,17 +261,20 @@ class WalletMachine:
                 )
             else:
                 row[0] -= cmd.amount
-        state = TransferState(
-            user_id=self.user_id,
-            transfer_id=key,
-            direction=direction,
-            asset=cmd.asset,
-            amount=cmd.amount,
-            status="REJECTED" if reason else "ACCEPTED",
-            reason=reason,
-            ts=cmd.ts,
+        if reason is None:
+            self._changed(cmd.ts)
+        emit(
+            TransferState(
+                user_id=self.user_id,
+                transfer_id=key,
+                direction=direction,
+                asset=cmd.asset,
+                amount=cmd.amount,
+                status="REJECTED" if reason else "ACCEPTED",
+                reason=reason,
+                ts=cmd.ts,
+            )
         )
-        return [state] if reason else [state, self._balances(cmd.ts)]
 
     def _settle(self, trade: Trade) -> None:
         market = self.markets.market(trade.market)
@@ -309,6 +351,18 @@ class WalletMachine:
         wallet.inbound = Inbound(dict(applied), {s: dict(w) for s, w in parked.items()})
         wallet.outbound = Outbound(dict(sent))
         return wallet
+
+
+_Handler = Callable[[WalletMachine, Any, Emit, Emit], None]
+_HANDLERS: dict[type[Message], _Handler] = {
+    PlaceOrder: WalletMachine._place,
+    CancelOrder: WalletMachine._cancel,
+    CancelAll: WalletMachine._cancel_all,
+    Credit: WalletMachine._credit,
+    Debit: WalletMachine._debit,
+    Settle: WalletMachine._from_book,
+    Release: WalletMachine._from_book,
+}
 
 
 def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
