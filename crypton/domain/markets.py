@@ -81,6 +81,10 @@ class Markets:
     def __init__(self, assets: Mapping[str, Asset], markets: Mapping[str, Market]) -> None:
         self.assets: dict[str, Asset] = dict(sorted(assets.items()))
         self.markets: dict[str, Market] = dict(sorted(markets.items()))
+        self.assets_of: dict[str, tuple[str, str]] = {
+            symbol: (m.base.code, m.quote.code) for symbol, m in self.markets.items()
+        }
+        """symbol -> (base asset code, quote asset code), for settlement."""
 
     def market(self, symbol: str) -> Market:
         """The market ``symbol``; ``KeyError`` if there is none."""

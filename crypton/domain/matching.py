@@ -78,6 +78,10 @@ class BookMachine:
 
     def apply(self, msg: BookInbox, send: Emit, emit: Emit) -> None:
         """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
+        if self.inbound.in_line(msg.src, msg.seq):
+            self.seq += 1
+            _HANDLERS[type(msg)](self, msg, send, emit)
+            return
         for due in self.inbound.accept(msg.src, msg.seq, msg):
             self.seq += 1
             _HANDLERS[type(due)](self, due, send, emit)

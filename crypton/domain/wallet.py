@@ -142,7 +142,25 @@ class WalletMachine:
             row = self.balances[asset] = [0, 0]
         return row
 
-    def _from_book(self, msg: Settle | Release, send: Emit, emit: Emit) -> None:
+    def _on_settle(self, msg: Settle, send: Emit, emit: Emit) -> None:
+        if self.inbound.in_line(msg.src, msg.seq):
+            trade = msg.trade
+            self._settle(trade)
+            self.version += 1
+            self.changed_at = trade.time
+        else:
+            self._catch_up(msg)
+
+    def _on_release(self, msg: Release, send: Emit, emit: Emit) -> None:
+        if self.inbound.in_line(msg.src, msg.seq):
+            if self._release(msg.order_id):
+                self.version += 1
+                self.changed_at = msg.ts
+        else:
+            self._catch_up(msg)
+
+    def _catch_up(self, msg: Settle | Release) -> None:
+        """A report out of line: apply whatever is now due, in sequence order."""
         for due in self.inbound.accept(msg.src, msg.seq, msg):
             if type(due) is Settle:
                 self._settle(due.trade)
@@ -184,7 +202,8 @@ class WalletMachine:
         row[0] -= amount
         row[1] += amount
         self.holds[cmd.order_id] = _Hold(cmd.market, asset, amount)
-        self._changed(cmd.ts)
+        self.version += 1
+        self.changed_at = cmd.ts
         emit(_order_state(cmd, NEW, None))
         send(
             BookOrder(
@@ -277,28 +296,26 @@ class WalletMachine:
         )
 
     def _settle(self, trade: Trade) -> None:
-        market = self.markets.market(trade.market)
-        base, quote = market.base.code, market.quote.code
-        if self.user_id == FEE_ACCOUNT:
+        base, quote = self.markets.assets_of[trade.market]
+        user_id = self.user_id
+        if user_id == FEE_ACCOUNT:
             self._row(quote)[0] += trade.maker_fee + trade.taker_fee
             return
-        if self.user_id == trade.taker_user_id:
-            side, order_id, fee = trade.taker_side, trade.taker_order_id, trade.taker_fee
-        elif self.user_id == trade.maker_user_id:
-            side = "sell" if trade.taker_side == "buy" else "buy"
-            order_id, fee = trade.maker_order_id, trade.maker_fee
+        if user_id == trade.taker_user_id:
+            buying, order_id, fee = trade.taker_side == "buy", trade.taker_order_id, trade.taker_fee
+        elif user_id == trade.maker_user_id:
+            buying, order_id, fee = trade.taker_side != "buy", trade.maker_order_id, trade.maker_fee
         else:
-            raise InvariantBreach(f"trade {trade.market}#{trade.seq} is not {self.user_id}'s")
+            raise InvariantBreach(f"trade {trade.market}#{trade.seq} is not {user_id}'s")
         hold = self.holds.get(order_id)
         if hold is None:
             raise InvariantBreach(f"trade {trade.market}#{trade.seq}: order {order_id} not open")
-        if side == "buy":
+        if buying:
             # Pay value and fee from the hold; hand back price improvement at once.
             spent = trade.notional + fee
             release = trade.buyer_release if order_id == trade.taker_order_id else 0
             self._take_hold(hold, quote, spent + release)
-            quote_row = self._row(quote)
-            quote_row[0] += release
+            self._row(quote)[0] += release
             self._row(base)[0] += trade.quantity
         else:
             self._take_hold(hold, base, trade.quantity)
@@ -360,8 +377,8 @@ _HANDLERS: dict[type[Message], _Handler] = {
     CancelAll: WalletMachine._cancel_all,
     Credit: WalletMachine._credit,
     Debit: WalletMachine._debit,
-    Settle: WalletMachine._from_book,
-    Release: WalletMachine._from_book,
+    Settle: WalletMachine._on_settle,
+    Release: WalletMachine._on_release,
 }
 
 
