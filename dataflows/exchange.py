@@ -28,7 +28,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from crypton import codec, topics
+from crypton import schema, topics
 from crypton.config import Settings
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
@@ -41,7 +41,6 @@ from crypton.domain.messages import (
     Settle,
 )
 from crypton.domain.wallet import WalletMachine
-from crypton.routing import route
 from dataflows import metrics
 from dataflows.kafka_io import InboxSource, LogSink, Record
 
@@ -86,7 +85,7 @@ def _failed(step: str, msg: Message, exc: Exception) -> DeadLetter:
         partition=-1,
         offset=-1,
         key=key.encode() if key else None,
-        value=codec.encode(msg),
+        value=schema.spec_of(msg).encode(msg),
         reason=f"{type(exc).__name__}: {exc}",
     )
 
@@ -222,17 +221,6 @@ class BookLogic(_PartitionLogic):
             out.append(self.machines[market].depth(self.depth_levels, ts))
 
 
-def encoder(prefix: str) -> Callable[[Message], Record]:
-    """Message -> (topic, key, value), the record the sink writes."""
-    names = {spec.logical: topics.topic_name(spec.logical, prefix) for spec in topics.TOPICS}
-
-    def encode(message: Message) -> Record:
-        logical, key = route(message)
-        return names[logical], key.encode(), codec.encode(message)
-
-    return encode
-
-
 def build_flow(
     markets: Markets,
     wallet_inbox: Source[tuple[str, list[Message]]],
@@ -248,7 +236,7 @@ def build_flow(
     partition; the sink receives ``(partition, [record, ...])``.
     """
     flow = Dataflow("crypton")
-    encode = encoder(prefix)
+    encode = schema.record_encoder(prefix)
     # Input -> keyed step -> output and nothing else: every operator a record passes
     # costs the flow's one Python thread. The sink partition follows the inbox
     # partition, so one source partition's output keeps its order.
@@ -274,8 +262,8 @@ def _kafka_flow() -> Dataflow:
         metrics.serve(int(port))
     return build_flow(
         settings.markets(),
-        InboxSource(settings, name(topics.WALLET_INBOX), codec.wallet_inbox.decode),
-        InboxSource(settings, name(topics.BOOK_INBOX), codec.book_inbox.decode),
+        InboxSource(settings, name(topics.WALLET_INBOX), schema.WALLET_INBOX.decode),
+        InboxSource(settings, name(topics.BOOK_INBOX), schema.BOOK_INBOX.decode),
         LogSink(settings, parts=int(os.environ.get("CRYPTON_SINK_PARTS", "1"))),
         prefix=settings.topic_prefix,
     )
