@@ -16,8 +16,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from crypton import schema
 from crypton.config import Settings
 from crypton.kafka import producer_config
 
@@ -51,6 +53,7 @@ class CommandLog:
             },
         )
         self._metrics = metrics
+        self._prefix = settings.topic_prefix
         self._producer = Producer(self._config)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="crypton-api-producer", daemon=True)
@@ -66,6 +69,15 @@ class CommandLog:
     def _poll(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.1)
+
+    async def send(self, message: msgspec.Struct, command: str | None = None) -> Delivery:
+        """Write ``message`` to its topic, keyed and encoded by the topic's spec
+        (``crypton.schema``); ``command`` labels the metrics (default: the type tag)."""
+        spec = schema.spec_of(message)
+        label = command or str(type(message).__struct_config__.tag)
+        return await self.append(
+            spec.name(self._prefix), spec.key_of(message), spec.encode(message), label
+        )
 
     async def append(self, topic: str, key: str, value: bytes, command: str) -> Delivery:
         """Write one record; raise a 503 ``ApiError`` if the broker does not acknowledge it."""

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from sortedcontainers import SortedList
 
 from crypton.domain.messages import OrderStatus, PlaceOrder
+from crypton.domain.money import fee_ceil
 
 __all__ = ["Level", "OrderBook", "RestingOrder"]
 
@@ -78,7 +79,7 @@ class RestingOrder:
         self.filled_quantity += quantity
         self.filled_funds += value
         self.fee_num += value * bps
-        total = -(-self.fee_num // 10_000)
+        total = fee_ceil(self.fee_num)
         fee = total - self.fee
         self.fee = total
         return fee

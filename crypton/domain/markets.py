@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from crypton.domain.money import AmountError, to_text, to_units
+from crypton.domain.money import AmountError, fee_ceil, to_text, to_units
 
 __all__ = ["Asset", "Market", "MarketConfigError", "Markets", "parse_markets"]
 
@@ -63,7 +63,7 @@ class Market(msgspec.Struct, frozen=True):
 
     def fee(self, amount: int, bps: int) -> int:
         """A fee of ``bps`` on ``amount``, rounded up to a whole unit."""
-        return -(-amount * bps // 10_000)
+        return fee_ceil(amount * bps)
 
     def price_text(self, price: int) -> str:
         return to_text(price, self.quote.precision)

@@ -39,6 +39,7 @@ from crypton.domain.messages import (
     Settle,
     Trade,
 )
+from crypton.domain.money import BPS, fee_ceil
 from crypton.domain.orders import order_state
 from crypton.domain.sequencing import Inbound, Outbound
 
@@ -224,13 +225,13 @@ class BookMachine:
         market = self.market
         budget = taker.hold - taker.spent
         bps = market.taker_fee_bps
-        # value + ceil((fee_num + value * bps) / 10_000) - fee <= budget, solved for value
-        value = ((budget + taker.fee) * 10_000 - taker.fee_num) // (10_000 + bps)
+        # value + ceil((fee_num + value * bps) / BPS) - fee <= budget, solved for value
+        value = ((budget + taker.fee) * BPS - taker.fee_num) // (BPS + bps)
         quantity = min(value * market.base.scale // price, most)
         quantity -= quantity % market.step
         while quantity > 0:
             value = market.notional(price, quantity)
-            fee = -(-(taker.fee_num + value * bps) // 10_000) - taker.fee
+            fee = fee_ceil(taker.fee_num + value * bps) - taker.fee
             if value + fee <= budget:
                 break
             quantity -= market.step
