@@ -185,7 +185,7 @@ class WalletLogic(_PartitionLogic):
         return WalletMachine(key, self.markets)
 
     def key_of(self, msg: Any) -> str:
-        return msg.user_id  # type: ignore[no-any-return]
+        return schema.WALLET_INBOX.key_of(msg)
 
 
 class BookLogic(_PartitionLogic):
@@ -212,12 +212,12 @@ class BookLogic(_PartitionLogic):
         return BookMachine(self.markets.market(key))
 
     def key_of(self, msg: Any) -> str:
-        assert isinstance(msg, BookOrder | BookCancel)
-        return msg.market
+        return schema.BOOK_INBOX.key_of(msg)
 
     def finish(self, touched: dict[str, Message], out: list[Message]) -> None:
-        for market, msg in touched.items():
-            ts = msg.order.ts if isinstance(msg, BookOrder) else msg.ts  # type: ignore[attr-defined]
+        for market, last in touched.items():
+            msg: Any = last
+            ts = msg.order.ts if type(msg) is BookOrder else msg.ts
             out.append(self.machines[market].depth(self.depth_levels, ts))
 
 
