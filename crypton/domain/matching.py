@@ -287,12 +287,8 @@ class BookMachine:
             self._state(maker, PARTIALLY_FILLED, None, ts)
 
     def _deliver_trade(self, user_id: str, trade: Trade) -> Settle:
-        return Settle(
-            user_id=user_id,
-            src=self.market.symbol,
-            seq=self.outbound.next(user_id),
-            trade=trade,
-        )
+        # (user_id, src, seq, trade): positional, as every message of the hot path
+        return Settle(user_id, self.market.symbol, self.outbound.next(user_id), trade)
 
     def _close(
         self,
@@ -305,13 +301,13 @@ class BookMachine:
         """Close an order and tell its wallet to release what is left of the hold."""
         self._state(order, status, reason, ts)
         send(
-            Release(
-                user_id=order.user_id,
-                src=self.market.symbol,
-                seq=self.outbound.next(order.user_id),
-                order_id=order.order_id,
-                status=status,
-                ts=ts,
+            Release(  # (user_id, src, seq, order_id, status, ts)
+                order.user_id,
+                self.market.symbol,
+                self.outbound.next(order.user_id),
+                order.order_id,
+                status,
+                ts,
             )
         )
 

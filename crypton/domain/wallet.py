@@ -17,6 +17,7 @@ never on the cancel request itself, so a cancel can never release twice.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -81,7 +82,8 @@ class WalletMachine:
     def __init__(self, user_id: str, markets: Markets) -> None:
         self.user_id = user_id
         self.markets = markets
-        self.balances: dict[str, list[int]] = {}  # asset -> [available, held]
+        # asset -> [available, held]; a new asset starts at [0, 0]
+        self.balances: defaultdict[str, list[int]] = defaultdict(_zero_row)
         self.holds: dict[str, _Hold] = {}  # open order id -> what it holds
         self.orders_seen: dict[str, None] = {}  # every order id ever placed (dedupe)
         self.transfers_seen: dict[str, None] = {}
@@ -124,23 +126,17 @@ class WalletMachine:
             return
         self.changed_at = None
         emit(
-            BalanceState(
-                user_id=self.user_id,
-                version=self.version,
-                balances={a: Balance(row[0], row[1]) for a, row in self.balances.items()},
-                ts=ts,
+            BalanceState(  # (user_id, version, balances, ts)
+                self.user_id,
+                self.version,
+                {a: Balance(row[0], row[1]) for a, row in self.balances.items()},
+                ts,
             )
         )
 
     def _changed(self, ts: int) -> None:
         self.version += 1
         self.changed_at = ts
-
-    def _row(self, asset: str) -> list[int]:
-        row = self.balances.get(asset)
-        if row is None:
-            row = self.balances[asset] = [0, 0]
-        return row
 
     def _on_settle(self, msg: Settle, send: Emit, emit: Emit) -> None:
         if self.inbound.in_line(msg.src, msg.seq):
@@ -187,7 +183,7 @@ class WalletMachine:
             emit(_order_state(cmd, REJECTED, problem))
             return
         asset, amount = hold_for(market, cmd)
-        row = self._row(asset)
+        row = self.balances[asset]
         if row[0] < amount:
             precision = self.markets.asset(asset).precision
             emit(
@@ -206,13 +202,8 @@ class WalletMachine:
         self.changed_at = cmd.ts
         emit(_order_state(cmd, NEW, None))
         send(
-            BookOrder(
-                market=cmd.market,
-                src=self.user_id,
-                seq=self.outbound.next(cmd.market),
-                order=cmd,
-                hold=amount,
-            )
+            # (market, src, seq, order, hold): positional, as every message of the hot path
+            BookOrder(cmd.market, self.user_id, self.outbound.next(cmd.market), cmd, amount)
         )
 
     def _cancel(self, cmd: CancelOrder, send: Emit, emit: Emit) -> None:
@@ -266,7 +257,7 @@ class WalletMachine:
         elif not 0 < cmd.amount <= MAX_UNITS:
             reason = "amount must be positive"
         else:
-            row = self._row(cmd.asset)
+            row = self.balances[cmd.asset]
             if direction == "credit":
                 if row[0] + row[1] + cmd.amount > MAX_UNITS:
                     reason = "balance would exceed the largest amount"
@@ -299,7 +290,7 @@ class WalletMachine:
         base, quote = self.markets.assets_of[trade.market]
         user_id = self.user_id
         if user_id == FEE_ACCOUNT:
-            self._row(quote)[0] += trade.maker_fee + trade.taker_fee
+            self.balances[quote][0] += trade.maker_fee + trade.taker_fee
             return
         if user_id == trade.taker_user_id:
             buying, order_id, fee = trade.taker_side == "buy", trade.taker_order_id, trade.taker_fee
@@ -315,14 +306,14 @@ class WalletMachine:
             spent = trade.notional + fee
             release = trade.buyer_release if order_id == trade.taker_order_id else 0
             self._take_hold(hold, quote, spent + release)
-            self._row(quote)[0] += release
-            self._row(base)[0] += trade.quantity
+            self.balances[quote][0] += release
+            self.balances[base][0] += trade.quantity
         else:
             self._take_hold(hold, base, trade.quantity)
-            self._row(quote)[0] += trade.notional - fee
+            self.balances[quote][0] += trade.notional - fee
 
     def _take_hold(self, hold: _Hold, asset: str, amount: int) -> None:
-        row = self._row(asset)
+        row = self.balances[asset]
         if hold.asset != asset or amount > hold.amount or amount > row[1]:
             raise InvariantBreach(
                 f"{self.user_id}: settling {amount} {asset} exceeds the hold of {hold.amount}"
@@ -335,7 +326,7 @@ class WalletMachine:
         hold = self.holds.pop(order_id, None)
         if hold is None:
             raise InvariantBreach(f"{self.user_id}: release of {order_id}, which holds nothing")
-        row = self._row(hold.asset)
+        row = self.balances[hold.asset]
         row[1] -= hold.amount
         row[0] += hold.amount
         return hold.amount
@@ -359,7 +350,7 @@ class WalletMachine:
     def restore(cls, snapshot: tuple[Any, ...], markets: Markets) -> WalletMachine:
         user_id, balances, holds, orders, transfers, version, inbound, sent = snapshot
         wallet = cls(user_id, markets)
-        wallet.balances = {asset: [a, h] for asset, (a, h) in balances.items()}
+        wallet.balances.update((asset, [a, h]) for asset, (a, h) in balances.items())
         wallet.holds = {oid: _Hold(*spec) for oid, spec in holds.items()}
         wallet.orders_seen = dict.fromkeys(orders)
         wallet.transfers_seen = dict.fromkeys(transfers)
@@ -380,6 +371,10 @@ _HANDLERS: dict[type[Message], _Handler] = {
     Settle: WalletMachine._on_settle,
     Release: WalletMachine._on_release,
 }
+
+
+def _zero_row() -> list[int]:
+    return [0, 0]
 
 
 def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
