@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import deque
 
 import msgspec
+import pytest
 
 from crypton.domain.exchange import Exchange
-from crypton.domain.invariants import exchange_problems
+from crypton.domain.invariants import exchange_problems, net_transfers
 from crypton.domain.matching import BookMachine
 from crypton.domain.messages import (
     FEE_ACCOUNT,
+    TERMINAL,
     BalanceState,
     BookCancel,
     BookOrder,
@@ -21,6 +23,7 @@ from crypton.domain.messages import (
     WalletInbox,
 )
 from crypton.domain.wallet import WalletMachine
+from crypton.views import View
 
 from .support import (
     MARKETS,
@@ -182,3 +185,35 @@ def test_replaying_every_internal_message_changes_nothing() -> None:
 def test_the_same_commands_give_the_same_bytes() -> None:
     runs = [[m for cmd in _session() for m in Exchange(MARKETS).submit(cmd)] for _ in range(2)]
     assert msgspec.json.encode(runs[0]) == msgspec.json.encode(runs[1])
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_batches_publish_the_latest_state_of_everything_they_change(size: int) -> None:
+    """However the commands are batched, folding what came out gives the machines' state:
+    one record per changed balance and order per batch loses nothing a reader needs."""
+    ex = Exchange(MARKETS)
+    commands = _session()
+    out: list[Message] = []
+    for i in range(0, len(commands), size):
+        out += ex.submit_batch(commands[i : i + size])
+    assert exchange_problems(ex, net_transfers(out)) == []
+    view = View().apply_all(out)
+    for user, wallet in ex.wallets.items():
+        state = view.balances.get(user)
+        if state is None:
+            assert not any(any(row) for row in wallet.balances.values()), user
+            continue
+        assert state.version == wallet.version
+        assert {a: (b.available, b.held) for a, b in state.balances.items()} == {
+            a: (row[0], row[1]) for a, row in wallet.balances.items()
+        }
+    resting = {oid: o for book in ex.books.values() for oid, o in book.book.orders.items()}
+    for order_id, state in view.orders.items():
+        if state.status in TERMINAL:
+            assert order_id not in resting
+        else:
+            order = resting[order_id]
+            assert (state.status, state.version, state.filled_quantity) == (
+                order.status, order.version, order.filled_quantity,
+            )  # fmt: skip
+    assert len(view.trades) == len(only(out, Trade)) >= 4
