@@ -34,11 +34,14 @@ class MarketConfigError(ValueError):
 class Asset(msgspec.Struct, frozen=True):
     code: str
     precision: int
+    scale: int
+    """Units per whole: ``10 ** precision`` (a field, not a property: the matching
+    loop reads it for every fill)."""
 
-    @property
-    def scale(self) -> int:
-        scale: int = 10**self.precision  # int ** int is Any to mypy (negative powers)
-        return scale
+
+def _scale(precision: int) -> int:
+    scale: int = 10**precision  # int ** int is Any to mypy (negative powers)
+    return scale
 
 
 class Market(msgspec.Struct, frozen=True):
@@ -135,7 +138,7 @@ def parse_markets(data: Mapping[str, Any]) -> Markets:
             raise MarketConfigError(f"assets.{code}: decimals must be an integer")
         if not 0 <= precision <= _MAX_PRECISION:
             raise MarketConfigError(f"assets.{code}: decimals must be 0..{_MAX_PRECISION}")
-        assets[code] = Asset(code, precision)
+        assets[code] = Asset(code, precision, _scale(precision))
 
     raw_markets = data.get("markets")
     if not isinstance(raw_markets, Mapping) or not raw_markets:
