@@ -222,6 +222,11 @@ def _side_problems(market: Market, book: OrderBook, side: str, seen: set[str]) -
     levels, prices = book.levels[side], list(book.prices[side])
     if prices != sorted(levels):
         problems.append(f"{where}: price index {prices} differs from levels {sorted(levels)}")
+    top = (prices[-1] if side == "buy" else prices[0]) if prices else None
+    best = book.best[side]
+    best_price = best.price if best is not None else None
+    if best_price != top or (best is not None and levels.get(best.price) is not best):
+        problems.append(f"{where}: best level {best_price}, best price {top}")
     for price in sorted(levels):
         level = levels[price]
         live = [o for o in level.orders if o.live]
