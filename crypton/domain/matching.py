@@ -277,18 +277,17 @@ class BookMachine:
             ts,  # time
         )
         emit(trade)
-        send(self._deliver_trade(maker.user_id, trade))
-        send(self._deliver_trade(taker.user_id, trade))
+        # Both wallets, and the fee account if there are fees, settle from this trade.
+        # Settle is (user_id, src, seq, trade), built positionally on this hot path.
+        symbol, next_seq = market.symbol, self.outbound.next
+        send(Settle(maker.user_id, symbol, next_seq(maker.user_id), trade))
+        send(Settle(taker.user_id, symbol, next_seq(taker.user_id), trade))
         if maker_fee or taker_fee:
-            send(self._deliver_trade(FEE_ACCOUNT, trade))
+            send(Settle(FEE_ACCOUNT, symbol, next_seq(FEE_ACCOUNT), trade))
         if maker.remaining == 0:
             self._close(maker, FILLED, None, ts, send)
         else:
             self._state(maker, PARTIALLY_FILLED, None, ts)
-
-    def _deliver_trade(self, user_id: str, trade: Trade) -> Settle:
-        # (user_id, src, seq, trade): positional, as every message of the hot path
-        return Settle(user_id, self.market.symbol, self.outbound.next(user_id), trade)
 
     def _close(
         self,

@@ -174,7 +174,7 @@ class WalletMachine:
             # destroy funds when it fills.
             emit(_order_state(cmd, REJECTED, "reserved account"))
             return
-        market = self.markets.get(cmd.market)
+        market = self.markets.markets.get(cmd.market)
         if market is None:
             emit(_order_state(cmd, REJECTED, f"unknown market {cmd.market}"))
             return
@@ -200,7 +200,7 @@ class WalletMachine:
         self.holds[cmd.order_id] = _Hold(cmd.market, asset, amount)
         self.version += 1
         self.changed_at = cmd.ts
-        emit(_order_state(cmd, NEW, None))
+        emit(order_state(cmd, NEW, None, version=1, updated_at=cmd.ts))
         send(
             # (market, src, seq, order, hold): positional, as every message of the hot path
             BookOrder(cmd.market, self.user_id, self.outbound.next(cmd.market), cmd, amount)
@@ -378,5 +378,5 @@ def _zero_row() -> list[int]:
 
 
 def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
-    """The wallet's only order records: version 1, NEW or REJECTED."""
+    """The wallet's order records: version 1, NEW or REJECTED."""
     return order_state(cmd, status, reason, version=1, updated_at=cmd.ts)
