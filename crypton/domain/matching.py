@@ -361,6 +361,7 @@ class BookMachine:
             order.remaining, order.spent = remaining, spent
             order.filled_quantity, order.filled_funds = filled_q, filled_f
             order.fee, order.fee_num, order.version = fee, fee_num, version
+            order.status = PARTIALLY_FILLED if filled_q else OPEN  # all a resting order can be
             machine.book.rest(order)
         return machine
 
