@@ -16,8 +16,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from crypton import schema
 from crypton.config import Settings
 from crypton.kafka import producer_config
 
@@ -62,6 +64,7 @@ class CommandLog:
         # an acknowledged command: a 503 asks the client to retry with the same id).
         self._answer_within = timeout_s + 5.0
         self._metrics = metrics
+        self._prefix = settings.topic_prefix
         self._lock = threading.Lock()
         self._generation = 0
         self._broken = -1  # the generation that hit a fatal error, if it is still current
@@ -121,6 +124,15 @@ class CommandLog:
         except KafkaException as exc:
             log.warning("purging the failed producer: %s", exc)
         old.flush(1.0)
+
+    async def send(self, message: msgspec.Struct, command: str | None = None) -> Delivery:
+        """Write ``message`` to its topic, keyed and encoded by the topic's spec
+        (``crypton.schema``); ``command`` labels the metrics (default: the type tag)."""
+        spec = schema.spec_of(message)
+        label = command or str(type(message).__struct_config__.tag)
+        return await self.append(
+            spec.name(self._prefix), spec.key_of(message), spec.encode(message), label
+        )
 
     async def append(self, topic: str, key: str, value: bytes, command: str) -> Delivery:
         """Write one record; raise a 503 ``ApiError`` if the broker does not acknowledge it."""

@@ -23,11 +23,10 @@ from typing import Any, Final, Literal
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from crypton import codec, topics
+from crypton import codec, schema
 from crypton.config import Settings
 from crypton.kafka import consumer_config
 from crypton.readmodel import ReadModel
-from crypton.users import users_decoder
 
 from .metrics import Metrics
 
@@ -80,26 +79,23 @@ class LiveReadModel:
         self.positions: dict[tuple[str, int], int] = {}
         """Per (kind, partition) of orders and balances: the last offset applied."""
         self.connected = False
-        m = self.model
-        table: list[tuple[str, Kind, Callable[[bytes], Any], Callable[[Any], bool]]] = [
-            (topics.ORDERS, "order", codec.orders.decode, m.apply_order),
-            (topics.BALANCES, "balance", codec.balances.decode, m.apply_balance),
-            (topics.TRADES, "trade", codec.trades.decode, m.apply_trade),
-            (topics.DEPTH, "depth", codec.depth.decode, m.apply_depth),
-            (topics.TRANSFERS, "transfer", codec.transfers.decode, m.apply_transfer),
-            (topics.USERS, "user", users_decoder.decode, m.apply_user),
+        # The topics this replica folds, each decoded by its spec; what a record
+        # changes is decided by the spec's fold rule inside ``ReadModel.apply``.
+        table: list[tuple[schema.TopicSpec, Kind]] = [
+            (schema.ORDERS, "order"),
+            (schema.BALANCES, "balance"),
+            (schema.TRADES, "trade"),
+            (schema.DEPTH, "depth"),
+            (schema.TRANSFERS, "transfer"),
+            (schema.USERS, "user"),
         ]
-        self._kinds = {
-            topics.topic_name(logical, settings.topic_prefix): (kind, decode, fold)
-            for logical, kind, decode, fold in table
+        self._kinds: dict[str, tuple[Kind, Callable[[bytes], Any]]] = {
+            spec.name(settings.topic_prefix): (kind, spec.decode) for spec, kind in table
         }
         self._assigned: set[tuple[str, int]] = set()
         self._targets: dict[tuple[str, int], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="crypton-api-readmodel", daemon=True)
-
-    def topic_of(self, kind: Kind) -> str:
-        return next(t for t, (k, _, _) in self._kinds.items() if k == kind)
 
     @contextmanager
     def read(self) -> Iterator[ReadModel]:
@@ -216,7 +212,7 @@ class LiveReadModel:
                 target = self._targets.get((topic, partition))
                 if target is not None and offset + 1 >= target:
                     del self._targets[(topic, partition)]
-                kind, decode, fold = self._kinds[topic]
+                kind, decode = self._kinds[topic]
                 counts[topic] += 1
                 value = m.value()
                 if value is None:  # a tombstone: compaction's deletion marker
@@ -229,7 +225,7 @@ class LiveReadModel:
                     continue
                 if kind in ("order", "balance"):
                     self.positions[(kind, partition)] = offset
-                if not fold(record):
+                if not self.model.apply(record):
                     continue
                 applied[topic] += 1
                 change = Change(kind, record, partition, offset)

@@ -26,15 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypton import codec, topics
+from crypton import schema, topics
 from crypton.config import Settings
 from crypton.domain import invariants
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
 from crypton.domain.messages import BookCancel, BookOrder, Message, Release, Settle
-from crypton.domain.views import View
 from crypton.domain.wallet import WalletMachine
 from crypton.logreader import read_topics
+from crypton.views import View
 
 __all__ = ["AuditReport", "audit", "main"]
 
@@ -99,11 +99,11 @@ class _Replay:
             return
         for item in out:
             if isinstance(item, Settle | Release):
-                self.sent[topics.WALLET_INBOX][(item.user_id, item.src, item.seq)] = codec.encode(
-                    item
-                )
+                key = (item.user_id, item.src, item.seq)
+                self.sent[topics.WALLET_INBOX][key] = schema.WALLET_INBOX.encode(item)
             elif isinstance(item, BookOrder | BookCancel):
-                self.sent[topics.BOOK_INBOX][(item.market, item.src, item.seq)] = codec.encode(item)
+                key = (item.market, item.src, item.seq)
+                self.sent[topics.BOOK_INBOX][key] = schema.BOOK_INBOX.encode(item)
             else:
                 self.view.apply(item)
 
@@ -147,9 +147,8 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
             report.dead_letters += 1
             continue
         if logical in (topics.WALLET_INBOX, topics.BOOK_INBOX):
-            decoder = codec.BY_TOPIC[logical]
             try:
-                msg = decoder.decode(record.value or b"")
+                msg = schema.BY_LOGICAL[logical].decode(record.value or b"")
             except Exception:
                 continue  # undecodable input is the dead-letter topic's business
             if isinstance(msg, Settle | Release):
@@ -158,7 +157,7 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
                 received[logical][(msg.market, msg.src, msg.seq)].add(record.value or b"")
             replay.feed(logical, msg, where)
             continue
-        state = codec.BY_TOPIC[logical].decode(record.value or b"")
+        state = schema.BY_LOGICAL[logical].decode(record.value or b"")
         if logical == topics.TRADES:
             trades_seen[(state.market, state.seq)].add(record.value or b"")
             trade_copies[(state.market, state.seq)] += 1

@@ -5,13 +5,17 @@ Every API replica builds one by replaying ``crypton.orders``, ``balances``,
 dataflow's sink is at-least-once and the embedded brokers never compact, so
 the fold must tolerate duplicates and stale records in any amount:
 
+each record is folded by its topic's rule, declared once in ``crypton.schema``
+and shared with ``crypton.views`` (the audit's fold):
+
 * upserts keep the highest ``version`` per key (``seq`` for depth), so a
   replayed older state never overwrites a newer one;
-* trades are deduplicated by ``(market, seq)``;
+* trades are deduplicated by ``(market, seq)``: the first wins (a sequence
+  that has left the trade window counts as seen);
 * a transfer's outcome is final: the first record for a key wins.
 
-Each ``apply_*`` returns whether the record changed the view, which is what
-push streams and waiters react to.
+``apply`` (or the ``apply_*`` of one type) returns whether the record changed
+the view, which is what push streams and waiters react to.
 
 >>> from crypton.domain.messages import BalanceState, Balance
 >>> model = ReadModel()
@@ -24,11 +28,13 @@ False
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from sortedcontainers import SortedList
 
+from crypton import schema
 from crypton.candles import INTERVALS, Candle, CandleSeries
 from crypton.domain.messages import (
     TERMINAL,
@@ -88,7 +94,7 @@ class TradeLog:
 
     def add(self, trade: Trade) -> bool:
         seq = trade.seq
-        if seq in self._trades or seq <= self.evicted_through:
+        if seq <= self.evicted_through or not _TRADES.accepts(self._trades.get(seq), trade):
             return False
         self._trades[seq] = trade
         if seq > self.last_seq:
@@ -150,9 +156,13 @@ class ReadModel:
 
     # --- folding ------------------------------------------------------------------
 
+    def apply(self, record: Any) -> bool:
+        """Fold one state record of any topic; return whether it changed the view."""
+        return _FOLDS[type(record)](self, record)
+
     def apply_order(self, state: OrderState) -> bool:
         old = self.orders.get(state.order_id)
-        if old is not None and state.version <= old.version:
+        if not _ORDERS.accepts(old, state):
             return False
         self.orders[state.order_id] = state
         user = state.user_id
@@ -185,22 +195,20 @@ class ReadModel:
         return index
 
     def apply_balance(self, state: BalanceState) -> bool:
-        old = self.balances.get(state.user_id)
-        if old is not None and state.version <= old.version:
+        if not _BALANCES.accepts(self.balances.get(state.user_id), state):
             return False
         self.balances[state.user_id] = state
         return True
 
     def apply_transfer(self, state: TransferState) -> bool:
         key = (state.user_id, state.transfer_id)
-        if key in self.transfers:
+        if not _TRANSFERS.accepts(self.transfers.get(key), state):
             return False
         self.transfers[key] = state
         return True
 
     def apply_depth(self, state: DepthState) -> bool:
-        old = self.depth.get(state.market)
-        if old is not None and state.seq <= old.seq:
+        if not _DEPTH.accepts(self.depth.get(state.market), state):
             return False
         self.depth[state.market] = state
         return True
@@ -251,7 +259,7 @@ class ReadModel:
         """Highest version wins; of two records with the same version (two replicas
         creating one id at once) the first in the log wins."""
         old = self.users.get(state.user_id)
-        if old is not None and state.version <= old.version:
+        if not _USERS.accepts(old, state):
             return False
         if old is not None:
             for digest in old.key_hashes:
@@ -336,3 +344,25 @@ class ReadModel:
     def candle_list(self, market: str, interval: str, limit: int) -> list[Candle]:
         series = self.candles.get((market, interval))
         return [] if series is None else series.last(limit)
+
+
+def _rule(spec: schema.TopicSpec) -> schema.Fold:
+    assert spec.fold is not None, f"{spec.logical} is not a state topic"
+    return spec.fold
+
+
+_ORDERS = _rule(schema.ORDERS)
+_TRADES = _rule(schema.TRADES)
+_BALANCES = _rule(schema.BALANCES)
+_TRANSFERS = _rule(schema.TRANSFERS)
+_DEPTH = _rule(schema.DEPTH)
+_USERS = _rule(schema.USERS)
+
+_FOLDS: dict[type[Any], Callable[[ReadModel, Any], bool]] = {
+    OrderState: ReadModel.apply_order,
+    BalanceState: ReadModel.apply_balance,
+    Trade: ReadModel.apply_trade,
+    DepthState: ReadModel.apply_depth,
+    TransferState: ReadModel.apply_transfer,
+    UserState: ReadModel.apply_user,
+}

@@ -1,4 +1,7 @@
-"""The topics of the log: names, keys, partitioning and retention.
+"""The topics on the broker: creation, partitioning and retention.
+
+What each topic carries, its key, codec and fold rule are declared once in
+``crypton.schema``; this module is the Kafka side of them.
 
 One key must always land in one partition, so every producer uses the
 ``murmur2_random`` partitioner (the Java client's, which ksqlDB and Kafka
@@ -8,15 +11,16 @@ Streams use) and the same partition count per topic.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from crypton import schema
 from crypton.config import Settings
 from crypton.kafka import admin
+from crypton.schema import TopicSpec, topic_name
 
 __all__ = [
     "TOPICS",
@@ -29,69 +33,19 @@ __all__ = [
     "topic_names",
 ]
 
-WALLET_INBOX: Final = "wallet.inbox"
-BOOK_INBOX: Final = "book.inbox"
-ORDERS: Final = "orders"
-BALANCES: Final = "balances"
-TRADES: Final = "trades"
-DEPTH: Final = "depth"
-TRANSFERS: Final = "transfers"
-REJECTIONS: Final = "rejections"
-DEAD_LETTERS: Final = "deadletters"
-USERS: Final = "users"
+WALLET_INBOX: Final = schema.WALLET_INBOX.logical
+BOOK_INBOX: Final = schema.BOOK_INBOX.logical
+ORDERS: Final = schema.ORDERS.logical
+BALANCES: Final = schema.BALANCES.logical
+TRADES: Final = schema.TRADES.logical
+DEPTH: Final = schema.DEPTH.logical
+TRANSFERS: Final = schema.TRANSFERS.logical
+REJECTIONS: Final = schema.REJECTIONS.logical
+DEAD_LETTERS: Final = schema.DEAD_LETTERS.logical
+USERS: Final = schema.USERS.logical
 
-
-@dataclass(frozen=True)
-class TopicSpec:
-    logical: str
-    key: str
-    compacted: bool
-    doc: str
-
-    def name(self, prefix: str = "") -> str:
-        """The Kafka topic name under ``prefix``."""
-        return topic_name(self.logical, prefix)
-
-    def config(self, segment_ms: int = 600_000) -> dict[str, str]:
-        """Topic-level configuration given at creation.
-
-        >>> TopicSpec("orders", "order_id", True, "").config(60_000)["segment.ms"]
-        '60000'
-        """
-        if not self.compacted:
-            # The history itself: never loses a record to compaction.
-            return {"cleanup.policy": "delete", "retention.ms": "-1"}
-        # An upsert log holding the latest state per key. Only closed segments are
-        # compacted, so they roll every ``segment_ms``, and the cleaner starts once a
-        # tenth of a log is superseded records.
-        return {
-            "cleanup.policy": "compact",
-            "segment.ms": str(segment_ms),
-            "min.cleanable.dirty.ratio": "0.1",
-        }
-
-
-TOPICS: Final = (
-    TopicSpec(WALLET_INBOX, "user_id", False, "commands and book reports for the wallet step"),
-    TopicSpec(BOOK_INBOX, "market", False, "held orders and cancels for the book step"),
-    TopicSpec(ORDERS, "order_id", True, "latest order state with a version"),
-    TopicSpec(BALANCES, "user_id", True, "latest balances of a user with a version"),
-    TopicSpec(TRADES, "market", False, "every trade with a per-market sequence"),
-    TopicSpec(DEPTH, "market", True, "aggregated book levels with the book sequence"),
-    TopicSpec(TRANSFERS, "user_id/transfer_id", True, "outcome of credits and debits"),
-    TopicSpec(REJECTIONS, "user_id", False, "commands refused without a state record"),
-    TopicSpec(DEAD_LETTERS, "any", False, "undecodable or unprocessable input, with reason"),
-    TopicSpec(USERS, "user_id", True, "users and hashed API keys"),
-)
-
-
-def topic_name(logical: str, prefix: str = "") -> str:
-    """The Kafka topic of a logical name.
-
-    >>> topic_name("orders", "dev.")
-    'dev.crypton.orders'
-    """
-    return f"{prefix}crypton.{logical}"
+TOPICS: Final = schema.SPECS
+"""Every topic, as declared in ``crypton.schema``."""
 
 
 def topic_names(prefix: str = "") -> list[str]:

@@ -28,12 +28,11 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from crypton import codec, topics
+from crypton import schema, topics
 from crypton.config import Settings
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
 from crypton.domain.messages import (
-    BalanceState,
     BookCancel,
     BookOrder,
     DeadLetter,
@@ -42,7 +41,6 @@ from crypton.domain.messages import (
     Settle,
 )
 from crypton.domain.wallet import WalletMachine
-from crypton.routing import route
 from dataflows import metrics
 from dataflows.kafka_io import InboxSource, LogSink, Record
 
@@ -87,7 +85,7 @@ def _failed(step: str, msg: Message, exc: Exception) -> DeadLetter:
         partition=-1,
         offset=-1,
         key=key.encode() if key else None,
-        value=codec.encode(msg),
+        value=schema.spec_of(msg).encode(msg),
         reason=f"{type(exc).__name__}: {exc}",
     )
 
@@ -135,7 +133,9 @@ class _PartitionLogic(StatefulBatchLogic[list[Message], list[Record], Any]):
 
     def on_batch(self, values: list[list[Message]]) -> tuple[list[list[Record]], bool]:
         out: list[Message] = []
+        emit = out.append  # messages for the other step and events all go to the sink
         touched: dict[str, Message] = {}
+        machines, dirty = self.machines, self.dirty
         processed = 0
         for batch in values:
             processed += len(batch)
@@ -145,14 +145,17 @@ class _PartitionLogic(StatefulBatchLogic[list[Message], list[Record], Any]):
                     continue
                 try:
                     key = self.key_of(msg)
-                    machine = self.machines.get(key)
+                    machine = machines.get(key)
                     if machine is None:
-                        machine = self.machines[key] = self.create(key)
-                    self.dirty[key] = None
-                    out.extend(machine.handle(msg))
+                        machine = machines[key] = self.create(key)
+                    dirty[key] = None
                     touched[key] = msg
+                    machine.apply(msg, emit, emit)
                 except Exception as exc:
                     out.append(_failed(self.step, msg, exc))
+        # One state record per balance and order the batch changed, not one per change.
+        for key in touched:
+            machines[key].flush(emit)
         self.finish(touched, out)
         metrics.count(self.step, processed, out)
         if not out:
@@ -182,20 +185,7 @@ class WalletLogic(_PartitionLogic):
         return WalletMachine(key, self.markets)
 
     def key_of(self, msg: Any) -> str:
-        return msg.user_id  # type: ignore[no-any-return]
-
-    def finish(self, touched: dict[str, Message], out: list[Message]) -> None:
-        # Each balance record is the user's whole state with a version: within a batch
-        # only the last one per user matters, so the others are not written at all.
-        last: dict[str, int] = {}
-        count = 0
-        for i, message in enumerate(out):
-            if type(message) is BalanceState:
-                last[message.user_id] = i
-                count += 1
-        if count > len(last):
-            keep = set(last.values())
-            out[:] = [m for i, m in enumerate(out) if type(m) is not BalanceState or i in keep]
+        return schema.WALLET_INBOX.key_of(msg)
 
 
 class BookLogic(_PartitionLogic):
@@ -222,24 +212,13 @@ class BookLogic(_PartitionLogic):
         return BookMachine(self.markets.market(key))
 
     def key_of(self, msg: Any) -> str:
-        assert isinstance(msg, BookOrder | BookCancel)
-        return msg.market
+        return schema.BOOK_INBOX.key_of(msg)
 
     def finish(self, touched: dict[str, Message], out: list[Message]) -> None:
-        for market, msg in touched.items():
-            ts = msg.order.ts if isinstance(msg, BookOrder) else msg.ts  # type: ignore[attr-defined]
+        for market, last in touched.items():
+            msg: Any = last
+            ts = msg.order.ts if type(msg) is BookOrder else msg.ts
             out.append(self.machines[market].depth(self.depth_levels, ts))
-
-
-def encoder(prefix: str) -> Callable[[Message], Record]:
-    """Message -> (topic, key, value), the record the sink writes."""
-    names = {spec.logical: topics.topic_name(spec.logical, prefix) for spec in topics.TOPICS}
-
-    def encode(message: Message) -> Record:
-        logical, key = route(message)
-        return names[logical], key.encode(), codec.encode(message)
-
-    return encode
 
 
 def build_flow(
@@ -257,7 +236,7 @@ def build_flow(
     partition; the sink receives ``(partition, [record, ...])``.
     """
     flow = Dataflow("crypton")
-    encode = encoder(prefix)
+    encode = schema.record_encoder(prefix)
     # Input -> keyed step -> output and nothing else: every operator a record passes
     # costs the flow's one Python thread. The sink partition follows the inbox
     # partition, so one source partition's output keeps its order.
@@ -283,8 +262,8 @@ def _kafka_flow() -> Dataflow:
         metrics.serve(int(port))
     return build_flow(
         settings.markets(),
-        InboxSource(settings, name(topics.WALLET_INBOX), codec.wallet_inbox.decode),
-        InboxSource(settings, name(topics.BOOK_INBOX), codec.book_inbox.decode),
+        InboxSource(settings, name(topics.WALLET_INBOX), schema.WALLET_INBOX.decode),
+        InboxSource(settings, name(topics.BOOK_INBOX), schema.BOOK_INBOX.decode),
         LogSink(settings, parts=int(os.environ.get("CRYPTON_SINK_PARTS", "1"))),
         prefix=settings.topic_prefix,
     )

@@ -240,9 +240,16 @@ class _LogPartition(StatefulSinkPartition[list[Record], None]):
     def __init__(self, settings: Settings, delivery_timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
         self._errors: list[str] = []
         self._timeout = delivery_timeout_s
+        # Delivery reports for failures only: a Python callback per acknowledged record
+        # cost the flow's one thread as much as producing it; success is still
+        # checked, by flush() when the epoch closes.
         config = producer_config(
             settings,
-            **{"error_cb": self._on_error, "message.timeout.ms": int(delivery_timeout_s * 1000)},
+            **{
+                "error_cb": self._on_error,
+                "message.timeout.ms": int(delivery_timeout_s * 1000),
+                "delivery.report.only.error": True,
+            },
         )
         self._producer = Producer(config)
 

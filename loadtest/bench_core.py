@@ -5,7 +5,10 @@ pre-funded users (the credits are not timed): about 55% limit orders that rest
 (priced on their own side of a fixed mid), 25% orders that cross (IOC limits
 through the mid, market buys by funds and market sells) and 20% cancels of
 orders placed earlier, drawn from a bounded set of recent resting orders. All
-commands are built before the clock starts; each ``submit`` is timed with
+commands are built before the clock starts. They run twice, each time in a
+fresh exchange: in batches of ``--batch`` (1,000) through
+``Exchange.submit_batch``, as the dataflow feeds the core, for throughput;
+then one at a time, for the latency of one command. Each call is timed with
 ``time.perf_counter_ns``. At the end every invariant is checked
 (``crypton.domain.invariants.exchange_problems``); the exit status is 1 if
 any fails.
@@ -37,6 +40,7 @@ from crypton.domain.messages import (
     TERMINAL,
     CancelOrder,
     Credit,
+    Message,
     OrderState,
     PlaceOrder,
     Rejection,
@@ -189,8 +193,93 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> int:
     return sorted_values[index]
 
 
+class _Tally:
+    """What the outputs said: trades, cancels, rejections."""
+
+    def __init__(self) -> None:
+        self.trades = self.canceled = self.cancel_missed = self.rejected = 0
+
+    def count(self, out: list[Message]) -> None:
+        for message in out:
+            kind = type(message)
+            if kind is Trade:
+                self.trades += 1
+            elif kind is Rejection:
+                self.cancel_missed += 1
+            elif kind is OrderState:
+                status = message.status  # type: ignore[attr-defined]
+                if status == "CANCELED":
+                    self.canceled += 1
+                elif status == "REJECTED":
+                    self.rejected += 1
+
+
+def _funded(credits: list[Credit]) -> Exchange:
+    exchange = Exchange(load_markets())
+    for credit in credits:
+        exchange.submit(credit)
+    return exchange
+
+
+def _timed(
+    exchange: Exchange, commands: list[WalletInbox], batch: int, profiler: cProfile.Profile | None
+) -> tuple[array[int], float, float, _Tally]:
+    """Feed ``commands`` in batches of ``batch``; the time of each batch, wall and CPU."""
+    # Everything built so far lives to the end: take it out of the collector's
+    # view, as a long-running process would, so its pauses measure the work.
+    gc.collect()
+    gc.freeze()
+    batches = [commands[i : i + batch] for i in range(0, len(commands), batch)]
+    latencies = array("q", bytes(8 * len(batches)))
+    tally = _Tally()
+    submit, clock = exchange.submit_batch, time.perf_counter_ns
+    done = 0
+    if profiler:
+        profiler.enable()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i, chunk in enumerate(batches):
+        t0 = clock()
+        out = submit(chunk)
+        latencies[i] = clock() - t0
+        tally.count(out)
+        done += len(chunk)
+        if done // PROGRESS_EVERY != (done - len(chunk)) // PROGRESS_EVERY:
+            elapsed = time.perf_counter() - wall
+            print(
+                f"  {done:>9,} commands  {elapsed:6.1f} s  {tally.trades:,} trades", file=sys.stderr
+            )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if profiler:
+        profiler.disable()
+    gc.unfreeze()
+    return latencies, wall, cpu, tally
+
+
+def _report(label: str, count: int, latencies: array[int], wall: float, cpu: float) -> None:
+    ordered = sorted(latencies)
+    print(f"{label:<19}{count / (sum(latencies) / 1e9):,.0f} commands/s in submit")
+    print(
+        f"                   {count / wall:,.0f} commands/s wall, "
+        f"{count / cpu:,.0f} per CPU second (loop and counting included)"
+    )
+    unit = "command" if len(latencies) == count else "batch"
+    print(
+        f"latency per {unit:<8}"
+        + "  ".join(
+            f"p{label} {percentile(ordered, q) / 1000:.1f} us"
+            for label, q in (("50", 0.5), ("99", 0.99), ("99.9", 0.999))
+        )
+        + f"  max {ordered[-1] / 1000:.0f} us"
+    )
+
+
 def run(
-    count: int, seed: int, profile: bool, results_dir: Path = report.DEFAULT_OUT, plot: bool = False
+    count: int,
+    seed: int,
+    profile: bool,
+    batch: int,
+    results_dir: Path = report.DEFAULT_OUT,
+    plot: bool = False,
 ) -> int:
     started = time.perf_counter()
     commands, credits = build_commands(count, seed)
@@ -199,67 +288,28 @@ def run(
         f"{time.perf_counter() - started:.1f} s (seed {seed})",
         file=sys.stderr,
     )
-    exchange = Exchange(load_markets())
-    for credit in credits:
-        exchange.submit(credit)
     net = {asset: 0 for asset in FUNDING}
     for credit in credits:
         net[credit.asset] += credit.amount
 
-    # Everything built so far lives to the end: take it out of the collector's
-    # view, as a long-running process would, so its pauses measure the work.
-    gc.collect()
-    gc.freeze()
-    latencies = array("q", bytes(8 * len(commands)))
-    trades = canceled = cancel_missed = rejected = 0
-    submit, clock = exchange.submit, time.perf_counter_ns
     profiler = cProfile.Profile() if profile else None
-    if profiler:
-        profiler.enable()
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i, command in enumerate(commands):
-        t0 = clock()
-        out = submit(command)
-        latencies[i] = clock() - t0
-        for message in out:
-            kind = type(message)
-            if kind is Trade:
-                trades += 1
-            elif kind is Rejection:
-                cancel_missed += 1
-            elif kind is OrderState:
-                status = message.status  # type: ignore[attr-defined]
-                if status == "CANCELED":
-                    canceled += 1
-                elif status == "REJECTED":
-                    rejected += 1
-        if (i + 1) % PROGRESS_EVERY == 0:
-            elapsed = time.perf_counter() - wall
-            print(f"  {i + 1:>9,} commands  {elapsed:6.1f} s  {trades:,} trades", file=sys.stderr)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    if profiler:
-        profiler.disable()
-    gc.unfreeze()
-
-    busy_ns = sum(latencies)
-    ordered = sorted(latencies)
     print(f"commands           {len(commands):,} (seed {seed})")
-    print(f"throughput         {len(commands) / (busy_ns / 1e9):,.0f} commands/s in submit")
+    # As the dataflow feeds the core: a consumer batch in, one record per changed
+    # balance and order out.
+    batched = _funded(credits)
+    batch_latencies, batch_wall, batch_cpu, tally = _timed(batched, commands, batch, profiler)
+    _report(f"batches of {batch:,}", len(commands), batch_latencies, batch_wall, batch_cpu)
+    # One command at a time, each run to quiescence: the latency of one command.
+    exchange = _funded(credits)
+    latencies, wall, cpu, single = _timed(exchange, commands, 1, None)
+    _report("batches of 1", len(commands), latencies, wall, cpu)
+
+    print(f"trades             {single.trades:,} ({tally.trades:,} in batches)")
     print(
-        f"                   {len(commands) / wall:,.0f} commands/s wall, "
-        f"{len(commands) / cpu:,.0f} per CPU second (loop and counting included)"
+        f"cancels            {single.canceled:,} canceled, "
+        f"{single.cancel_missed:,} rejected (order not open)"
     )
-    print(
-        "latency per command "
-        + "  ".join(
-            f"p{label} {percentile(ordered, q) / 1000:.1f} us"
-            for label, q in (("50", 0.5), ("99", 0.99), ("99.9", 0.999))
-        )
-        + f"  max {ordered[-1] / 1000:.0f} us"
-    )
-    print(f"trades             {trades:,}")
-    print(f"cancels            {canceled:,} canceled, {cancel_missed:,} rejected (order not open)")
-    print(f"orders rejected    {rejected:,}")
+    print(f"orders rejected    {single.rejected:,}")
     for symbol in MARKETS:
         book = exchange.books[symbol].book
         print(
@@ -268,26 +318,30 @@ def run(
             f"best {book.best_bid()} / {book.best_ask()}"
         )
     if profiler:
-        print("\nprofile: top 25 by tottime")
+        print(f"\nprofile (batches of {batch:,}): top 25 by tottime")
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(25)
 
     checked = time.perf_counter()
-    problems = exchange_problems(exchange, net)
+    problems = exchange_problems(exchange, net) + exchange_problems(batched, net)
     print(f"invariants         {len(problems)} problems ({time.perf_counter() - checked:.1f} s)")
     for problem in problems[:20]:
         print(f"  {problem}")
+    ordered = sorted(latencies)
     results = {
         "commands": len(commands),
         "seed": seed,
-        "commands_per_s_in_submit": len(commands) / (busy_ns / 1e9),
+        "batch": batch,
+        "commands_per_s_in_submit_batched": len(commands) / (sum(batch_latencies) / 1e9),
+        "commands_per_s_cpu_batched": len(commands) / batch_cpu,
+        "commands_per_s_in_submit": len(commands) / (sum(latencies) / 1e9),
         "commands_per_s_wall": len(commands) / wall,
         "latency_us": {
             f"p{label}": percentile(ordered, q) / 1000
             for label, q in (("50", 0.5), ("99", 0.99), ("99.9", 0.999), ("100", 1.0))
         },
-        "trades": trades,
-        "canceled": canceled,
-        "rejected": rejected,
+        "trades": single.trades,
+        "canceled": single.canceled,
+        "rejected": single.rejected,
         "invariant_problems": len(problems),
     }
     report.write_json(results_dir, "bench_core", results)
@@ -328,11 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commands", type=int, default=1_000_000, help="default 1,000,000")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by tottime")
+    parser.add_argument(
+        "--batch", type=int, default=1_000, help="commands per batch, as the dataflow feeds them"
+    )
     report.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.commands <= 0:
-        parser.error("--commands must be positive")
-    return run(args.commands, args.seed, args.profile, args.out, args.plot)
+    if args.commands <= 0 or args.batch <= 0:
+        parser.error("--commands and --batch must be positive")
+    return run(args.commands, args.seed, args.profile, args.batch, args.out, args.plot)
 
 
 if __name__ == "__main__":

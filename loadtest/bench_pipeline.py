@@ -34,14 +34,13 @@ import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from crypton import codec, topics
+from crypton import schema, topics
 from crypton.broker import EmbeddedBroker
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder
 from crypton.kafka import admin as kafka_admin
 from crypton.kafka import consumer_config, producer_config
 from crypton.process import Child, free_ports, settings_env
-from crypton.routing import route
 from loadtest import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,12 +155,12 @@ class _Watcher(threading.Thread):
                 now = _now_ms()
                 topic = record.topic()
                 if topic.endswith(topics.ORDERS):
-                    state = codec.orders.decode(record.value())
+                    state = schema.ORDERS.decode(record.value())
                     self.first_state.setdefault(state.order_id, now)
                     if state.status != "NEW":
                         self.final.setdefault(state.order_id, now)
                 elif topic.endswith(topics.TRADES):
-                    trade = codec.trades.decode(record.value())
+                    trade = schema.TRADES.decode(record.value())
                     self.first_trade.setdefault(trade.taker_order_id, now)
                 else:
                     self.transfers += 1
@@ -180,12 +179,12 @@ class _Watcher(threading.Thread):
 
 
 def _produce(producer: Producer, settings: Settings, messages: list[Message]) -> None:
+    encode = schema.record_encoder(settings.topic_prefix)
     for message in messages:
-        logical, key = route(message)
-        topic = topics.topic_name(logical, settings.topic_prefix)
+        topic, key, value = encode(message)
         while True:
             try:
-                producer.produce(topic, codec.encode(message), key.encode())
+                producer.produce(topic, value, key)
                 break
             except BufferError:
                 producer.poll(0.01)

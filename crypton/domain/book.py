@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 from sortedcontainers import SortedList
 
-from crypton.domain.messages import PlaceOrder
+from crypton.domain.messages import OrderStatus, PlaceOrder
+from crypton.domain.money import fee_ceil
 
 __all__ = ["Level", "OrderBook", "RestingOrder"]
 
@@ -40,9 +41,12 @@ class RestingOrder:
         "live",
         "order_id",
         "price",
+        "reason",
         "remaining",
         "side",
         "spent",
+        "status",
+        "updated_at",
         "user_id",
         "version",
     )
@@ -63,7 +67,10 @@ class RestingOrder:
         # so that many small fills never cost more than one large one: the hold
         # reserved for the fee is then always enough.
         self.fee_num = 0
-        self.version = 1
+        self.version = 1  # NEW, from the wallet
+        self.status: OrderStatus = "NEW"
+        self.reason: str | None = None
+        self.updated_at = cmd.ts
         self.live = True
 
     def charge(self, quantity: int, value: int, bps: int) -> int:
@@ -72,7 +79,7 @@ class RestingOrder:
         self.filled_quantity += quantity
         self.filled_funds += value
         self.fee_num += value * bps
-        total = -(-self.fee_num // 10_000)
+        total = fee_ceil(self.fee_num)
         fee = total - self.fee
         self.fee = total
         return fee
@@ -104,24 +111,24 @@ class OrderBook:
         self.levels: dict[str, dict[int, Level]] = {"buy": {}, "sell": {}}
         self.prices: dict[str, SortedList] = {"buy": SortedList(), "sell": SortedList()}
         self.orders: dict[str, RestingOrder] = {}
+        # The best level of each side, kept as levels come and go: the matching loop
+        # asks for it before every fill, and indexing a SortedList runs Python code.
+        self.best: dict[str, Level | None] = {"buy": None, "sell": None}
 
     def __len__(self) -> int:
         return len(self.orders)
 
     def best_bid(self) -> int | None:
-        prices = self.prices["buy"]
-        return prices[-1] if prices else None
+        level = self.best["buy"]
+        return level.price if level else None
 
     def best_ask(self) -> int | None:
-        prices = self.prices["sell"]
-        return prices[0] if prices else None
+        level = self.best["sell"]
+        return level.price if level else None
 
     def best_level(self, side: str) -> Level | None:
         """The best level of ``side`` ("buy" = bids, "sell" = asks)."""
-        prices = self.prices[side]
-        if not prices:
-            return None
-        return self.levels[side][prices[-1] if side == "buy" else prices[0]]
+        return self.best[side]
 
     def levels_from_best(self, side: str) -> Iterator[Level]:
         prices = self.prices[side]
@@ -138,6 +145,11 @@ class OrderBook:
         if level is None:
             level = side[order.price] = Level(order.price)
             self.prices[order.side].add(order.price)
+            best = self.best[order.side]
+            if best is None or (
+                order.price > best.price if order.side == "buy" else order.price < best.price
+            ):
+                self.best[order.side] = level
         level.orders.append(order)
         level.quantity += order.remaining
         level.live += 1
@@ -171,7 +183,11 @@ class OrderBook:
         del self.orders[order.order_id]
         if level.live == 0:
             del self.levels[order.side][level.price]
-            self.prices[order.side].remove(level.price)
+            prices = self.prices[order.side]
+            prices.remove(level.price)
+            if self.best[order.side] is level:
+                price = (prices[-1] if order.side == "buy" else prices[0]) if prices else None
+                self.best[order.side] = None if price is None else self.levels[order.side][price]
 
     def depth(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Top ``levels`` of bids (best first) and asks (best first) as (price, quantity)."""

@@ -1,9 +1,13 @@
 """The whole exchange core in one process, for tests, the benchmark, the demo and the audit.
 
-Wallets and books are connected by in-memory inboxes, first in first out:
+Wallets and books are connected by one in-memory queue, first in first out:
 one valid delivery order of the many the Kafka topics allow. Each machine is
 deterministic in its own input order, which is what the dataflow guarantees
 per key, so anything true here of every command sequence is true there.
+
+``submit_batch`` runs a batch the way the dataflow does: every command, then
+everything they cause, and one state record per changed entity at the end.
+``submit`` is a batch of one.
 
 >>> from crypton.config import load_markets
 >>> from crypton.domain.messages import Credit
@@ -16,45 +20,22 @@ per key, so anything true here of every command sequence is true there.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
+from typing import Any
 
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
-from crypton.domain.messages import (
-    BalanceState,
-    BookCancel,
-    BookOrder,
-    CancelAll,
-    CancelOrder,
-    Credit,
-    Debit,
-    DepthState,
-    Message,
-    OrderState,
-    PlaceOrder,
-    Rejection,
-    Release,
-    Settle,
-    Trade,
-    TransferState,
-    WalletInbox,
-)
+from crypton.domain.messages import BookCancel, BookOrder, DepthState, Message, WalletInbox
 from crypton.domain.wallet import WalletMachine
 
 __all__ = ["Exchange"]
 
-_INTERNAL = (Settle, Release, BookOrder, BookCancel)
-_TO_BOOK = (BookOrder, BookCancel)
-# isinstance() against a msgspec Struct class goes through the metaclass's
-# __instancecheck__ and costs ~0.1 us per miss, several times per message; an
-# exact type lookup decides every message of the schema, and isinstance()
-# stays as the fallback for anything else (subclasses).
-_INTERNAL_TYPES = frozenset(_INTERNAL)
-_EXTERNAL_TYPES = frozenset((OrderState, BalanceState, Trade, TransferState, Rejection, DepthState))
-_WALLET_TYPES = frozenset((PlaceOrder, CancelOrder, CancelAll, Credit, Debit, Settle, Release))
+_TO_BOOK = frozenset((BookOrder, BookCancel))
+"""Message types keyed by market; everything else a machine sends is keyed by user."""
 
 
 class Exchange:
-    """Every wallet and every book, driven by ``submit``."""
+    """Every wallet and every book, driven by ``submit`` or ``submit_batch``."""
 
     def __init__(self, markets: Markets) -> None:
         self.markets = markets
@@ -70,30 +51,27 @@ class Exchange:
     def submit(self, command: WalletInbox) -> list[Message]:
         """Run one command to quiescence; return the state records and events it caused
         (order states, balances, trades, transfers, rejections), in emission order."""
-        queue: deque[Message] = deque((command,))
+        return self.submit_batch((command,))
+
+    def submit_batch(self, commands: Iterable[WalletInbox]) -> list[Message]:
+        """Run ``commands`` and all they cause to quiescence; return the events as they
+        happened, then the latest state of each balance and order the batch changed."""
+        queue: deque[Any] = deque(commands)
         emitted: list[Message] = []
-        books, wallets = self.books, self.wallets
-        internal, external = _INTERNAL_TYPES, _EXTERNAL_TYPES
+        touched: dict[WalletMachine | BookMachine, None] = {}
+        send, emit, pop = queue.append, emitted.append, queue.popleft
+        books, wallets, to_book = self.books, self.wallets, _TO_BOOK
         while queue:
-            msg = queue.popleft()
-            kind = type(msg)
-            if (
-                kind is BookOrder
-                or kind is BookCancel
-                or (kind not in _WALLET_TYPES and isinstance(msg, _TO_BOOK))
-            ):
-                out = books[msg.market].handle(msg)  # type: ignore[attr-defined,arg-type]
+            msg = pop()
+            machine: WalletMachine | BookMachine
+            if type(msg) in to_book:
+                machine = books[msg.market]
             else:
-                wallet = wallets.get(msg.user_id)  # type: ignore[attr-defined]
-                if wallet is None:
-                    wallet = self.wallet(msg.user_id)  # type: ignore[attr-defined]
-                out = wallet.handle(msg)  # type: ignore[arg-type]
-            for item in out:
-                kind = type(item)
-                if kind in internal or (kind not in external and isinstance(item, _INTERNAL)):
-                    queue.append(item)
-                else:
-                    emitted.append(item)
+                machine = wallets.get(msg.user_id) or self.wallet(msg.user_id)
+            touched[machine] = None
+            machine.apply(msg, send, emit)
+        for machine in touched:
+            machine.flush(emit)
         return emitted
 
     def depth(self, market: str, levels: int = 20, ts: int = 0) -> DepthState:

@@ -44,6 +44,7 @@ from crypton.domain.messages import (
     TERMINAL,
     Message,
     OrderState,
+    PlaceOrder,
     Trade,
     TransferState,
 )
@@ -77,11 +78,12 @@ _NEXT: dict[str, frozenset[str]] = {
     PARTIALLY_FILLED: frozenset({PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED}),
 }
 _NEEDS_REASON = TERMINAL - {FILLED}
-# What an order is: fixed at placement, the same in every later state.
+# What an order is: the terms it was placed with (the fields ``PlaceOrder`` and
+# ``OrderState`` share), fixed at placement and the same in every later state.
 _FIXED = (
-    "user_id", "client_order_id", "market", "side", "type", "price", "quantity", "funds",
-    "time_in_force", "post_only", "stp", "created_at",
-)  # fmt: skip
+    *(f for f in PlaceOrder.__struct_fields__ if f in OrderState.__struct_fields__ and f != "v"),
+    "created_at",
+)
 
 
 class _Exchange(Protocol):
@@ -220,6 +222,11 @@ def _side_problems(market: Market, book: OrderBook, side: str, seen: set[str]) -
     levels, prices = book.levels[side], list(book.prices[side])
     if prices != sorted(levels):
         problems.append(f"{where}: price index {prices} differs from levels {sorted(levels)}")
+    top = (prices[-1] if side == "buy" else prices[0]) if prices else None
+    best = book.best[side]
+    best_price = best.price if best is not None else None
+    if best_price != top or (best is not None and levels.get(best.price) is not best):
+        problems.append(f"{where}: best level {best_price}, best price {top}")
     for price in sorted(levels):
         level = levels[price]
         live = [o for o in level.orders if o.live]

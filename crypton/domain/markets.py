@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from crypton.domain.money import AmountError, to_text, to_units
+from crypton.domain.money import AmountError, fee_ceil, to_text, to_units
 
 __all__ = ["Asset", "Market", "MarketConfigError", "Markets", "parse_markets"]
 
@@ -34,11 +34,14 @@ class MarketConfigError(ValueError):
 class Asset(msgspec.Struct, frozen=True):
     code: str
     precision: int
+    scale: int
+    """Units per whole: ``10 ** precision`` (a field, not a property: the matching
+    loop reads it for every fill)."""
 
-    @property
-    def scale(self) -> int:
-        scale: int = 10**self.precision  # int ** int is Any to mypy (negative powers)
-        return scale
+
+def _scale(precision: int) -> int:
+    scale: int = 10**precision  # int ** int is Any to mypy (negative powers)
+    return scale
 
 
 class Market(msgspec.Struct, frozen=True):
@@ -63,7 +66,7 @@ class Market(msgspec.Struct, frozen=True):
 
     def fee(self, amount: int, bps: int) -> int:
         """A fee of ``bps`` on ``amount``, rounded up to a whole unit."""
-        return -(-amount * bps // 10_000)
+        return fee_ceil(amount * bps)
 
     def price_text(self, price: int) -> str:
         return to_text(price, self.quote.precision)
@@ -81,6 +84,10 @@ class Markets:
     def __init__(self, assets: Mapping[str, Asset], markets: Mapping[str, Market]) -> None:
         self.assets: dict[str, Asset] = dict(sorted(assets.items()))
         self.markets: dict[str, Market] = dict(sorted(markets.items()))
+        self.assets_of: dict[str, tuple[str, str]] = {
+            symbol: (m.base.code, m.quote.code) for symbol, m in self.markets.items()
+        }
+        """symbol -> (base asset code, quote asset code), for settlement."""
 
     def market(self, symbol: str) -> Market:
         """The market ``symbol``; ``KeyError`` if there is none."""
@@ -131,7 +138,7 @@ def parse_markets(data: Mapping[str, Any]) -> Markets:
             raise MarketConfigError(f"assets.{code}: decimals must be an integer")
         if not 0 <= precision <= _MAX_PRECISION:
             raise MarketConfigError(f"assets.{code}: decimals must be 0..{_MAX_PRECISION}")
-        assets[code] = Asset(code, precision)
+        assets[code] = Asset(code, precision, _scale(precision))
 
     raw_markets = data.get("markets")
     if not isinstance(raw_markets, Mapping) or not raw_markets:

@@ -11,6 +11,7 @@ that same event. Every order the book closes is reported to its wallet with a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -29,14 +30,16 @@ from crypton.domain.messages import (
     BookInbox,
     BookOrder,
     DepthState,
+    Emit,
     Message,
-    OrderState,
+    OrderStatus,
     PlaceOrder,
     Rejection,
     Release,
     Settle,
     Trade,
 )
+from crypton.domain.money import BPS, fee_ceil
 from crypton.domain.orders import order_state
 from crypton.domain.sequencing import Inbound, Outbound
 
@@ -47,7 +50,14 @@ _PLACE_FIELDS = PlaceOrder.__struct_fields__
 
 
 class BookMachine:
-    """One market: ``handle`` an inbox message, get the messages it causes."""
+    """One market: ``apply`` inbox messages, then ``flush`` the order states they changed.
+
+    Trades go to ``emit`` and the wallets' reports (``Settle``, ``Release``)
+    to ``send`` as they happen. An order's state record is built once per
+    batch by ``flush``: its last state, with ``version`` counting every change,
+    so a version names the same state however the log was batched (within one
+    message an order changes at most once, so ``handle`` shows every version).
+    """
 
     def __init__(self, market: Market) -> None:
         self.market = market
@@ -56,19 +66,37 @@ class BookMachine:
         self.trade_seq = 0
         self.inbound: Inbound[BookOrder | BookCancel] = Inbound()
         self.outbound = Outbound()
+        # Orders whose latest state is not yet emitted (by identity: a stray duplicate
+        # id must not hide the state of the order it tried to shadow).
+        self.changed: dict[RestingOrder, None] = {}
 
     def handle(self, msg: BookInbox) -> list[Message]:
+        """Apply one inbox message and flush; return everything it causes, in order."""
         out: list[Message] = []
+        self.apply(msg, out.append, out.append)
+        self.flush(out.append)
+        return out
+
+    def apply(self, msg: BookInbox, send: Emit, emit: Emit) -> None:
+        """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
+        if self.inbound.in_line(msg.src, msg.seq):
+            self.seq += 1
+            _HANDLERS[type(msg)](self, msg, send, emit)
+            return
         for due in self.inbound.accept(msg.src, msg.seq, msg):
             self.seq += 1
-            # Exact types first: isinstance() on msgspec Structs is slow (metaclass).
-            if type(due) is BookCancel:
-                self._cancel(due, out)
-            elif type(due) is BookOrder or isinstance(due, BookOrder):
-                self._take(due.order, due.hold, out)
-            else:
-                self._cancel(due, out)
-        return out
+            _HANDLERS[type(due)](self, due, send, emit)
+
+    def flush(self, emit: Emit) -> None:
+        """Emit the latest state of every order that changed since the last flush."""
+        for order in self.changed:
+            state = order_state(
+                order.cmd, order.status, order.reason, version=order.version,
+                updated_at=order.updated_at, filled_quantity=order.filled_quantity,
+                filled_funds=order.filled_funds, fee=order.fee,
+            )  # fmt: skip
+            emit(state)
+        self.changed.clear()
 
     def depth(self, levels: int, ts: int) -> DepthState:
         """The aggregated top ``levels`` of each side as of this book's ``seq``."""
@@ -77,7 +105,7 @@ class BookMachine:
 
     # --- cancel --------------------------------------------------------------------
 
-    def _cancel(self, msg: BookCancel, out: list[Message]) -> None:
+    def _cancel(self, msg: BookCancel, send: Emit, emit: Emit) -> None:
         # Check the owner before taking the order out: removing first would let a
         # cancel naming someone else's order drop it from the book with no Release,
         # leaving its funds held for ever.
@@ -85,7 +113,7 @@ class BookMachine:
         order = self.book.remove(msg.order_id) if resting and resting.user_id == msg.src else None
         if order is None:
             # Filled or expired while the cancel was on its way: say so, don't drop it.
-            out.append(
+            emit(
                 Rejection(
                     user_id=msg.src,
                     command="cancel_order",
@@ -95,12 +123,13 @@ class BookMachine:
                 )
             )
             return
-        self._close(order, CANCELED, "canceled by user", msg.ts, out)
+        self._close(order, CANCELED, "canceled by user", msg.ts, send)
 
     # --- matching ------------------------------------------------------------------
 
-    def _take(self, cmd: PlaceOrder, hold: int, out: list[Message]) -> None:
-        taker = RestingOrder(cmd, hold)
+    def _order(self, msg: BookOrder, send: Emit, emit: Emit) -> None:
+        cmd = msg.order
+        taker = RestingOrder(cmd, msg.hold)
         side = cmd.side
         opposite = "sell" if side == "buy" else "buy"
         book = self.book
@@ -108,13 +137,13 @@ class BookMachine:
             # Order ids are derived from (user, client_order_id), so this only happens
             # if something other than the wallet writes to the inbox; never let a second
             # order shadow the first, whose cancel would then find the wrong one.
-            self._close(taker, REJECTED, "duplicate order id", cmd.ts, out)
+            self._close(taker, REJECTED, "duplicate order id", cmd.ts, send)
             return
         if cmd.post_only and self._crosses(side, cmd.price):
-            self._close(taker, REJECTED, "post-only order would take liquidity", cmd.ts, out)
+            self._close(taker, REJECTED, "post-only order would take liquidity", cmd.ts, send)
             return
         if cmd.time_in_force == "FOK" and not self._fills_in_full(taker, opposite):
-            self._close(taker, EXPIRED, "FOK: not enough liquidity to fill in full", cmd.ts, out)
+            self._close(taker, EXPIRED, "FOK: not enough liquidity to fill in full", cmd.ts, send)
             return
         by_funds = cmd.quantity is None  # a market buy spending funds
         reason: str | None = None
@@ -133,7 +162,7 @@ class BookMachine:
             if maker.user_id == taker.user_id:
                 if cmd.stp != "expire_taker":
                     book.remove(maker.order_id)
-                    self._close(maker, EXPIRED, STP_REASON, cmd.ts, out)
+                    self._close(maker, EXPIRED, STP_REASON, cmd.ts, send)
                 if cmd.stp != "expire_maker":
                     reason = STP_REASON
                     break
@@ -146,26 +175,22 @@ class BookMachine:
                     break
             else:
                 quantity = min(taker.remaining, maker.remaining)
-            self._trade(taker, maker, level, quantity, cmd.ts, out)
+            self._trade(taker, maker, level, quantity, cmd.ts, send, emit)
 
         if by_funds:
-            status = FILLED if taker.filled_quantity and reason is None else EXPIRED
-            self._close(taker, status, None if status == FILLED else reason, cmd.ts, out)
+            status: OrderStatus = FILLED if taker.filled_quantity and reason is None else EXPIRED
+            self._close(taker, status, None if status == FILLED else reason, cmd.ts, send)
         elif taker.remaining == 0:
-            self._close(taker, FILLED, None, cmd.ts, out)
+            self._close(taker, FILLED, None, cmd.ts, send)
         elif reason == STP_REASON or cmd.type == "market":
-            self._close(taker, EXPIRED, reason or "no more liquidity", cmd.ts, out)
+            self._close(taker, EXPIRED, reason or "no more liquidity", cmd.ts, send)
         elif cmd.time_in_force != "GTC":
             self._close(
-                taker, EXPIRED, f"{cmd.time_in_force}: unfilled remainder expired", cmd.ts, out
+                taker, EXPIRED, f"{cmd.time_in_force}: unfilled remainder expired", cmd.ts, send
             )
         else:
             book.rest(taker)
-            out.append(
-                self._state(
-                    taker, PARTIALLY_FILLED if taker.filled_quantity else OPEN, None, cmd.ts
-                )
-            )
+            self._state(taker, PARTIALLY_FILLED if taker.filled_quantity else OPEN, None, cmd.ts)
 
     def _crosses(self, side: str, price: int | None) -> bool:
         if side == "buy":
@@ -200,13 +225,13 @@ class BookMachine:
         market = self.market
         budget = taker.hold - taker.spent
         bps = market.taker_fee_bps
-        # value + ceil((fee_num + value * bps) / 10_000) - fee <= budget, solved for value
-        value = ((budget + taker.fee) * 10_000 - taker.fee_num) // (10_000 + bps)
+        # value + ceil((fee_num + value * bps) / BPS) - fee <= budget, solved for value
+        value = ((budget + taker.fee) * BPS - taker.fee_num) // (BPS + bps)
         quantity = min(value * market.base.scale // price, most)
         quantity -= quantity % market.step
         while quantity > 0:
             value = market.notional(price, quantity)
-            fee = -(-(taker.fee_num + value * bps) // 10_000) - taker.fee
+            fee = fee_ceil(taker.fee_num + value * bps) - taker.fee
             if value + fee <= budget:
                 break
             quantity -= market.step
@@ -219,7 +244,8 @@ class BookMachine:
         level: Level,
         quantity: int,
         ts: int,
-        out: list[Message],
+        send: Emit,
+        emit: Emit,
     ) -> None:
         market = self.market
         price = level.price
@@ -234,67 +260,63 @@ class BookMachine:
                 buyer_release = market.notional(taker.price, quantity) - value
                 taker.spent += buyer_release
         self.trade_seq += 1
-        trade = Trade(
-            market=market.symbol,
-            seq=self.trade_seq,
-            price=price,
-            quantity=quantity,
-            notional=value,
-            taker_side=taker.side,
-            maker_order_id=maker.order_id,
-            taker_order_id=taker.order_id,
-            maker_user_id=maker.user_id,
-            taker_user_id=taker.user_id,
-            maker_fee=maker_fee,
-            taker_fee=taker_fee,
-            buyer_release=buyer_release,
-            time=ts,
+        trade = Trade(  # positional, in field order: a third of the cost of keywords
+            market.symbol,
+            self.trade_seq,
+            price,
+            quantity,
+            value,  # notional
+            taker.side,
+            maker.order_id,
+            taker.order_id,
+            maker.user_id,
+            taker.user_id,
+            maker_fee,
+            taker_fee,
+            buyer_release,
+            ts,  # time
         )
-        out.append(trade)
-        out.append(self._deliver_trade(maker.user_id, trade))
-        out.append(self._deliver_trade(taker.user_id, trade))
+        emit(trade)
+        # Both wallets, and the fee account if there are fees, settle from this trade.
+        # Settle is (user_id, src, seq, trade), built positionally on this hot path.
+        symbol, next_seq = market.symbol, self.outbound.next
+        send(Settle(maker.user_id, symbol, next_seq(maker.user_id), trade))
+        send(Settle(taker.user_id, symbol, next_seq(taker.user_id), trade))
         if maker_fee or taker_fee:
-            out.append(self._deliver_trade(FEE_ACCOUNT, trade))
+            send(Settle(FEE_ACCOUNT, symbol, next_seq(FEE_ACCOUNT), trade))
         if maker.remaining == 0:
-            self._close(maker, FILLED, None, ts, out)
+            self._close(maker, FILLED, None, ts, send)
         else:
-            out.append(self._state(maker, PARTIALLY_FILLED, None, ts))
-
-    def _deliver_trade(self, user_id: str, trade: Trade) -> Settle:
-        return Settle(
-            user_id=user_id,
-            src=self.market.symbol,
-            seq=self.outbound.next(user_id),
-            trade=trade,
-        )
+            self._state(maker, PARTIALLY_FILLED, None, ts)
 
     def _close(
         self,
         order: RestingOrder,
-        status: Any,
+        status: OrderStatus,
         reason: str | None,
         ts: int,
-        out: list[Message],
+        send: Emit,
     ) -> None:
-        """Report an order's final state and tell its wallet to release what is left."""
-        out.append(self._state(order, status, reason, ts))
-        out.append(
-            Release(
-                user_id=order.user_id,
-                src=self.market.symbol,
-                seq=self.outbound.next(order.user_id),
-                order_id=order.order_id,
-                status=status,
-                ts=ts,
+        """Close an order and tell its wallet to release what is left of the hold."""
+        self._state(order, status, reason, ts)
+        send(
+            Release(  # (user_id, src, seq, order_id, status, ts)
+                order.user_id,
+                self.market.symbol,
+                self.outbound.next(order.user_id),
+                order.order_id,
+                status,
+                ts,
             )
         )
 
-    def _state(self, order: RestingOrder, status: Any, reason: str | None, ts: int) -> OrderState:
+    def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
+        """A new state of ``order``, published at the next ``flush``."""
         order.version += 1
-        return order_state(
-            order.cmd, status, reason, version=order.version, updated_at=ts,
-            filled_quantity=order.filled_quantity, filled_funds=order.filled_funds, fee=order.fee,
-        )  # fmt: skip
+        order.status = status
+        order.reason = reason
+        order.updated_at = ts
+        self.changed[order] = None
 
     # --- recovery ------------------------------------------------------------------
 
@@ -339,5 +361,13 @@ class BookMachine:
             order.remaining, order.spent = remaining, spent
             order.filled_quantity, order.filled_funds = filled_q, filled_f
             order.fee, order.fee_num, order.version = fee, fee_num, version
+            order.status = PARTIALLY_FILLED if filled_q else OPEN  # all a resting order can be
             machine.book.rest(order)
         return machine
+
+
+_Handler = Callable[[BookMachine, Any, Emit, Emit], None]
+_HANDLERS: dict[type[Message], _Handler] = {
+    BookOrder: BookMachine._order,
+    BookCancel: BookMachine._cancel,
+}

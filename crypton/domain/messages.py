@@ -15,6 +15,7 @@ at-least-once delivery effectively-once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Literal
 
 import msgspec
@@ -39,6 +40,7 @@ __all__ = [
     "DeadLetter",
     "Debit",
     "DepthState",
+    "Emit",
     "Message",
     "OrderState",
     "PlaceOrder",
@@ -77,6 +79,10 @@ class Message(msgspec.Struct, tag_field="msg", kw_only=True, gc=False):
     """Base of every message: the tag names the type, ``v`` the schema version."""
 
     v: int = SCHEMA_VERSION
+
+
+Emit = Callable[[Message], None]
+"""Where a state machine puts a message it causes: a list's or a queue's ``append``."""
 
 
 # --- Commands, written by the API to the wallet inbox (key: user_id) -----------------
@@ -139,7 +145,7 @@ class Debit(Message, tag="debit", kw_only=True):
 # --- The book's reports to the wallets (key: user_id) ---------------------------------
 
 
-class Trade(Message, tag="trade", kw_only=True):
+class Trade(Message, tag="trade"):
     """One execution, at the maker's price. Emitted once by the book; both wallets
     (and the fee account) settle from this same event."""
 
@@ -161,7 +167,7 @@ class Trade(Message, tag="trade", kw_only=True):
     time: int
 
 
-class Settle(Message, tag="settle", kw_only=True):
+class Settle(Message, tag="settle"):
     """Deliver a trade to one of the wallets it concerns."""
 
     user_id: str
@@ -170,7 +176,7 @@ class Settle(Message, tag="settle", kw_only=True):
     trade: Trade
 
 
-class Release(Message, tag="release", kw_only=True):
+class Release(Message, tag="release"):
     """The order is closed in the book: release whatever is still held for it."""
 
     user_id: str
@@ -187,7 +193,7 @@ WalletInbox = PlaceOrder | CancelOrder | CancelAll | Credit | Debit | Settle | R
 # --- The wallet's requests to the books (key: market) ---------------------------------
 
 
-class BookOrder(Message, tag="book_order", kw_only=True):
+class BookOrder(Message, tag="book_order"):
     """An order whose funds are held, for the book to match or rest."""
 
     market: str
@@ -197,7 +203,7 @@ class BookOrder(Message, tag="book_order", kw_only=True):
     hold: int
 
 
-class BookCancel(Message, tag="book_cancel", kw_only=True):
+class BookCancel(Message, tag="book_cancel"):
     market: str
     src: str
     seq: int
@@ -211,8 +217,13 @@ BookInbox = BookOrder | BookCancel
 # --- State topics: upserts by key with a version --------------------------------------
 
 
-class OrderState(Message, tag="order", kw_only=True):
-    """The latest state of an order (key: order_id). Readers keep the highest version."""
+class OrderState(Message, tag="order"):
+    """The latest state of an order (key: order_id). Readers keep the highest version.
+
+    Fields with defaults come last so the dataflow can build it positionally:
+    by keyword, msgspec matches each of the twenty names in turn, which made
+    this record the costliest object of the hot path.
+    """
 
     order_id: str
     user_id: str
@@ -227,14 +238,14 @@ class OrderState(Message, tag="order", kw_only=True):
     post_only: bool
     stp: SelfTradePrevention
     status: OrderStatus
+    created_at: int
+    updated_at: int
+    version: int
     reason: str | None = None
     filled_quantity: int = 0
     filled_funds: int = 0
     """Quote notional of the fills, fees excluded."""
     fee: int = 0
-    created_at: int
-    updated_at: int
-    version: int
 
 
 class Balance(msgspec.Struct, array_like=True, gc=False):
@@ -242,7 +253,7 @@ class Balance(msgspec.Struct, array_like=True, gc=False):
     held: int = 0
 
 
-class BalanceState(Message, tag="balances", kw_only=True):
+class BalanceState(Message, tag="balances"):
     """All balances of a user (key: user_id), versioned by the wallet's change counter."""
 
     user_id: str

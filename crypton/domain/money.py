@@ -13,8 +13,9 @@ smallest unit (satoshi for BTC); it leaves the same way.
 from __future__ import annotations
 
 import re
+from typing import Final
 
-__all__ = ["AmountError", "notional", "to_text", "to_units"]
+__all__ = ["BPS", "AmountError", "fee_ceil", "to_text", "to_units"]
 
 # Plain decimal notation only: no exponents, signs other than a leading minus,
 # underscores, spaces or "NaN"/"inf", which Python's Decimal would accept. ASCII
@@ -87,13 +88,17 @@ def to_text(units: int, precision: int) -> str:
     return f"{sign}{whole}.{digits}"
 
 
-def notional(price: int, quantity: int, base_scale: int) -> int:
-    """Quote units paid for ``quantity`` base units at ``price`` quote units per whole base.
+BPS: Final = 10_000
+"""Basis points in a whole: fee rates are integers of basis points."""
 
-    Markets are validated so that tick times step is a whole quote unit,
-    which makes this division exact for every valid price and quantity.
 
-    >>> notional(50_000_000000, 1000, 10**8)  # 0.00001 BTC at 50,000 USDT
-    500000
+def fee_ceil(amount_bps: int) -> int:
+    """Whole units of a fee given as amount times basis points, rounded up: a fee
+    is never rounded in the payer's favour.
+
+    >>> fee_ceil(500_000 * 20)  # 20 bps of 0.5 USDT (500,000 units)
+    1000
+    >>> fee_ceil(1)
+    1
     """
-    return price * quantity // base_scale
+    return -(-amount_bps // BPS)

@@ -17,6 +17,8 @@ parked until the gap fills, so nothing is applied out of order or lost.
 []
 >>> inbox.accept("BTC-USDT", 2, "b")
 ['b', 'c']
+>>> inbox.in_line("BTC-USDT", 4), inbox.in_line("BTC-USDT", 4)
+(True, False)
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ class Inbound(Generic[M]):
     ) -> None:
         self.applied: dict[str, int] = applied if applied is not None else {}
         self.parked: dict[str, dict[int, M]] = parked if parked is not None else {}
+
+    def in_line(self, src: str, seq: int) -> bool:
+        """Whether ``seq`` is next from ``src`` with nothing parked: then it is taken as
+        applied, and the caller applies the message at once (no list, no copy). When
+        it is not, the caller hands the message to ``accept``."""
+        if self.parked or seq != self.applied.get(src, 0) + 1:
+            return False
+        self.applied[src] = seq
+        return True
 
     def accept(self, src: str, seq: int, message: M) -> list[M]:
         """The messages now due, in order: none for a replay, several when a gap fills."""

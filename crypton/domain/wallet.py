@@ -17,7 +17,9 @@ never on the cancel request itself, so a cancel can never release twice.
 
 from __future__ import annotations
 
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Literal
 
 from crypton.domain.markets import Markets
 from crypton.domain.messages import (
@@ -32,6 +34,7 @@ from crypton.domain.messages import (
     CancelOrder,
     Credit,
     Debit,
+    Emit,
     Message,
     OrderState,
     PlaceOrder,
@@ -65,16 +68,27 @@ class _Hold:
 
 
 class WalletMachine:
-    """One user's wallet: ``handle`` a message, get the messages it causes."""
+    """One user's wallet: ``apply`` messages, then ``flush`` the state they changed.
+
+    ``apply`` hands messages for the books to ``send`` and events (order
+    placed or rejected, transfer outcomes, rejected cancels) to ``emit`` as
+    they happen. The balances record is the user's whole state, so it is
+    built once per batch: ``flush`` emits it if anything changed since the
+    last flush, with ``version`` counting every change (not every record), so
+    the same version always names the same balances however the log was
+    batched. ``handle`` is ``apply`` and ``flush`` for one message.
+    """
 
     def __init__(self, user_id: str, markets: Markets) -> None:
         self.user_id = user_id
         self.markets = markets
-        self.balances: dict[str, list[int]] = {}  # asset -> [available, held]
+        # asset -> [available, held]; a new asset starts at [0, 0]
+        self.balances: defaultdict[str, list[int]] = defaultdict(_zero_row)
         self.holds: dict[str, _Hold] = {}  # open order id -> what it holds
         self.orders_seen: dict[str, None] = {}  # every order id ever placed (dedupe)
         self.transfers_seen: dict[str, None] = {}
-        self.version = 0
+        self.version = 0  # balance changes so far
+        self.changed_at: int | None = None  # time of the last change not yet flushed
         self.inbound: Inbound[Settle | Release] = Inbound()
         self.outbound = Outbound()
 
@@ -88,94 +102,117 @@ class WalletMachine:
     # --- the machine ---------------------------------------------------------------
 
     def handle(self, msg: WalletInbox) -> list[Message]:
-        """Apply one inbox message; return what it causes, in a fixed order."""
-        # Exact type tests first: isinstance() on msgspec Structs is slow (metaclass).
-        if type(msg) is PlaceOrder:
-            return self._place(msg)
-        if type(msg) is Settle or type(msg) is Release or isinstance(msg, Settle | Release):
-            out: list[Message] = []
-            for due in self.inbound.accept(msg.src, msg.seq, msg):
-                if type(due) is Settle or (type(due) is not Release and isinstance(due, Settle)):
-                    self._settle(due.trade)
-                    out.append(self._balances(due.trade.time))
-                elif self._release(due.order_id):
-                    out.append(self._balances(due.ts))
-            return out
-        if isinstance(msg, PlaceOrder):
-            return self._place(msg)
-        if isinstance(msg, CancelOrder):
-            return self._cancel(msg)
-        if isinstance(msg, CancelAll):
-            return [
-                self._book_cancel(hold.market, order_id, msg.ts)
-                for order_id, hold in list(self.holds.items())
-                if msg.market is None or hold.market == msg.market
-            ]
-        return self._transfer(msg)
+        """Apply one inbox message and flush; return everything it causes, in order.
 
-    def _row(self, asset: str) -> list[int]:
-        row = self.balances.get(asset)
-        if row is None:
-            row = self.balances[asset] = [0, 0]
-        return row
+        >>> from crypton.config import load_markets
+        >>> w = WalletMachine("bob", load_markets())
+        >>> [type(m).__name__ for m in w.handle(
+        ...     Credit(user_id="bob", asset="BTC", amount=5, transfer_id="t", ts=0))]
+        ['TransferState', 'BalanceState']
+        """
+        out: list[Message] = []
+        self.apply(msg, out.append, out.append)
+        self.flush(out.append)
+        return out
 
-    def _balances(self, ts: int) -> BalanceState:
-        self.version += 1
-        return BalanceState(
-            user_id=self.user_id,
-            version=self.version,
-            balances={a: Balance(row[0], row[1]) for a, row in self.balances.items()},
-            ts=ts,
+    def apply(self, msg: WalletInbox, send: Emit, emit: Emit) -> None:
+        """Apply one inbox message: requests to the books go to ``send``, events to ``emit``."""
+        _HANDLERS[type(msg)](self, msg, send, emit)
+
+    def flush(self, emit: Emit) -> None:
+        """Emit the balances record if they changed since the last flush."""
+        ts = self.changed_at
+        if ts is None:
+            return
+        self.changed_at = None
+        emit(
+            BalanceState(  # (user_id, version, balances, ts)
+                self.user_id,
+                self.version,
+                {a: Balance(row[0], row[1]) for a, row in self.balances.items()},
+                ts,
+            )
         )
 
-    def _place(self, cmd: PlaceOrder) -> list[Message]:
+    def _changed(self, ts: int) -> None:
+        self.version += 1
+        self.changed_at = ts
+
+    def _on_settle(self, msg: Settle, send: Emit, emit: Emit) -> None:
+        if self.inbound.in_line(msg.src, msg.seq):
+            trade = msg.trade
+            self._settle(trade)
+            self.version += 1
+            self.changed_at = trade.time
+        else:
+            self._catch_up(msg)
+
+    def _on_release(self, msg: Release, send: Emit, emit: Emit) -> None:
+        if self.inbound.in_line(msg.src, msg.seq):
+            if self._release(msg.order_id):
+                self.version += 1
+                self.changed_at = msg.ts
+        else:
+            self._catch_up(msg)
+
+    def _catch_up(self, msg: Settle | Release) -> None:
+        """A report out of line: apply whatever is now due, in sequence order."""
+        for due in self.inbound.accept(msg.src, msg.seq, msg):
+            if type(due) is Settle:
+                self._settle(due.trade)
+                self._changed(due.trade.time)
+            elif self._release(due.order_id):  # type: ignore[union-attr]
+                self._changed(due.ts)  # type: ignore[union-attr]
+
+    def _place(self, cmd: PlaceOrder, send: Emit, emit: Emit) -> None:
         if cmd.order_id in self.orders_seen:
-            return []  # a retry of an order we already have: the original stands
+            return  # a retry of an order we already have: the original stands
         self.orders_seen[cmd.order_id] = None
         if self.user_id.startswith("_"):
             # Reserved accounts never trade: the fee account settles a trade by
             # collecting its fees only, so an order of its own would create or
             # destroy funds when it fills.
-            return [_order_state(cmd, REJECTED, "reserved account")]
-        market = self.markets.get(cmd.market)
+            emit(_order_state(cmd, REJECTED, "reserved account"))
+            return
+        market = self.markets.markets.get(cmd.market)
         if market is None:
-            return [_order_state(cmd, REJECTED, f"unknown market {cmd.market}")]
+            emit(_order_state(cmd, REJECTED, f"unknown market {cmd.market}"))
+            return
         problem = order_problem(market, cmd)
         if problem:
-            return [_order_state(cmd, REJECTED, problem)]
+            emit(_order_state(cmd, REJECTED, problem))
+            return
         asset, amount = hold_for(market, cmd)
-        row = self._row(asset)
+        row = self.balances[asset]
         if row[0] < amount:
             precision = self.markets.asset(asset).precision
-            return [
+            emit(
                 _order_state(
                     cmd,
                     REJECTED,
                     f"insufficient {asset}: available {to_text(row[0], precision)}, "
                     f"needed {to_text(amount, precision)}",
                 )
-            ]
+            )
+            return
         row[0] -= amount
         row[1] += amount
         self.holds[cmd.order_id] = _Hold(cmd.market, asset, amount)
-        return [
-            _order_state(cmd, NEW, None),
-            self._balances(cmd.ts),
-            BookOrder(
-                market=cmd.market,
-                src=self.user_id,
-                seq=self.outbound.next(cmd.market),
-                order=cmd,
-                hold=amount,
-            ),
-        ]
+        self.version += 1
+        self.changed_at = cmd.ts
+        emit(order_state(cmd, NEW, None, version=1, updated_at=cmd.ts))
+        send(
+            # (market, src, seq, order, hold): positional, as every message of the hot path
+            BookOrder(cmd.market, self.user_id, self.outbound.next(cmd.market), cmd, amount)
+        )
 
-    def _cancel(self, cmd: CancelOrder) -> list[Message]:
+    def _cancel(self, cmd: CancelOrder, send: Emit, emit: Emit) -> None:
         hold = self.holds.get(cmd.order_id)
         if hold is not None:
-            return [self._book_cancel(hold.market, cmd.order_id, cmd.ts)]
+            send(self._book_cancel(hold.market, cmd.order_id, cmd.ts))
+            return
         reason = "order is not open" if cmd.order_id in self.orders_seen else "unknown order"
-        return [
+        emit(
             Rejection(
                 user_id=self.user_id,
                 command="cancel_order",
@@ -183,7 +220,12 @@ class WalletMachine:
                 reason=reason,
                 ts=cmd.ts,
             )
-        ]
+        )
+
+    def _cancel_all(self, cmd: CancelAll, send: Emit, emit: Emit) -> None:
+        for order_id, hold in list(self.holds.items()):
+            if cmd.market is None or hold.market == cmd.market:
+                send(self._book_cancel(hold.market, order_id, cmd.ts))
 
     def _book_cancel(self, market: str, order_id: str, ts: int) -> BookCancel:
         return BookCancel(
@@ -194,12 +236,19 @@ class WalletMachine:
             ts=ts,
         )
 
-    def _transfer(self, cmd: Credit | Debit) -> list[Message]:
+    def _credit(self, cmd: Credit, send: Emit, emit: Emit) -> None:
+        self._transfer(cmd, "credit", emit)
+
+    def _debit(self, cmd: Debit, send: Emit, emit: Emit) -> None:
+        self._transfer(cmd, "debit", emit)
+
+    def _transfer(
+        self, cmd: Credit | Debit, direction: Literal["credit", "debit"], emit: Emit
+    ) -> None:
         key = cmd.transfer_id
         if key in self.transfers_seen:
-            return []
+            return
         self.transfers_seen[key] = None
-        direction: Any = "credit" if isinstance(cmd, Credit) else "debit"
         reason: str | None = None
         if self.user_id.startswith("_") and self.user_id != FEE_ACCOUNT:
             reason = "reserved account"
@@ -208,8 +257,8 @@ class WalletMachine:
         elif not 0 < cmd.amount <= MAX_UNITS:
             reason = "amount must be positive"
         else:
-            row = self._row(cmd.asset)
-            if isinstance(cmd, Credit):
+            row = self.balances[cmd.asset]
+            if direction == "credit":
                 if row[0] + row[1] + cmd.amount > MAX_UNITS:
                     reason = "balance would exceed the largest amount"
                 else:
@@ -222,48 +271,49 @@ class WalletMachine:
                 )
             else:
                 row[0] -= cmd.amount
-        state = TransferState(
-            user_id=self.user_id,
-            transfer_id=key,
-            direction=direction,
-            asset=cmd.asset,
-            amount=cmd.amount,
-            status="REJECTED" if reason else "ACCEPTED",
-            reason=reason,
-            ts=cmd.ts,
+        if reason is None:
+            self._changed(cmd.ts)
+        emit(
+            TransferState(
+                user_id=self.user_id,
+                transfer_id=key,
+                direction=direction,
+                asset=cmd.asset,
+                amount=cmd.amount,
+                status="REJECTED" if reason else "ACCEPTED",
+                reason=reason,
+                ts=cmd.ts,
+            )
         )
-        return [state] if reason else [state, self._balances(cmd.ts)]
 
     def _settle(self, trade: Trade) -> None:
-        market = self.markets.market(trade.market)
-        base, quote = market.base.code, market.quote.code
-        if self.user_id == FEE_ACCOUNT:
-            self._row(quote)[0] += trade.maker_fee + trade.taker_fee
+        base, quote = self.markets.assets_of[trade.market]
+        user_id = self.user_id
+        if user_id == FEE_ACCOUNT:
+            self.balances[quote][0] += trade.maker_fee + trade.taker_fee
             return
-        if self.user_id == trade.taker_user_id:
-            side, order_id, fee = trade.taker_side, trade.taker_order_id, trade.taker_fee
-        elif self.user_id == trade.maker_user_id:
-            side = "sell" if trade.taker_side == "buy" else "buy"
-            order_id, fee = trade.maker_order_id, trade.maker_fee
+        if user_id == trade.taker_user_id:
+            buying, order_id, fee = trade.taker_side == "buy", trade.taker_order_id, trade.taker_fee
+        elif user_id == trade.maker_user_id:
+            buying, order_id, fee = trade.taker_side != "buy", trade.maker_order_id, trade.maker_fee
         else:
-            raise InvariantBreach(f"trade {trade.market}#{trade.seq} is not {self.user_id}'s")
+            raise InvariantBreach(f"trade {trade.market}#{trade.seq} is not {user_id}'s")
         hold = self.holds.get(order_id)
         if hold is None:
             raise InvariantBreach(f"trade {trade.market}#{trade.seq}: order {order_id} not open")
-        if side == "buy":
+        if buying:
             # Pay value and fee from the hold; hand back price improvement at once.
             spent = trade.notional + fee
             release = trade.buyer_release if order_id == trade.taker_order_id else 0
             self._take_hold(hold, quote, spent + release)
-            quote_row = self._row(quote)
-            quote_row[0] += release
-            self._row(base)[0] += trade.quantity
+            self.balances[quote][0] += release
+            self.balances[base][0] += trade.quantity
         else:
             self._take_hold(hold, base, trade.quantity)
-            self._row(quote)[0] += trade.notional - fee
+            self.balances[quote][0] += trade.notional - fee
 
     def _take_hold(self, hold: _Hold, asset: str, amount: int) -> None:
-        row = self._row(asset)
+        row = self.balances[asset]
         if hold.asset != asset or amount > hold.amount or amount > row[1]:
             raise InvariantBreach(
                 f"{self.user_id}: settling {amount} {asset} exceeds the hold of {hold.amount}"
@@ -276,7 +326,7 @@ class WalletMachine:
         hold = self.holds.pop(order_id, None)
         if hold is None:
             raise InvariantBreach(f"{self.user_id}: release of {order_id}, which holds nothing")
-        row = self._row(hold.asset)
+        row = self.balances[hold.asset]
         row[1] -= hold.amount
         row[0] += hold.amount
         return hold.amount
@@ -300,7 +350,7 @@ class WalletMachine:
     def restore(cls, snapshot: tuple[Any, ...], markets: Markets) -> WalletMachine:
         user_id, balances, holds, orders, transfers, version, inbound, sent = snapshot
         wallet = cls(user_id, markets)
-        wallet.balances = {asset: [a, h] for asset, (a, h) in balances.items()}
+        wallet.balances.update((asset, [a, h]) for asset, (a, h) in balances.items())
         wallet.holds = {oid: _Hold(*spec) for oid, spec in holds.items()}
         wallet.orders_seen = dict.fromkeys(orders)
         wallet.transfers_seen = dict.fromkeys(transfers)
@@ -311,6 +361,22 @@ class WalletMachine:
         return wallet
 
 
+_Handler = Callable[[WalletMachine, Any, Emit, Emit], None]
+_HANDLERS: dict[type[Message], _Handler] = {
+    PlaceOrder: WalletMachine._place,
+    CancelOrder: WalletMachine._cancel,
+    CancelAll: WalletMachine._cancel_all,
+    Credit: WalletMachine._credit,
+    Debit: WalletMachine._debit,
+    Settle: WalletMachine._on_settle,
+    Release: WalletMachine._on_release,
+}
+
+
+def _zero_row() -> list[int]:
+    return [0, 0]
+
+
 def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
-    """The wallet's only order records: version 1, NEW or REJECTED."""
+    """The wallet's order records: version 1, NEW or REJECTED."""
     return order_state(cmd, status, reason, version=1, updated_at=cmd.ts)

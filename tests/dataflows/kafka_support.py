@@ -10,15 +10,14 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from crypton import codec, topics
+from crypton import schema, topics
 from crypton.audit import AuditReport, audit
 from crypton.config import Settings
 from crypton.domain.messages import Credit, Debit, Message, PlaceOrder
-from crypton.domain.views import View
 from crypton.kafka import producer_config
 from crypton.logreader import read_topics
 from crypton.process import Child
-from crypton.routing import route
+from crypton.views import View
 
 _STATE = (
     topics.ORDERS,
@@ -38,11 +37,10 @@ def produce(
     """Write commands where the API would: the wallet inbox, keyed by user."""
     own = producer is None
     producer = producer or Producer(producer_config(settings))
+    encode = schema.record_encoder(settings.topic_prefix)
     for message in messages:
-        logical, key = route(message)
-        producer.produce(
-            topics.topic_name(logical, settings.topic_prefix), codec.encode(message), key.encode()
-        )
+        topic, key, value = encode(message)
+        producer.produce(topic, value, key)
         producer.poll(0)
     if own:
         assert producer.flush(30) == 0
@@ -87,7 +85,7 @@ def state_view(settings: Settings) -> View:
     view = View()
     names = {topics.topic_name(t, settings.topic_prefix): t for t in _STATE}
     for record in read_topics(settings, list(names)):
-        view.apply(codec.BY_TOPIC[names[record.topic]].decode(record.value or b""))
+        view.apply(schema.BY_LOGICAL[names[record.topic]].decode(record.value or b""))
     return view
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from crypton import codec, topics
+from crypton import schema, topics
 from crypton.domain.markets import Markets
 from crypton.domain.messages import Message
 from dataflows.exchange import build_flow
@@ -46,7 +46,7 @@ class Loop:
     def send(self, *commands: Message | bytes) -> None:
         """Append commands (or raw bytes, decoded as the Kafka source would) to the wallet inbox."""
         self.wallet_log.extend(
-            codec.wallet_inbox.decode(c) if isinstance(c, bytes) else c for c in commands
+            schema.WALLET_INBOX.decode(c) if isinstance(c, bytes) else c for c in commands
         )
 
     def run(self, max_rounds: int = 50) -> None:
@@ -81,7 +81,7 @@ class Loop:
         records = [record for _part_key, batch in out for record in batch]
         for topic, _key, value in records:
             logical = topic.removeprefix("crypton.")
-            message = codec.BY_TOPIC[logical].decode(value)
+            message = schema.BY_LOGICAL[logical].decode(value)
             if logical == topics.WALLET_INBOX:
                 self.wallet_log.append(message)
                 more = True

@@ -15,10 +15,10 @@ from confluent_kafka import Producer
 
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Message
-from crypton.domain.views import View
 from crypton.kafka import producer_config
 from crypton.process import Child
 from crypton.topics import ensure_topics
+from crypton.views import View
 from tests.dataflows.kafka_support import (
     produce,
     start_dataflow,

@@ -17,7 +17,7 @@ from crypton.domain.messages import (
     Message,
     PlaceOrder,
 )
-from crypton.domain.views import View
+from crypton.views import View
 from tests.dataflows.loop import Loop
 from tests.dataflows.scenarios import funding, trading
 

@@ -47,3 +47,7 @@ def test_book_snapshot_survives_packing() -> None:
     assert restored.snapshot() == book.snapshot()
     assert restored.book.depth(5) == book.book.depth(5)
     assert restored.inbound.gaps == 1
+    assert {oid: o.status for oid, o in restored.book.orders.items()} == {
+        oid: o.status for oid, o in book.book.orders.items()
+    }
+    assert restored.book.best_bid() == book.book.best_bid() == 49_500 * 10**6

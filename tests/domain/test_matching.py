@@ -455,7 +455,7 @@ def test_a_second_order_with_a_resting_order_id_is_rejected_and_released() -> No
 
     machine.handle(book_order("a", 1, 40_000 * 10**6))
     out = machine.handle(book_order("b", 1, 41_000 * 10**6))
-    (state, release) = out
+    (release, state) = out
     assert state.status == "REJECTED" and state.reason == "duplicate order id"  # type: ignore[attr-defined]
     assert isinstance(release, Release) and release.user_id == "b"
     assert machine.book.orders["same"].user_id == "a"

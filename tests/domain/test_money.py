@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crypton.domain.money import MAX_UNITS, AmountError, notional, to_text, to_units
+from crypton.domain.money import MAX_UNITS, AmountError, fee_ceil, to_text, to_units
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,7 @@ def test_to_text_round_trips(units: int, precision: int) -> None:
     assert to_units(to_text(units, precision), precision) == units
 
 
-def test_notional_is_exact() -> None:
-    assert notional(50_000_000000, 1000, 10**8) == 500000
-    assert notional(12_345_670000, 3_0000, 10**8) == 3_703_701
+def test_fees_round_up_to_a_whole_unit() -> None:
+    assert fee_ceil(0) == 0
+    assert fee_ceil(10_000) == 1
+    assert fee_ceil(10_001) == 2

@@ -1,0 +1,89 @@
+"""The log schema: every message has one topic, a key, a codec and a fold rule."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from crypton import schema
+from crypton.domain.messages import (
+    BalanceState,
+    Credit,
+    Message,
+    OrderState,
+    Rejection,
+    Trade,
+    TransferState,
+)
+from crypton.views import View
+
+TRADE = Trade("BTC-USDT", 1, 5, 1, 5, "buy", "m", "t", "a", "b", 0, 0, 0, 0)
+BALANCES = BalanceState("alice", 2, {}, 0)
+
+
+def _tagged(root: type) -> set[type]:
+    found: set[type] = set()
+    for sub in root.__subclasses__():
+        if sub.__struct_config__.tag is not None:  # type: ignore[attr-defined]
+            found.add(sub)
+        found |= _tagged(sub)
+    return found
+
+
+def test_every_message_type_belongs_to_exactly_one_topic() -> None:
+    declared = [kind for spec in schema.SPECS for kind in spec.types]
+    assert len(declared) == len(set(declared))
+    assert _tagged(Message) <= set(declared)
+
+
+def test_topic_names_are_unique_and_prefixed() -> None:
+    names = [spec.name("dev.") for spec in schema.SPECS]
+    assert len(set(names)) == len(names)
+    assert all(name.startswith("dev.crypton.") for name in names)
+
+
+@pytest.mark.parametrize(
+    ("message", "topic", "key"),
+    [
+        (Credit(user_id="u", asset="BTC", amount=1, transfer_id="t", ts=0), "wallet.inbox", "u"),
+        (TRADE, "trades", "BTC-USDT"),
+        (BALANCES, "balances", "alice"),
+        (
+            TransferState(user_id="u", transfer_id="t", direction="credit", asset="BTC",
+                          amount=1, status="ACCEPTED", ts=0),
+            "transfers",
+            "u/t",
+        ),
+    ],
+)  # fmt: skip
+def test_the_record_encoder_writes_where_the_spec_says(
+    message: msgspec.Struct, topic: str, key: str
+) -> None:
+    encode = schema.record_encoder("p.")
+    name, raw_key, value = encode(message)  # type: ignore[arg-type]
+    spec = schema.spec_of(message)
+    assert (spec.logical, name, raw_key) == (topic, f"p.crypton.{topic}", key.encode())
+    assert spec.decode(value) == message
+
+
+def test_fold_rules() -> None:
+    upsert, first = schema.BALANCES.fold, schema.TRADES.fold
+    assert upsert is not None and first is not None
+    newer = msgspec.structs.replace(BALANCES, version=3)
+    assert upsert.accepts(None, BALANCES) and upsert.accepts(BALANCES, newer)
+    assert not upsert.accepts(newer, BALANCES) and not upsert.accepts(BALANCES, BALANCES)
+    assert first.accepts(None, TRADE) and not first.accepts(TRADE, TRADE)
+    assert isinstance(schema.REJECTIONS.fold, schema.Append)
+    assert schema.WALLET_INBOX.fold is None  # commands are not state
+
+
+def test_the_view_folds_by_the_rules() -> None:
+    view = View()
+    assert view.apply(BALANCES) and not view.apply(BALANCES)
+    assert view.apply(TRADE) and not view.apply(TRADE)
+    rejection = Rejection(user_id="u", command="cancel_order", ref="o", reason="r", ts=0)
+    assert view.apply(rejection) and view.apply(rejection)
+    assert view.rejections == [rejection, rejection]
+    assert not view.apply(Credit(user_id="u", asset="BTC", amount=1, transfer_id="t", ts=0))
+    assert view.balances == {"alice": BALANCES} and view.orders == {}
+    assert OrderState in schema.ORDERS.types
