@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import re
 import signal
 import socket
@@ -219,36 +220,46 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
     return env
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> int:
+def free_ports(count: int = 1, host: str = "127.0.0.1") -> int:
     """The first of ``count`` consecutive free TCP ports (a Kafka node needs two).
+
+    Picked below the kernel's ephemeral range: a port from that range can be taken
+    by any outgoing connection between the pick and the server's bind.
 
     >>> base = free_ports(3)
     >>> 1024 < base < 65533
     True
     """
-    for _ in range(200):
-        base = free_port(host)
-        if base + count > 65535:
-            continue
-        taken = False
-        for port in range(base + 1, base + count):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    taken = True
-                    break
-        if not taken:
+    low, _ = _ephemeral_range()
+    top = max(low, 20000 + count)
+    for _ in range(500):
+        base = random.randrange(15000, top - count)
+        if all(_bindable(host, port) for port in range(base, base + count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now, outside the ephemeral range."""
+    return free_ports(1, host)
 
 
 def wait_for_port(
