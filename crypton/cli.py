@@ -227,7 +227,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         say(f"Crypton is up. API {url} (docs at {url}/schema/swagger)")
         say(f"  Kafka:        {settings.bootstrap_servers}")
         say(f"  data dir:     {data_dir}")
-        say(f"  admin token:  {token}")
+        # Never the token itself: this output ends up in logs and CI output.
+        env_token = os.environ.get("CRYPTON_ADMIN_TOKEN")
+        say(f"  admin token:  {'$CRYPTON_ADMIN_TOKEN' if env_token else data_dir / 'admin-token'}")
         for process in processes:
             say(f"  {process.name + ' log:':14}{process.log_path}")
         say("Ctrl-C stops everything")
