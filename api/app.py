@@ -20,6 +20,7 @@ from crypton.config import Settings
 from ._config import ApiConfig
 from ._context import Context
 from ._hub import Hub
+from ._paths import StrictPathMiddleware
 from ._producer import CommandLog
 from .auth import BEARER
 from .errors import EXCEPTION_HANDLERS
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[metrics_middleware(metrics)],
+        middleware=[metrics_middleware(metrics), StrictPathMiddleware],
         state=State({"ctx": ctx}),
         openapi_config=OpenAPIConfig(
             title="Crypton",

@@ -124,9 +124,16 @@ async def cancel_order(
 async def cancel_all(
     ctx: Context,
     user: str,
-    market: Annotated[str | None, Parameter(description="Only this market")] = None,
+    market: Annotated[str | None, Parameter(description="Cancel in this market only")] = None,
+    everything: Annotated[
+        bool, Parameter(query="all", description="Cancel in every market (instead of `market`)")
+    ] = False,
 ) -> schemas.CancelAllResult:
-    """Cancel every open order of the caller (in one market, or all)."""
+    """Cancel every open order of the caller in one market (``market``) or in all of them
+    (``all=true``). One of the two is required: a request naming neither is a client bug
+    (an empty order id, say), never "cancel everything"."""
+    if (market is None) == (not everything):
+        raise invalid("market", "give either market=<market> or all=true, not both or neither")
     if market is not None:
         market_of(ctx, market)
     with ctx.readmodel.read() as model:
