@@ -58,6 +58,8 @@ _DESCRIPTIONS = {
     401: "Missing or wrong credentials",
     404: "Not found (or not yours)",
     409: "Conflict with the current state",
+    413: "The body is larger than this route accepts",
+    415: "The body is not sent as application/json",
     503: "The broker or the read model is not available; retry with the same ids",
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
+import msgspec
 from litestar import Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
@@ -14,6 +15,7 @@ from crypton.domain.money import to_text
 from crypton.users import UserIdError, UserState, check_user_id, hash_key, new_api_key, new_user_id
 
 from .. import schemas
+from .._body import strict_json
 from .._context import Context
 from ..auth import ADMIN_GUARDS, PUBLIC, SECURITY
 from ..errors import ApiError, error_responses, invalid, not_found, unavailable
@@ -22,13 +24,26 @@ from ..validation import check_transfer
 ADMIN_ROUTE: Final[dict[str, Any]] = {
     "dependencies": PUBLIC, "guards": ADMIN_GUARDS, "security": SECURITY, "tags": ["admin"],
 }  # fmt: skip
+MAX_BODY_BYTES: Final = 1024
+"""A user or a transfer is a few hundred bytes of JSON."""
+
+
+def _with_body(kind: type[msgspec.Struct], *, optional: bool = False) -> dict[str, Any]:
+    """``ADMIN_ROUTE`` for a route with a body: the admin token is checked before it is read."""
+    return {
+        **ADMIN_ROUTE,
+        "guards": [*ADMIN_GUARDS, strict_json(kind, optional=optional)],
+        "request_max_body_size": MAX_BODY_BYTES,
+    }
+
+
 Wait = Annotated[
     bool, Parameter(description="Wait (at most 5 s) for the wallet's decision before answering")
 ]
 
 
-@post("/v1/admin/users", **ADMIN_ROUTE, status_code=201,
-      responses=error_responses(400, 401, 409, 503))  # fmt: skip
+@post("/v1/admin/users", **_with_body(schemas.NewUser, optional=True), status_code=201,
+      responses=error_responses(400, 401, 409, 413, 415, 503))  # fmt: skip
 async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> schemas.UserCreated:
     """Create a user and its API key. The key is in this response only: the log keeps
     its SHA-256."""
@@ -76,12 +91,12 @@ async def user_balances(ctx: Context, user_id: str) -> dict[str, schemas.Balance
 
 _TRANSFER_RESPONSES = {
     200: ResponseSpec(schemas.TransferView, description="Decided (repeat, or ?wait=true)"),
-    **error_responses(400, 401, 404, 409, 503),
+    **error_responses(400, 401, 404, 409, 413, 415, 503),
 }
 
 
-@post("/v1/admin/users/{user_id:str}/credit", **ADMIN_ROUTE, status_code=202,
-      responses=_TRANSFER_RESPONSES)  # fmt: skip
+@post("/v1/admin/users/{user_id:str}/credit", **_with_body(schemas.TransferRequest),
+      status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def credit(
     ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
 ) -> Response[schemas.TransferView]:
@@ -89,8 +104,8 @@ async def credit(
     return await _transfer(ctx, user_id, "credit", data, wait)
 
 
-@post("/v1/admin/users/{user_id:str}/debit", **ADMIN_ROUTE, status_code=202,
-      responses=_TRANSFER_RESPONSES)  # fmt: skip
+@post("/v1/admin/users/{user_id:str}/debit", **_with_body(schemas.TransferRequest),
+      status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def debit(
     ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
 ) -> Response[schemas.TransferView]:

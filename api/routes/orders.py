@@ -8,7 +8,7 @@ so a client can read its own write.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from litestar import Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
@@ -18,8 +18,9 @@ from crypton import codec, topics
 from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
 
 from .. import schemas
+from .._body import strict_json
 from .._context import Context
-from ..auth import SECURITY, USER
+from ..auth import SECURITY, USER, user_guard
 from ..errors import ApiError, error_responses, invalid, not_found
 from ..validation import check_order, new_client_order_id
 from .markets import market_of
@@ -27,6 +28,8 @@ from .markets import market_of
 Wait = Annotated[
     bool, Parameter(description="Wait (at most 5 s) for the order's state before answering")
 ]
+MAX_ORDER_BYTES: Final = 2048
+"""An order is under 1 KB of JSON; twice that leaves room for whitespace."""
 _ORDER_CURSOR = re.compile(r"(\d{1,19})\.([A-Za-z0-9-]{1,64})")
 
 
@@ -48,11 +51,12 @@ def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
 
 @post(
     "/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
+    guards=[user_guard, strict_json(schemas.NewOrder)], request_max_body_size=MAX_ORDER_BYTES,
     responses={
         200: ResponseSpec(
             schemas.OrderView, description="Known order (repeated client_order_id, or ?wait=true)"
         ),
-        **error_responses(400, 401, 503),
+        **error_responses(400, 401, 413, 415, 503),
     },
 )  # fmt: skip
 async def place_order(

@@ -179,7 +179,10 @@ def test_invalid_orders_never_reach_kafka(
         response = alice.client.post("/v1/orders", json=body)
         assert response.status_code == 400, body
         assert response.json()["code"] == "invalid_request" and response.json()["message"]
-    assert alice.client.post("/v1/orders", content=b"{not json").status_code == 400
+    not_json = alice.client.post(
+        "/v1/orders", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 400
     assert read_wallet_inbox(settings, expect=1, timeout=1.0) == []
 
 
