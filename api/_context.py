@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from crypton.config import Settings
 from crypton.domain.markets import Markets
 
+from ._claims import Claims
 from ._config import ApiConfig
 from ._hub import Hub
 from ._producer import CommandLog
@@ -24,6 +25,7 @@ class Context:
     readmodel: LiveReadModel
     hub: Hub
     commands: CommandLog
+    claims: Claims = field(default_factory=Claims)
     precisions: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from crypton.users import UserIdError, UserState, check_user_id, hash_key, new_a
 
 from .. import schemas
 from .._body import strict_json
+from .._claims import transfer_terms
 from .._context import Context
 from ..auth import ADMIN_GUARDS, PUBLIC, SECURITY
 from ..errors import ApiError, error_responses, invalid, not_found, unavailable
@@ -118,7 +119,7 @@ async def _transfer(
     ctx: Context, user_id: str, direction: str, body: schemas.TransferRequest, wait: bool
 ) -> Response[schemas.TransferView]:
     command = check_transfer(ctx.markets, user_id, direction, body, ctx.now_ms())
-    precision = ctx.precisions[command.asset]
+    terms = transfer_terms(command)
     if not ctx.readmodel.ready.is_set():
         raise unavailable("the API is still reading the log; retry shortly")
 
@@ -126,29 +127,40 @@ async def _transfer(
         with ctx.readmodel.read() as model:
             return model.transfers.get((user_id, body.transfer_id))
 
+    def answer(state: TransferState) -> Response[schemas.TransferView]:
+        # Never another transfer's outcome: the first transfer in the log with this id
+        # is the one the wallet decided, whatever this request asked for.
+        if transfer_terms(state) != terms:
+            raise _conflict(body.transfer_id)
+        return Response(schemas.from_transfer(state, ctx.precisions[state.asset]), status_code=200)
+
     with ctx.readmodel.read() as model:
         if user_id != FEE_ACCOUNT and user_id not in model.users:
             raise not_found("user", user_id)
     known = decided()
     if known is not None:
-        if (known.direction, known.asset, known.amount) != (
-            direction,
-            command.asset,
-            command.amount,
-        ):
-            raise ApiError(
-                409, "transfer_conflict",
-                f"transfer_id {body.transfer_id!r} was used for a different transfer",
-            )  # fmt: skip
-        return Response(schemas.from_transfer(known, precision), status_code=200)
+        return answer(known)
+    claim = ("transfer", user_id, body.transfer_id)
+    if not ctx.claims.claim(claim, terms):
+        raise _conflict(body.transfer_id)
     topic = topics.topic_name(topics.WALLET_INBOX, ctx.settings.topic_prefix)
-    await ctx.commands.append(topic, user_id, codec.encode(command), direction)
+    try:
+        await ctx.commands.append(topic, user_id, codec.encode(command), direction)
+    except ApiError:
+        ctx.claims.release(claim, terms)
+        raise
     if wait:
         key = ("transfer", f"{user_id}/{body.transfer_id}")
         final = await ctx.hub.wait_for(key, decided, ctx.config.wait_timeout_s)
         if final is not None:
-            return Response(schemas.from_transfer(final, precision), status_code=200)
-    return Response(_pending(command, precision), status_code=202)
+            return answer(final)
+    return Response(_pending(command, ctx.precisions[command.asset]), status_code=202)
+
+
+def _conflict(transfer_id: str) -> ApiError:
+    return ApiError(
+        409, "transfer_conflict", f"transfer_id {transfer_id!r} was used for a different transfer"
+    )
 
 
 def _pending(command: Credit | Debit, precision: int) -> schemas.TransferView:

@@ -19,6 +19,7 @@ from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
 
 from .. import schemas
 from .._body import strict_json
+from .._claims import order_terms
 from .._context import Context
 from ..auth import SECURITY, USER, user_guard
 from ..errors import ApiError, error_responses, invalid, not_found
@@ -56,21 +57,38 @@ def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
         200: ResponseSpec(
             schemas.OrderView, description="Known order (repeated client_order_id, or ?wait=true)"
         ),
-        **error_responses(400, 401, 413, 415, 503),
+        **error_responses(400, 401, 409, 413, 415, 503),
     },
 )  # fmt: skip
 async def place_order(
     ctx: Context, user: str, data: schemas.NewOrder, wait: Wait = False
 ) -> Response[schemas.OrderView]:
     """Place an order. The order id is derived from (user, client_order_id), so a retry
-    with the same client_order_id names the same order and never places a second one."""
+    with the same client_order_id names the same order and never places a second one.
+    Reusing a client_order_id with other terms is a 409 ``order_conflict``."""
     client_order_id = data.client_order_id or new_client_order_id()
+    command = check_order(ctx.markets, user, data, client_order_id, ctx.now_ms())
+    terms = order_terms(command)
+
+    def answer(state: OrderState) -> Response[schemas.OrderView]:
+        # Only the first order in the log with this client_order_id exists: never answer
+        # with another request's terms as if they had been accepted.
+        if order_terms(state) != terms:
+            raise _conflict(client_order_id)
+        return Response(_view(ctx, state), status_code=200)
+
     with ctx.readmodel.read() as model:
         known = model.order_by_client_id(user, client_order_id)
     if known is not None:
-        return Response(_view(ctx, known), status_code=200)
-    command = check_order(ctx.markets, user, data, client_order_id, ctx.now_ms())
-    await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "place_order")
+        return answer(known)
+    claim = ("order", user, client_order_id)
+    if not ctx.claims.claim(claim, terms):
+        raise _conflict(client_order_id)
+    try:
+        await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "place_order")
+    except ApiError:
+        ctx.claims.release(claim, terms)
+        raise
     if wait:
 
         def placed() -> OrderState | None:
@@ -81,9 +99,16 @@ async def place_order(
             ("order", command.order_id), placed, ctx.config.wait_timeout_s
         )
         if state is not None:
-            return Response(_view(ctx, state), status_code=200)
+            return answer(state)
     market = ctx.markets.market(command.market)
     return Response(schemas.from_order(market, command), status_code=202)
+
+
+def _conflict(client_order_id: str) -> ApiError:
+    return ApiError(
+        409, "order_conflict",
+        f"client_order_id {client_order_id!r} was used for an order with other terms",
+    )  # fmt: skip
 
 
 @get("/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],

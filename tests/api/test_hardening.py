@@ -3,16 +3,18 @@ Real broker, real uvicorn on loopback; every loop is bounded."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
+import httpx
 import msgspec
 import pytest
 
 from crypton import topics
 from crypton.config import Settings
-from crypton.domain.messages import CancelAll
+from crypton.domain.messages import CancelAll, Credit, PlaceOrder, TransferState
 
-from .records import order_state
+from .records import order_state, state_of
 from .support import (
     ADMIN_TOKEN,
     ApiServer,
@@ -64,6 +66,7 @@ ORDER = {
 }
 JSON = {"content-type": "application/json"}
 CREDIT = "/v1/admin/users/alice/credit"
+DEBIT = "/v1/admin/users/alice/debit"
 
 
 def test_deep_nesting_is_a_400_after_authentication_and_bodies_are_capped(
@@ -133,3 +136,87 @@ def test_lenient_bodies_are_refused_with_the_reason(
         == 202
     )
     assert admin.post("/v1/admin/users").status_code == 201  # the body is optional there
+
+
+def _in_thread(call: Callable[[], httpx.Response]) -> Callable[[], httpx.Response]:
+    """Run ``call`` now in a thread; the returned function joins it and gives the answer."""
+    out: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: out.append(call()))
+    thread.start()
+
+    def join() -> httpx.Response:
+        thread.join(20)
+        return out[0]
+
+    return join
+
+
+def test_a_reused_transfer_id_never_confirms_another_transfer(
+    settings: Settings, admin_client: httpx.Client, new_user: Callable[..., ApiUser],
+    state_writer: StateWriter,
+) -> None:  # fmt: skip
+    new_user("alice")
+    # Another replica's USDT credit wins the race; this BTC credit waits for the outcome.
+    btc = {"asset": "BTC", "amount": "2", "transfer_id": "t-race"}
+    waiting = _in_thread(lambda: admin_client.post(CREDIT, params={"wait": "true"}, json=btc))
+    [(_, command)] = read_wallet_inbox(settings, expect=1)
+    assert isinstance(command, Credit) and command.asset == "BTC"
+    state_writer.send(
+        topics.TRANSFERS, "alice/t-race",
+        TransferState(
+            user_id="alice", transfer_id="t-race", direction="credit", asset="USDT",
+            amount=1_000_000, status="ACCEPTED", ts=1,
+        ),
+    )  # fmt: skip
+    state_writer.flush()
+    response = waiting()
+    assert (response.status_code, response.json()["code"]) == (409, "transfer_conflict")
+    usdt = {"asset": "USDT", "amount": "1", "transfer_id": "t-race"}
+    decided = admin_client.post(CREDIT, json=usdt)
+    assert decided.status_code == 200
+    assert (decided.json()["asset"], decided.json()["amount"]) == ("USDT", "1")
+    # On one replica the second request is refused before it is written.
+    first = admin_client.post(CREDIT, json={**usdt, "transfer_id": "t-2"})
+    assert first.status_code == 202
+    for path, body in [
+        (CREDIT, {**btc, "transfer_id": "t-2"}),
+        (DEBIT, {**usdt, "transfer_id": "t-2"}),
+    ]:
+        response = admin_client.post(path, json=body)
+        assert (response.status_code, response.json()["code"]) == (409, "transfer_conflict")
+    assert admin_client.post(CREDIT, json={**usdt, "transfer_id": "t-2"}).status_code == 202
+    assert len(read_wallet_inbox(settings, expect=4, timeout=2.0)) == 3  # not the 409s
+
+
+def test_a_reused_client_order_id_with_other_terms_is_a_conflict(
+    settings: Settings, new_user: Callable[..., ApiUser], state_writer: StateWriter
+) -> None:
+    alice = new_user("alice")
+    bodies = [{**ORDER, "price": str(50000 + i), "client_order_id": "c-par"} for i in range(10)]
+    answers = [_in_thread(lambda b=b: alice.client.post("/v1/orders", json=b)) for b in bodies]
+    responses = [join() for join in answers]
+    assert sorted(r.status_code for r in responses) == [202] + [409] * 9
+    [accepted] = [r.json() for r in responses if r.status_code == 202]
+    [(_, command)] = read_wallet_inbox(settings, expect=2, timeout=2.0)
+    assert isinstance(command, PlaceOrder) and command.price is not None
+    assert accepted["price"] == str(command.price // 1_000_000)  # the terms that were written
+    # Once decided: the same terms answer the order, other terms a 409.
+    state_writer.send(topics.ORDERS, command.order_id, state_of(command))
+    state_writer.flush()
+    same = {**ORDER, "price": accepted["price"], "client_order_id": "c-par"}
+    wait_for(lambda: alice.client.get(f"/v1/orders/{command.order_id}").status_code == 200)
+    assert alice.client.post("/v1/orders", json=same).status_code == 200
+    other = alice.client.post("/v1/orders", json={**same, "quantity": "0.002"})
+    assert (other.status_code, other.json()["code"]) == (409, "order_conflict")
+    # Another replica's request won the race while this one waited.
+    body = {**ORDER, "client_order_id": "c-w"}
+    waiting = _in_thread(
+        lambda: alice.client.post("/v1/orders", params={"wait": "true"}, json=body)
+    )
+    [_, (_, mine)] = read_wallet_inbox(settings, expect=2)
+    assert isinstance(mine, PlaceOrder) and mine.client_order_id == "c-w"
+    state_writer.send(topics.ORDERS, mine.order_id, state_of(mine, price=1))
+    state_writer.flush()
+    response = waiting()
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "order_conflict"
