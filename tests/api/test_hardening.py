@@ -23,6 +23,7 @@ from .support import (
     read_wallet_inbox,
     wait_for,
 )
+from .test_sse import stream
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +221,23 @@ def test_a_reused_client_order_id_with_other_terms_is_a_conflict(
     response = waiting()
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "order_conflict"
+
+
+def test_a_made_up_last_event_id_gets_a_resync_and_is_never_echoed(
+    api_server: ApiServer, new_user: Callable[..., ApiUser]
+) -> None:
+    alice = new_user("alice")
+    long_cursor = ",".join(f"o{p}=1" for p in range(1500))  # ~10 KB, partitions not there
+    cases = [
+        ("/v1/stream/me", alice.api_key, long_cursor),
+        ("/v1/stream/me", alice.api_key, "o999=5"),
+        ("/v1/stream/me", alice.api_key, "o0=1,o0=2"),
+        ("/v1/stream/me", alice.api_key, "not a cursor"),
+        ("/v1/stream/markets/BTC-USDT", None, "x" * 3000),
+        ("/v1/stream/markets/BTC-USDT", None, "1:2,3"),
+    ]
+    for path, key, last_id in cases:
+        with stream(api_server, path, key, last_id) as events:
+            event = events.next()
+            assert event.event == "resync", (path, last_id[:40], event)
+            assert event.id == "" and last_id not in event.data
