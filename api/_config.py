@@ -33,6 +33,10 @@ class ApiConfig:
     """Idle SSE streams get a comment line this often, so proxies keep them open."""
     sse_queue: int = 1000
     """Events buffered per SSE client before it is told to resync and dropped."""
+    sse_streams_per_user: int = 8
+    """Open ``/v1/stream/me`` streams per user (all its API keys together); more is a 429."""
+    header_timeout_s: float = 10.0
+    """A connection that has not sent a complete request head within this is closed."""
 
     @classmethod
     def from_env(cls) -> ApiConfig:
@@ -42,4 +46,6 @@ class ApiConfig:
             wait_timeout_s=_positive("CRYPTON_API_WAIT_TIMEOUT", 5.0),
             heartbeat_s=_positive("CRYPTON_SSE_HEARTBEAT", 15.0),
             sse_queue=int(_positive("CRYPTON_SSE_QUEUE", 1000)),
+            sse_streams_per_user=int(_positive("CRYPTON_SSE_STREAMS_PER_USER", 8)),
+            header_timeout_s=_positive("CRYPTON_API_HEADER_TIMEOUT", 10.0),
         )

@@ -33,6 +33,7 @@ from crypton.domain.markets import Market
 from . import schemas
 from ._context import Context
 from ._hub import Subscriber
+from .errors import too_many_streams
 from .readmodel import Change
 
 _MARKET_CURSOR = re.compile(r"(\d{1,19}):(\d{1,19})")
@@ -181,6 +182,10 @@ async def user_stream(
     ctx: Context, user_id: str, last_event_id: str | None
 ) -> AsyncIterator[ServerSentEventMessage]:
     if ctx.hub.closed:
+        return
+    if len(ctx.hub.users.get(user_id, ())) >= ctx.config.sse_streams_per_user:
+        # Streams opened together all passed the route's check before any started.
+        yield _resync(too_many_streams(ctx.config.sse_streams_per_user).body.message, "")
         return
     sub = Subscriber(ctx.config.sse_queue)
     ctx.hub.users[user_id].add(sub)

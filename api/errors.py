@@ -49,6 +49,10 @@ def not_found(what: str, name: str) -> ApiError:
     return ApiError(404, f"{what}_not_found", f"{what.replace('_', ' ')} {name!r} not found")
 
 
+def too_many_streams(limit: int) -> ApiError:
+    return ApiError(429, "too_many_streams", f"at most {limit} open streams per user; close one")
+
+
 def unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message)
 
@@ -60,6 +64,7 @@ _DESCRIPTIONS = {
     409: "Conflict with the current state",
     413: "The body is larger than this route accepts",
     415: "The body is not sent as application/json",
+    429: "Too many open streams",
     503: "The broker or the read model is not available; retry with the same ids",
 }
 

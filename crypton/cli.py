@@ -86,6 +86,7 @@ def api_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     """``python -m uvicorn api.app:create_app --factory --host H --port P [extra]``."""
     return [
         sys.executable, "-m", "uvicorn", API_FACTORY, "--factory",
+        "--http", "api._server:HeaderTimeoutH11Protocol",  # bounds the time to send headers
         "--host", settings.api_host, "--port", str(settings.api_port),
         # The app closes its streams on shutdown; this bounds it should a client linger.
         "--timeout-graceful-shutdown", "3", *extra,

@@ -68,7 +68,8 @@ def test_process_command_lines(tmp_path: Path) -> None:
     ]  # fmt: skip
     api = cli.api_command(settings)
     assert api[1:] == [
-        "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8123",
+        "-m", "uvicorn", "api.app:create_app", "--factory",
+        "--http", "api._server:HeaderTimeoutH11Protocol", "--host", "0.0.0.0", "--port", "8123",
         "--timeout-graceful-shutdown", "3",
     ]  # fmt: skip
 

@@ -3,8 +3,12 @@ Real broker, real uvicorn on loopback; every loop is bounded."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -20,7 +24,9 @@ from .support import (
     ApiServer,
     ApiUser,
     StateWriter,
+    create_user,
     read_wallet_inbox,
+    start_api,
     wait_for,
 )
 from .test_sse import stream
@@ -241,3 +247,47 @@ def test_a_made_up_last_event_id_gets_a_resync_and_is_never_echoed(
             event = events.next()
             assert event.event == "resync", (path, last_id[:40], event)
             assert event.id == "" and last_id not in event.data
+
+
+def test_streams_per_user_are_capped(settings: Settings, tmp_path: Path) -> None:
+    server = start_api(settings, tmp_path, env={"CRYPTON_SSE_STREAMS_PER_USER": "2"})
+    try:
+        with server.client(ADMIN_TOKEN) as admin:
+            alice = create_user(admin, "alice")
+        with contextlib.ExitStack() as streams:
+            for _ in range(2):
+                events = streams.enter_context(stream(server, "/v1/stream/me", alice.api_key))
+                assert events.next().event == "live"
+            with alice.client.stream("GET", "/v1/stream/me") as third:
+                assert third.status_code == 429
+                assert msgspec.json.decode(third.read())["code"] == "too_many_streams"
+
+        # Closed streams free their places (the server notices at its next heartbeat).
+        def reopened() -> bool:
+            with alice.client.stream("GET", "/v1/stream/me") as response:
+                return response.status_code == 200
+
+        wait_for(reopened, timeout=10)
+        alice.client.close()
+    finally:
+        server.stop()
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    server = start_api(settings, tmp_path, env={"CRYPTON_API_HEADER_TIMEOUT": "1"})
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        assert host == "127.0.0.1"
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            started = time.monotonic()
+            assert slow.recv(1024) == b""  # closed by the server, well before our timeout
+            assert time.monotonic() - started < 5
+        with socket.create_connection((host, int(port)), timeout=10) as idle:
+            assert idle.recv(1024) == b""  # nothing sent at all
+        with server.client() as client:  # a normal request is not affected
+            assert client.get("/health").status_code == 200
+    finally:
+        server.stop()
