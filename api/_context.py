@@ -25,6 +25,8 @@ class Context:
     readmodel: LiveReadModel
     hub: Hub
     commands: CommandLog
+    secret: bytes
+    """Keys the order ids; the same on every replica (``_config.api_secret``)."""
     claims: Claims = field(default_factory=Claims)
     precisions: dict[str, int] = field(init=False)
 

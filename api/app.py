@@ -17,7 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from crypton.config import Settings
 
-from ._config import ApiConfig
+from ._config import ApiConfig, api_secret
 from ._context import Context
 from ._hub import Hub
 from ._paths import StrictPathMiddleware
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         readmodel=readmodel,
         hub=hub,
         commands=CommandLog(settings, metrics, config.produce_timeout_s),
+        secret=api_secret(config, settings.data_dir),
     )
     if config.admin_token is None:
         log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")

@@ -67,7 +67,7 @@ async def place_order(
     with the same client_order_id names the same order and never places a second one.
     Reusing a client_order_id with other terms is a 409 ``order_conflict``."""
     client_order_id = data.client_order_id or new_client_order_id()
-    command = check_order(ctx.markets, user, data, client_order_id, ctx.now_ms())
+    command = check_order(ctx.markets, user, data, client_order_id, ctx.now_ms(), ctx.secret)
     terms = order_terms(command)
 
     def answer(state: OrderState) -> Response[schemas.OrderView]:

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import httpx
 import msgspec
 import pytest
 
+from api.validation import order_id_for
 from crypton import topics
 from crypton.config import Settings
 from crypton.domain.messages import CancelAll, Credit, PlaceOrder, TransferState
@@ -289,5 +291,41 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(
             assert idle.recv(1024) == b""  # nothing sent at all
         with server.client() as client:  # a normal request is not affected
             assert client.get("/health").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_order_ids_do_not_reveal_who_placed_the_order(
+    api_server: ApiServer, settings: Settings, new_user: Callable[..., ApiUser]
+) -> None:
+    alice = new_user("alice")
+    placed = alice.client.post("/v1/orders", json={**ORDER, "client_order_id": "c-1"})
+    assert placed.status_code == 202
+    order_id = placed.json()["order_id"]
+    # Anyone could compute the unkeyed id from a guessable client order id.
+    namespace = uuid.UUID("5b0f3a52-51c1-4d55-9d8e-0c7a3e6b1f00")
+    assert order_id != str(uuid.uuid5(namespace, "alice\x00c-1"))
+    secret_file = settings.data_dir / "api-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert order_id == order_id_for(secret_file.read_text().strip().encode(), "alice", "c-1")
+    # /ready is public: it says ready, not how many users and orders there are.
+    with api_server.client() as anonymous:
+        ready = anonymous.get("/ready").json()
+    assert ready["status"] == "ready"
+    assert not {"users", "orders"} & set(ready.get("detail") or {})
+
+
+def test_replicas_share_the_secret_from_the_environment(settings: Settings, tmp_path: Path) -> None:
+    env = {"CRYPTON_API_SECRET": "a-secret-shared-by-all-replicas"}
+    server = start_api(settings, tmp_path, env=env)
+    try:
+        with server.client(ADMIN_TOKEN) as admin:
+            alice = create_user(admin, "alice")
+        placed = alice.client.post("/v1/orders", json={**ORDER, "client_order_id": "c-1"})
+        alice.client.close()
+        assert placed.json()["order_id"] == order_id_for(
+            env["CRYPTON_API_SECRET"].encode(), "alice", "c-1"
+        )
+        assert not (settings.data_dir / "api-secret").exists()
     finally:
         server.stop()
