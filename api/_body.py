@@ -141,7 +141,7 @@ def strict_json(kind: type[msgspec.Struct], *, optional: bool = False) -> Guard:
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         request = cast(Request[Any, Any, Any], connection)  # guards of HTTP routes get it
         body = await request.body()  # at most the route's request_max_body_size
-        if optional and not body.strip():
+        if optional and body.strip() in (b"", b"null"):
             return
         check_content_type(connection.headers.get("content-type"))
         decode_strict(body, kind)

@@ -20,6 +20,7 @@ from crypton.config import Settings
 from ._config import ApiConfig, api_secret
 from ._context import Context
 from ._hub import Hub
+from ._openapi import options_handlers, refine_schema
 from ._paths import StrictPathMiddleware
 from ._producer import CommandLog
 from .auth import BEARER
@@ -92,8 +93,9 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         await asyncio.to_thread(readmodel.stop)
         await asyncio.to_thread(ctx.commands.close)
 
-    return Litestar(
-        route_handlers=ROUTES,
+    app = Litestar(
+        # The OPTIONS handlers first: each path then has one before Litestar makes its own.
+        route_handlers=[*options_handlers(ROUTES), *ROUTES],
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -116,3 +118,5 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
             ),
         ),
     )
+    refine_schema(app, ROUTES, ctx.markets)
+    return app

@@ -32,6 +32,16 @@ Wait = Annotated[
 MAX_ORDER_BYTES: Final = 2048
 """An order is under 1 KB of JSON; twice that leaves room for whitespace."""
 _ORDER_CURSOR = re.compile(r"(\d{1,19})\.([A-Za-z0-9-]{1,64})")
+OrderId = Annotated[
+    str, Parameter(pattern=r"^[A-Za-z0-9-]{1,64}$", description="The order_id of an order")
+]
+Cursor = Annotated[
+    str | None,
+    Parameter(
+        pattern=r"^[0-9]{1,19}\.[A-Za-z0-9-]{1,64}$",
+        description="next_cursor of the previous page",
+    ),
+]
 
 
 def _inbox(ctx: Context) -> str:
@@ -113,7 +123,7 @@ def _conflict(client_order_id: str) -> ApiError:
 
 @get("/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
      responses=error_responses(401, 404))  # fmt: skip
-async def get_order(ctx: Context, user: str, order_id: str) -> schemas.OrderView:
+async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.OrderView:
     return _view(ctx, _own_order(ctx, user, order_id))
 
 
@@ -126,7 +136,7 @@ async def get_order(ctx: Context, user: str, order_id: str) -> schemas.OrderView
     },
 )  # fmt: skip
 async def cancel_order(
-    ctx: Context, user: str, order_id: str, wait: Wait = False
+    ctx: Context, user: str, order_id: OrderId, wait: Wait = False
 ) -> Response[schemas.OrderView]:
     """Request a cancel. An order that is already closed (filled, canceled, expired,
     rejected) answers 409 ``order_closed``; its state is at GET /v1/orders/{order_id}."""
@@ -181,7 +191,7 @@ async def list_orders(
     status: Literal["open", "all"] = "all",
     market: str | None = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+    cursor: Cursor = None,
 ) -> schemas.OrderPage:
     """The caller's orders, newest first."""
     if market is not None:
