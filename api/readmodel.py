@@ -215,7 +215,7 @@ class LiveReadModel:
                     continue
                 try:
                     record = decode(value)
-                except codec.DecodeError as exc:
+                except codec.DECODE_ERRORS as exc:
                     self.metrics.decode_errors.labels(topic).inc()
                     log.warning("undecodable record %s[%d]@%d: %s", topic, partition, offset, exc)
                     continue

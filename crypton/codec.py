@@ -25,9 +25,12 @@ from crypton.domain.messages import (
     WalletInbox,
 )
 
-__all__ = ["DecodeError", "decode", "decoder_for", "encode"]
+__all__ = ["DECODE_ERRORS", "DecodeError", "decode", "decoder_for", "encode"]
 
 DecodeError = msgspec.DecodeError
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+"""What decoding a record can raise: msgspec reports invalid UTF-8 inside a string as a
+``UnicodeDecodeError``, not a ``DecodeError`` (found by tests/test_codec_fuzz.py)."""
 _encoder = msgspec.json.Encoder()
 
 wallet_inbox = msgspec.json.Decoder(WalletInbox)

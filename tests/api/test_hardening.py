@@ -14,11 +14,13 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from confluent_kafka import Producer
 
 from api.validation import order_id_for
-from crypton import topics
+from crypton import codec, topics
 from crypton.config import Settings
 from crypton.domain.messages import CancelAll, Credit, PlaceOrder, TransferState
+from crypton.kafka import producer_config
 
 from .records import order_state, state_of
 from .support import (
@@ -329,3 +331,27 @@ def test_replicas_share_the_secret_from_the_environment(settings: Settings, tmp_
         assert not (settings.data_dir / "api-secret").exists()
     finally:
         server.stop()
+
+
+def test_a_state_record_with_invalid_utf8_is_counted_not_fatal(
+    api_server: ApiServer, settings: Settings, new_user: Callable[..., ApiUser],
+    state_writer: StateWriter,
+) -> None:  # fmt: skip
+    """Found by tests/test_codec_fuzz.py: msgspec raises UnicodeDecodeError (not its
+    DecodeError) for invalid UTF-8 inside a string, which stopped the read model."""
+    alice = new_user("alice")
+    good = codec.encode(order_state("o-2", user="alice"))
+    bad = good.replace(b'"o-2"', b'"o-\xff"', 1)
+    producer = Producer(producer_config(settings))
+    orders = topics.topic_name(topics.ORDERS, settings.topic_prefix)
+    producer.produce(orders, key=b"o-2", value=bad)
+    producer.flush(10)
+    state_writer.send(topics.ORDERS, "o-2", order_state("o-2", user="alice"))
+    state_writer.flush()
+    wait_for(lambda: alice.client.get("/v1/orders/o-2").status_code == 200)
+    with api_server.client() as client:
+        metrics = client.get("/metrics").text
+    assert any(
+        line.startswith("crypton_api_readmodel_decode_errors_total{") and line.endswith(" 1.0")
+        for line in metrics.splitlines()
+    ), metrics
