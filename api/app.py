@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
     readmodel = LiveReadModel(settings, metrics)
     hub = Hub()
     readmodel.on_changes = hub.post
+    secret = api_secret(config, settings.data_dir)
     ctx = Context(
         settings=settings,
         config=config,
@@ -76,8 +77,8 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         metrics=metrics,
         readmodel=readmodel,
         hub=hub,
-        commands=CommandLog(settings, metrics, config.produce_timeout_s),
-        secret=api_secret(config, settings.data_dir),
+        commands=CommandLog(settings, metrics, config.produce_timeout_s, secret),
+        secret=secret,
     )
     if config.admin_token is None:
         log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")

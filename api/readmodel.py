@@ -23,7 +23,7 @@ from typing import Any, Final, Literal
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from crypton import codec, topics
+from crypton import codec, signing, topics
 from crypton.config import Settings
 from crypton.kafka import consumer_config
 from crypton.readmodel import ReadModel
@@ -80,6 +80,8 @@ class LiveReadModel:
         self.positions: dict[tuple[str, int], int] = {}
         """Per (kind, partition) of orders and balances: the last offset applied."""
         self.connected = False
+        self._signed = signing.required_secret()
+        """Set: users records need the API's MAC (a forged one could replace a key)."""
         m = self.model
         table: list[tuple[str, Kind, Callable[[bytes], Any], Callable[[Any], bool]]] = [
             (topics.ORDERS, "order", codec.orders.decode, m.apply_order),
@@ -212,6 +214,14 @@ class LiveReadModel:
                 counts[topic] += 1
                 value = m.value()
                 if value is None:  # a tombstone: compaction's deletion marker
+                    continue
+                if (
+                    kind == "user"
+                    and self._signed is not None
+                    and not signing.verify(self._signed, topic, m.key() or b"", value, m.headers())
+                ):
+                    self.metrics.unsigned.labels(topic).inc()
+                    log.warning("unsigned record %s[%d]@%d ignored", topic, partition, offset)
                     continue
                 try:
                     record = decode(value)

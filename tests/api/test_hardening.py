@@ -14,13 +14,14 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from api.validation import order_id_for
-from crypton import codec, topics
+from crypton import codec, signing, topics
 from crypton.config import Settings
 from crypton.domain.messages import CancelAll, Credit, PlaceOrder, TransferState
-from crypton.kafka import producer_config
+from crypton.kafka import consumer_config, producer_config
+from crypton.users import UserState, hash_key
 
 from .records import order_state, state_of
 from .support import (
@@ -355,3 +356,44 @@ def test_a_state_record_with_invalid_utf8_is_counted_not_fatal(
         line.startswith("crypton_api_readmodel_decode_errors_total{") and line.endswith(" 1.0")
         for line in metrics.splitlines()
     ), metrics
+
+
+def test_with_a_secret_the_api_signs_what_it_writes_and_ignores_forged_users(
+    settings: Settings, tmp_path: Path, state_writer: StateWriter
+) -> None:
+    secret = "a-secret-the-api-and-the-dataflow-share"
+    server = start_api(settings, tmp_path, env={signing.ENV: secret})
+    try:
+        with server.client(ADMIN_TOKEN) as admin:
+            alice = create_user(admin, "alice")
+            credit = {"asset": "USDT", "amount": "1", "transfer_id": "t-1"}
+            assert admin.post(CREDIT, json=credit).status_code == 202
+        inbox = topics.topic_name(topics.WALLET_INBOX, settings.topic_prefix)
+        consumer = Consumer(consumer_config(settings, **{"group.id": f"t-{uuid.uuid4().hex}"}))
+        partitions = consumer.list_topics(inbox, timeout=10).topics[inbox].partitions
+        consumer.assign([TopicPartition(inbox, p, OFFSET_BEGINNING) for p in partitions])
+        records = []
+        for _ in range(50):  # bounded: at most ~10 s
+            records += [m for m in consumer.consume(10, 0.2) if m.error() is None]
+            if records:
+                break
+        consumer.close()
+        [record] = records
+        assert signing.verify(
+            secret.encode(), inbox, record.key() or b"", record.value() or b"", record.headers()
+        )
+        # Anyone who reaches Kafka could replace alice's key; unsigned, it is ignored.
+        forged_key = "crk_forged"
+        forged = UserState(
+            user_id="alice", key_hashes=[hash_key(forged_key)], created_at=1, version=9
+        )
+        state_writer.send(topics.USERS, "alice", forged)
+        state_writer.flush()
+        with server.client() as client:
+            wait_for(lambda: "crypton_api_readmodel_unsigned_total{" in client.get("/metrics").text)
+        with server.client(forged_key) as mallory:
+            assert mallory.get("/v1/balances").status_code == 401
+        assert alice.client.get("/v1/balances").status_code == 200
+        alice.client.close()
+    finally:
+        server.stop()
