@@ -28,7 +28,8 @@ class ApiConfig:
     admin_token: str | None = None
     """Bearer token of the admin routes; ``None`` disables them (every call is a 401)."""
     secret: bytes | None = None
-    """``CRYPTON_API_SECRET``: the key of the order ids (see ``api_secret``)."""
+    """``CRYPTON_API_SECRET``: keys the order ids and the MAC of what the API writes
+    (see ``api_secret`` and ``crypton.signing``)."""
     produce_timeout_s: float = 5.0
     """How long a command may wait for the broker's acknowledgement before a 503."""
     wait_timeout_s: float = 5.0
