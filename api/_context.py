@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from crypton.config import Settings
 from crypton.domain.markets import Markets
 
+from ._claims import Claims
 from ._config import ApiConfig
 from ._hub import Hub
 from ._producer import CommandLog
@@ -24,6 +25,9 @@ class Context:
     readmodel: LiveReadModel
     hub: Hub
     commands: CommandLog
+    secret: bytes
+    """Keys the order ids; the same on every replica (``_config.api_secret``)."""
+    claims: Claims = field(default_factory=Claims)
     precisions: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:

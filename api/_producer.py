@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from crypton import schema
+from crypton import schema, signing
 from crypton.config import Settings
 from crypton.kafka import producer_config
 
@@ -46,8 +46,15 @@ class CommandLog:
     command it still held is answered (503) before it is dropped.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        timeout_s: float = 5.0,
+        secret: bytes | None = None,
+    ) -> None:
         timeout_ms = int(timeout_s * 1000)
+        self._secret = secret  # signs every record (crypton.signing)
         self._config = producer_config(
             settings,
             **{
@@ -157,7 +164,13 @@ class CommandLog:
             loop.call_soon_threadsafe(settle, result)
 
         try:
-            producer.produce(topic, value=value, key=key.encode(), on_delivery=delivered)
+            raw_key = key.encode()
+            headers: list[tuple[str, str | bytes | None]] | None = None
+            if self._secret is not None:
+                headers = [(signing.HEADER, signing.mac(self._secret, topic, raw_key, value))]
+            producer.produce(
+                topic, value=value, key=raw_key, headers=headers, on_delivery=delivered
+            )
         except BufferError:
             self._metrics.produce_failures.labels(command).inc()
             raise unavailable("too many commands waiting for the broker; retry shortly") from None

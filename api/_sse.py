@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Collection
+from typing import Any, Final
 
 import msgspec
 from litestar.response import ServerSentEventMessage
@@ -33,6 +33,7 @@ from crypton.domain.markets import Market
 from . import schemas
 from ._context import Context
 from ._hub import Subscriber
+from .errors import too_many_streams
 from .readmodel import Change
 
 _MARKET_CURSOR = re.compile(r"(\d{1,19}):(\d{1,19})")
@@ -41,6 +42,11 @@ _KINDS = {"o": "order", "b": "balance"}
 _CODES = {v: k for k, v in _KINDS.items()}
 
 Cursor = dict[tuple[str, int], int]
+MAX_CURSOR_CHARS: Final = 4096
+"""Far above what the partitions of the state topics need (about 20 characters each)."""
+_MALFORMED: Final = (
+    "Last-Event-ID is not an event id of this stream; refetch and reconnect without it"
+)
 
 
 def _event(
@@ -59,20 +65,26 @@ def _live(cursor: str) -> ServerSentEventMessage:
     return _event("live", {}, cursor)
 
 
-def parse_market_cursor(text: str | None) -> tuple[int, int] | None:
-    match = _MARKET_CURSOR.fullmatch(text or "")
+def parse_market_cursor(text: str) -> tuple[int, int] | None:
+    """``(trade seq, depth seq)``, or ``None`` for anything this API did not write."""
+    match = _MARKET_CURSOR.fullmatch(text)
     return None if match is None else (int(match[1]), int(match[2]))
 
 
-def parse_user_cursor(text: str | None) -> Cursor | None:
-    if not text:
+def parse_user_cursor(text: str, known: Collection[tuple[str, int]]) -> Cursor | None:
+    """The offsets per partition, or ``None`` for anything this API did not write: too
+    long, malformed, a partition named twice or one the state topics do not have."""
+    if len(text) > MAX_CURSOR_CHARS:
         return None
     cursor: Cursor = {}
     for part in text.split(","):
         match = _USER_CURSOR.fullmatch(part)
         if match is None:
             return None
-        cursor[(_KINDS[match[1]], int(match[2]))] = int(match[3])
+        key = (_KINDS[match[1]], int(match[2]))
+        if key in cursor or key not in known:
+            return None
+        cursor[key] = int(match[3])
     return cursor
 
 
@@ -110,7 +122,11 @@ async def market_stream(
     gauge = ctx.metrics.sse_clients.labels("market")
     gauge.inc()
     try:
-        resume = parse_market_cursor(last_event_id)
+        resume = parse_market_cursor(last_event_id) if last_event_id else None
+        if last_event_id and resume is None:
+            # Never echo what the client made up: it would be the id of every event.
+            yield _resync(_MALFORMED, "")
+            return
         with ctx.readmodel.read() as model:
             log = model.trade_log(symbol)
             depth = model.depth.get(symbol)
@@ -167,14 +183,19 @@ async def user_stream(
 ) -> AsyncIterator[ServerSentEventMessage]:
     if ctx.hub.closed:
         return
+    if len(ctx.hub.users.get(user_id, ())) >= ctx.config.sse_streams_per_user:
+        # Streams opened together all passed the route's check before any started.
+        yield _resync(too_many_streams(ctx.config.sse_streams_per_user).body.message, "")
+        return
     sub = Subscriber(ctx.config.sse_queue)
     ctx.hub.users[user_id].add(sub)
     gauge = ctx.metrics.sse_clients.labels("user")
     gauge.inc()
     try:
-        resume = parse_user_cursor(last_event_id)
         snapshot: list[Change] = []
         with ctx.readmodel.read() as model:
+            known = ctx.readmodel.positions.keys()
+            resume = parse_user_cursor(last_event_id, known) if last_event_id else None
             journal = ctx.readmodel.journals.get(user_id)
             if resume is None:
                 cursor = dict(ctx.readmodel.positions)
@@ -189,6 +210,9 @@ async def user_stream(
                 evicted = journal.evicted if journal else {}
                 gap = any(cursor.get(k, -1) < off for k, off in evicted.items())
                 snapshot = [e for e in events if e.offset > cursor.get((e.kind, e.partition), -1)]
+        if last_event_id and resume is None:
+            yield _resync(_MALFORMED, "")
+            return
         if gap:
             yield _resync("events since your last event are no longer kept", "")
             return

@@ -17,9 +17,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from crypton.config import Settings
 
-from ._config import ApiConfig
+from ._config import ApiConfig, api_secret
 from ._context import Context
 from ._hub import Hub
+from ._openapi import options_handlers, refine_schema
+from ._paths import StrictPathMiddleware
 from ._producer import CommandLog
 from .auth import BEARER
 from .errors import EXCEPTION_HANDLERS
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
     readmodel = LiveReadModel(settings, metrics)
     hub = Hub()
     readmodel.on_changes = hub.post
+    secret = api_secret(config, settings.data_dir)
     ctx = Context(
         settings=settings,
         config=config,
@@ -74,7 +77,8 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         metrics=metrics,
         readmodel=readmodel,
         hub=hub,
-        commands=CommandLog(settings, metrics, config.produce_timeout_s),
+        commands=CommandLog(settings, metrics, config.produce_timeout_s, secret),
+        secret=secret,
     )
     if config.admin_token is None:
         log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")
@@ -90,12 +94,13 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         await asyncio.to_thread(readmodel.stop)
         await asyncio.to_thread(ctx.commands.close)
 
-    return Litestar(
-        route_handlers=[*ROUTES, page.index, page.static_files()],
+    app = Litestar(
+        # The OPTIONS handlers first: each path then has one before Litestar makes its own.
+        route_handlers=[*options_handlers(ROUTES), *ROUTES, page.index, page.static_files()],
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[metrics_middleware(metrics)],
+        middleware=[metrics_middleware(metrics), StrictPathMiddleware],
         state=State({"ctx": ctx}),
         openapi_config=OpenAPIConfig(
             title="Crypton",
@@ -114,3 +119,5 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
             ),
         ),
     )
+    refine_schema(app, ROUTES, ctx.markets)
+    return app

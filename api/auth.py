@@ -22,6 +22,7 @@ from .errors import ApiError, unavailable
 
 BEARER: Final = "bearer"
 SECURITY: Final[list[dict[str, list[str]]]] = [{BEARER: []}]
+_USER_STATE: Final = "crypton_user_id"
 
 
 def _bearer(request: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -39,6 +40,19 @@ def _context(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
 
 async def current_user(request: Request[Any, Any, Any]) -> str:
     """The user the request's API key belongs to."""
+    known = request.state.get(_USER_STATE)
+    if isinstance(known, str):  # already checked by ``user_guard``
+        return known
+    return _authenticate(request)
+
+
+async def user_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Authenticate before anything else of the request is read: Litestar resolves
+    dependencies together with the body, so a route with a body needs this guard."""
+    connection.state[_USER_STATE] = _authenticate(connection)
+
+
+def _authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> str:
     token = _bearer(request)
     ctx = _context(request)
     if not ctx.readmodel.ready.is_set():

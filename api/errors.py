@@ -58,6 +58,10 @@ def not_found(what: str, name: str) -> ApiError:
     return ApiError(404, f"{what}_not_found", f"{what.replace('_', ' ')} {name!r} not found")
 
 
+def too_many_streams(limit: int) -> ApiError:
+    return ApiError(429, "too_many_streams", f"at most {limit} open streams per user; close one")
+
+
 RETRY_AFTER_S = 1
 """What a 503 asks clients to wait: a broker that restarts answers again within seconds,
 and a request that reaches a broker still down costs at most the produce timeout."""
@@ -73,6 +77,9 @@ _DESCRIPTIONS = {
     401: "Missing or wrong credentials",
     404: "Not found (or not yours)",
     409: "Conflict with the current state",
+    413: "The body is larger than this route accepts",
+    415: "The body is not sent as application/json",
+    429: "Too many open streams",
     503: "The broker or the read model is not available; retry with the same ids",
 }
 

@@ -57,6 +57,12 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.unsigned = Counter(
+            "crypton_api_readmodel_unsigned",
+            "Users records without the API's MAC, ignored (only with CRYPTON_API_SECRET)",
+            ["topic"],
+            registry=r,
+        )
         self.decode_errors = Counter(
             "crypton_api_readmodel_decode_errors",
             "Undecodable state records",

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from crypton import codec, schema
+from crypton import codec, schema, signing
 from crypton.config import Settings
 from crypton.kafka import consumer_config
 from crypton.readmodel import ReadModel
@@ -79,6 +79,8 @@ class LiveReadModel:
         self.positions: dict[tuple[str, int], int] = {}
         """Per (kind, partition) of orders and balances: the last offset applied."""
         self.connected = False
+        self._signed = signing.required_secret()
+        """Set: users records need the API's MAC (a forged one could replace a key)."""
         # The topics this replica folds, each decoded by its spec; what a record
         # changes is decided by the spec's fold rule inside ``ReadModel.apply``.
         table: list[tuple[schema.TopicSpec, Kind]] = [
@@ -217,9 +219,17 @@ class LiveReadModel:
                 value = m.value()
                 if value is None:  # a tombstone: compaction's deletion marker
                     continue
+                if (
+                    kind == "user"
+                    and self._signed is not None
+                    and not signing.verify(self._signed, topic, m.key() or b"", value, m.headers())
+                ):
+                    self.metrics.unsigned.labels(topic).inc()
+                    log.warning("unsigned record %s[%d]@%d ignored", topic, partition, offset)
+                    continue
                 try:
                     record = decode(value)
-                except codec.DecodeError as exc:
+                except codec.DECODE_ERRORS as exc:
                     self.metrics.decode_errors.labels(topic).inc()
                     log.warning("undecodable record %s[%d]@%d: %s", topic, partition, offset, exc)
                     continue

@@ -8,8 +8,9 @@ rather than a REJECTED state a moment later.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
-from typing import Final
 
 from crypton.domain.markets import Market, Markets
 from crypton.domain.messages import Credit, Debit, PlaceOrder
@@ -18,19 +19,23 @@ from crypton.domain.money import MAX_UNITS, AmountError, to_units
 from .errors import ApiError, invalid
 from .schemas import NewOrder, TransferRequest
 
-ORDER_NAMESPACE: Final = uuid.UUID("5b0f3a52-51c1-4d55-9d8e-0c7a3e6b1f00")
-"""Fixed forever: changing it would give retried requests new order ids."""
 
+def order_id_for(secret: bytes, user_id: str, client_order_id: str) -> str:
+    """The order id of a (user, client_order_id) pair: the same on every replica and retry,
+    and, being keyed with the server secret, no clue to who placed the order (public
+    trades carry order ids, and client order ids are often guessable).
 
-def order_id_for(user_id: str, client_order_id: str) -> str:
-    """The order id of a (user, client_order_id) pair: the same on every replica and retry.
-
-    >>> order_id_for("alice", "c1") == order_id_for("alice", "c1")
+    >>> order_id_for(b"k", "alice", "c1") == order_id_for(b"k", "alice", "c1")
     True
-    >>> order_id_for("alice", "c1") == order_id_for("bob", "c1")
+    >>> order_id_for(b"k", "alice", "c1") == order_id_for(b"k", "bob", "c1")
     False
     """
-    return str(uuid.uuid5(ORDER_NAMESPACE, f"{user_id}\x00{client_order_id}"))
+    mac = hmac.new(secret, f"{user_id}\x00{client_order_id}".encode(), hashlib.sha256)
+    value = int.from_bytes(mac.digest()[:16], "big")
+    # Shaped as an RFC 9562 version 8 (custom) UUID, like the ids before it.
+    value = (value & ~(0xF << 76)) | (0x8 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return str(uuid.UUID(int=value))
 
 
 def new_client_order_id() -> str:
@@ -58,9 +63,10 @@ def _forbid(field: str, value: object, why: str) -> None:
 
 
 def check_order(
-    markets: Markets, user_id: str, body: NewOrder, client_order_id: str, ts: int
+    markets: Markets, user_id: str, body: NewOrder, client_order_id: str, ts: int, secret: bytes
 ) -> PlaceOrder:
-    """The ``PlaceOrder`` command for a valid request; raises ``ApiError`` (400) otherwise."""
+    """The ``PlaceOrder`` command for a valid request; raises ``ApiError`` (400) otherwise.
+    ``secret`` keys the order id (``order_id_for``)."""
     market = markets.get(body.market)
     if market is None:
         raise invalid("market", f"unknown market {body.market!r}")
@@ -115,7 +121,7 @@ def check_order(
             _check_quantity(market, quantity)
     return PlaceOrder(
         user_id=user_id,
-        order_id=order_id_for(user_id, client_order_id),
+        order_id=order_id_for(secret, user_id, client_order_id),
         client_order_id=client_order_id,
         market=market.symbol,
         side=body.side,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypton import schema, topics
+from crypton import schema, signing, topics
 from crypton.config import Settings
 from crypton.domain import invariants
 from crypton.domain.markets import Markets
@@ -137,6 +137,8 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
         topics.topic_name(t, settings.topic_prefix)
         for t in (topics.WALLET_INBOX, topics.BOOK_INBOX, *_STATE_TOPICS, topics.DEAD_LETTERS)
     ]
+    signed = signing.required_secret()
+    unsigned: list[str] = []
     for record in read_topics(settings, names):
         report.records += 1
         if progress is not None and report.records % 100_000 == 0:
@@ -151,6 +153,16 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
                 msg = schema.BY_LOGICAL[logical].decode(record.value or b"")
             except Exception:
                 continue  # undecodable input is the dead-letter topic's business
+            if (
+                signed is not None
+                and isinstance(msg, signing.API_COMMANDS)
+                and not signing.verify(
+                    signed, record.topic, record.key or b"", record.value or b"", record.headers
+                )
+            ):
+                # Not the API's: the dataflow dead-lettered it, so it is no ground truth.
+                unsigned.append(f"{where}: {type(msg).__name__} without a valid MAC")
+                continue
             if isinstance(msg, Settle | Release):
                 received[logical][(msg.user_id, msg.src, msg.seq)].add(record.value or b"")
             elif isinstance(msg, BookOrder | BookCancel):
@@ -163,6 +175,8 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
             trade_copies[(state.market, state.seq)] += 1
         actual.apply(state)
 
+    if signed is not None:
+        report.check("signatures", unsigned, f"{len(unsigned)} unsigned commands")
     expected = replay.view
     report.check(
         "orders", _compare("orders", expected.orders, actual.orders), f"{len(actual.orders)} orders"

@@ -87,6 +87,7 @@ def api_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     """``python -m uvicorn api.app:create_app --factory --host H --port P [extra]``."""
     return [
         sys.executable, "-m", "uvicorn", API_FACTORY, "--factory",
+        "--http", "api._server:HeaderTimeoutH11Protocol",  # bounds the time to send headers
         "--host", settings.api_host, "--port", str(settings.api_port),
         # The app closes its streams on shutdown; this bounds it should a client linger.
         "--timeout-graceful-shutdown", "3", *extra,
@@ -254,7 +255,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             say(f"Crypton is up. API {url} (docs at {url}/schema), market page at {url}/")
         say(f"  Kafka:        {settings.bootstrap_servers}")
         say(f"  data dir:     {data_dir}")
-        say(f"  admin token:  {token}")
+        # Never the token itself: this output ends up in logs and CI output.
+        env_token = os.environ.get("CRYPTON_ADMIN_TOKEN")
+        say(f"  admin token:  {'$CRYPTON_ADMIN_TOKEN' if env_token else data_dir / 'admin-token'}")
         for process in processes:
             say(f"  {process.name + ' log:':14}{process.log_path}")
         say("Ctrl-C stops everything")

@@ -11,9 +11,12 @@ import msgspec
 
 from crypton import schema
 
-__all__ = ["DecodeError", "encode", "wallet_inbox"]
+__all__ = ["DECODE_ERRORS", "DecodeError", "encode", "wallet_inbox"]
 
 DecodeError = msgspec.DecodeError
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+"""What decoding a record can raise: msgspec reports invalid UTF-8 inside a string as a
+``UnicodeDecodeError``, not a ``DecodeError`` (found by tests/test_codec_fuzz.py)."""
 _encoder = msgspec.json.Encoder()
 
 wallet_inbox = schema.WALLET_INBOX.decoder

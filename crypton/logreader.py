@@ -26,6 +26,7 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None = None
 
 
 def read_topics(settings: Settings, names: list[str], timeout: float = 60.0) -> Iterator[Record]:
@@ -69,7 +70,9 @@ def read_topics(settings: Settings, names: list[str], timeout: float = 60.0) -> 
                     raise RuntimeError(f"kafka: {error}")
                 topic, partition, offset = record.topic(), record.partition(), record.offset()
                 assert topic is not None and partition is not None and offset is not None
-                yield Record(topic, partition, offset, record.key(), record.value())
+                yield Record(
+                    topic, partition, offset, record.key(), record.value(), record.headers()
+                )
                 end = ends.get((topic, partition))
                 if end is not None and offset + 1 >= end:
                     del ends[(topic, partition)]

@@ -29,6 +29,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
 
+from crypton import signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
 from crypton.kafka import admin, consumer_config, producer_config
@@ -131,7 +132,9 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
         offset: int | None,
         decode: Callable[[bytes], Message],
         batch_size: int,
+        signed: bytes | None = None,
     ) -> None:
+        self._signed = signed
         self._shared = _SharedConsumer.join(settings, topic, partition, offset, batch_size)
         self._topic, self._partition = topic, partition
         self._key = str(partition)
@@ -161,19 +164,32 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Message]], int]):
             self._offset = offset + 1
             value = record.value()
             try:
-                items.append(decode(value))
+                msg = decode(value)
             except Exception as exc:  # undecodable input is kept, with its reason
-                dead = DeadLetter(
-                    topic=self._topic,
-                    partition=self._partition,
-                    offset=offset,
-                    key=record.key(),
-                    value=value,
-                    reason=f"undecodable: {exc}",
+                items.append(self._dead(record, offset, f"undecodable: {exc}"))
+                continue
+            if (
+                self._signed is not None
+                and isinstance(msg, signing.API_COMMANDS)
+                and not signing.verify(
+                    self._signed, self._topic, record.key() or b"", value or b"", record.headers()
                 )
-                items.append(dead)
+            ):
+                items.append(self._dead(record, offset, "unsigned: no valid MAC of the API"))
+                continue
+            items.append(msg)
         # One Bytewax item per consumer batch: the flow pays its per-item cost once.
         return [(self._key, items)] if items else []
+
+    def _dead(self, record: Any, offset: int, reason: str) -> DeadLetter:
+        return DeadLetter(
+            topic=self._topic,
+            partition=self._partition,
+            offset=offset,
+            key=record.key(),
+            value=record.value(),
+            reason=reason,
+        )
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -201,6 +217,8 @@ class InboxSource(FixedPartitionedSource[tuple[str, list[Message]], int]):
         self._topic = topic
         self._decode = decode
         self._batch_size = batch_size
+        # With CRYPTON_API_SECRET set, commands the API did not sign are dead letters.
+        self._signed = signing.required_secret()
 
     def list_parts(self) -> list[str]:
         metadata = admin(self._settings).list_topics(self._topic, timeout=30)
@@ -217,6 +235,7 @@ class InboxSource(FixedPartitionedSource[tuple[str, list[Message]], int]):
             resume_state,
             self._decode,
             self._batch_size,
+            self._signed,
         )
 
 

@@ -33,7 +33,13 @@ async def list_fills(
     user: str,
     market: str | None = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Parameter(
+            pattern=r"^[0-9]{1,19}\.[A-Z0-9]{1,16}-[A-Z0-9]{1,16}\.[0-9]{1,19}$",
+            description="next_cursor of the previous page",
+        ),
+    ] = None,
 ) -> schemas.FillPage:
     """The caller's executions, newest first: which side, maker or taker, and the fee
     (charged in the market's quote asset)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
+import msgspec
 from litestar import Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
@@ -14,6 +15,8 @@ from crypton.domain.money import to_text
 from crypton.users import UserIdError, UserState, check_user_id, hash_key, new_api_key, new_user_id
 
 from .. import schemas
+from .._body import strict_json
+from .._claims import transfer_terms
 from .._context import Context
 from ..auth import ADMIN_GUARDS, PUBLIC, SECURITY
 from ..errors import ApiError, error_responses, invalid, not_found, unavailable
@@ -22,13 +25,26 @@ from ..validation import check_transfer
 ADMIN_ROUTE: Final[dict[str, Any]] = {
     "dependencies": PUBLIC, "guards": ADMIN_GUARDS, "security": SECURITY, "tags": ["admin"],
 }  # fmt: skip
+MAX_BODY_BYTES: Final = 1024
+"""A user or a transfer is a few hundred bytes of JSON."""
+
+
+def _with_body(kind: type[msgspec.Struct], *, optional: bool = False) -> dict[str, Any]:
+    """``ADMIN_ROUTE`` for a route with a body: the admin token is checked before it is read."""
+    return {
+        **ADMIN_ROUTE,
+        "guards": [*ADMIN_GUARDS, strict_json(kind, optional=optional)],
+        "request_max_body_size": MAX_BODY_BYTES,
+    }
+
+
 Wait = Annotated[
     bool, Parameter(description="Wait (at most 5 s) for the wallet's decision before answering")
 ]
 
 
-@post("/v1/admin/users", **ADMIN_ROUTE, status_code=201,
-      responses=error_responses(400, 401, 409, 503))  # fmt: skip
+@post("/v1/admin/users", **_with_body(schemas.NewUser, optional=True), status_code=201,
+      responses=error_responses(400, 401, 409, 413, 415, 503))  # fmt: skip
 async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> schemas.UserCreated:
     """Create a user and its API key. The key is in this response only: the log keeps
     its SHA-256."""
@@ -76,12 +92,12 @@ async def user_balances(ctx: Context, user_id: str) -> dict[str, schemas.Balance
 
 _TRANSFER_RESPONSES = {
     200: ResponseSpec(schemas.TransferView, description="Decided (repeat, or ?wait=true)"),
-    **error_responses(400, 401, 404, 409, 503),
+    **error_responses(400, 401, 404, 409, 413, 415, 503),
 }
 
 
-@post("/v1/admin/users/{user_id:str}/credit", **ADMIN_ROUTE, status_code=202,
-      responses=_TRANSFER_RESPONSES)  # fmt: skip
+@post("/v1/admin/users/{user_id:str}/credit", **_with_body(schemas.TransferRequest),
+      status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def credit(
     ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
 ) -> Response[schemas.TransferView]:
@@ -89,8 +105,8 @@ async def credit(
     return await _transfer(ctx, user_id, "credit", data, wait)
 
 
-@post("/v1/admin/users/{user_id:str}/debit", **ADMIN_ROUTE, status_code=202,
-      responses=_TRANSFER_RESPONSES)  # fmt: skip
+@post("/v1/admin/users/{user_id:str}/debit", **_with_body(schemas.TransferRequest),
+      status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def debit(
     ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
 ) -> Response[schemas.TransferView]:
@@ -103,7 +119,7 @@ async def _transfer(
     ctx: Context, user_id: str, direction: str, body: schemas.TransferRequest, wait: bool
 ) -> Response[schemas.TransferView]:
     command = check_transfer(ctx.markets, user_id, direction, body, ctx.now_ms())
-    precision = ctx.precisions[command.asset]
+    terms = transfer_terms(command)
     if not ctx.readmodel.ready.is_set():
         raise unavailable("the API is still reading the log; retry shortly")
 
@@ -111,29 +127,40 @@ async def _transfer(
         with ctx.readmodel.read() as model:
             return model.transfers.get((user_id, body.transfer_id))
 
+    def answer(state: TransferState) -> Response[schemas.TransferView]:
+        # Never another transfer's outcome: the first transfer in the log with this id
+        # is the one the wallet decided, whatever this request asked for.
+        if transfer_terms(state) != terms:
+            raise _conflict(body.transfer_id)
+        return Response(schemas.from_transfer(state, ctx.precisions[state.asset]), status_code=200)
+
     with ctx.readmodel.read() as model:
         if user_id != FEE_ACCOUNT and user_id not in model.users:
             raise not_found("user", user_id)
     known = decided()
     if known is not None:
-        if (known.direction, known.asset, known.amount) != (
-            direction,
-            command.asset,
-            command.amount,
-        ):
-            raise ApiError(
-                409, "transfer_conflict",
-                f"transfer_id {body.transfer_id!r} was used for a different transfer",
-            )  # fmt: skip
-        return Response(schemas.from_transfer(known, precision), status_code=200)
+        return answer(known)
+    claim = ("transfer", user_id, body.transfer_id)
+    if not ctx.claims.claim(claim, terms):
+        raise _conflict(body.transfer_id)
     topic = topics.topic_name(topics.WALLET_INBOX, ctx.settings.topic_prefix)
-    await ctx.commands.append(topic, user_id, codec.encode(command), direction)
+    try:
+        await ctx.commands.append(topic, user_id, codec.encode(command), direction)
+    except ApiError:
+        ctx.claims.release(claim, terms)
+        raise
     if wait:
         key = ("transfer", f"{user_id}/{body.transfer_id}")
         final = await ctx.hub.wait_for(key, decided, ctx.config.wait_timeout_s)
         if final is not None:
-            return Response(schemas.from_transfer(final, precision), status_code=200)
-    return Response(_pending(command, precision), status_code=202)
+            return answer(final)
+    return Response(_pending(command, ctx.precisions[command.asset]), status_code=202)
+
+
+def _conflict(transfer_id: str) -> ApiError:
+    return ApiError(
+        409, "transfer_conflict", f"transfer_id {transfer_id!r} was used for a different transfer"
+    )
 
 
 def _pending(command: Credit | Debit, precision: int) -> schemas.TransferView:

@@ -26,10 +26,8 @@ def ready(ctx: Context) -> schemas.Status:
         raise ApiError(503, "not_ready", "the read model is still reading the state topics")
     if not rm.connected:
         raise ApiError(503, "not_ready", "the broker is not reachable")
-    with rm.read() as model:
-        detail = {"orders": len(model.orders), "users": len(model.users)}
-    if rm.ready_after_s is not None:
-        detail["startup_ms"] = int(rm.ready_after_s * 1000)
+    # No counts of users or orders: this route is public (they are in /metrics).
+    detail = None if rm.ready_after_s is None else {"startup_ms": int(rm.ready_after_s * 1000)}
     return schemas.Status(status="ready", detail=detail)
 
 

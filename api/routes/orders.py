@@ -8,7 +8,7 @@ so a client can read its own write.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from litestar import Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
@@ -18,8 +18,10 @@ from crypton import codec, topics
 from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
 
 from .. import schemas
+from .._body import strict_json
+from .._claims import order_terms
 from .._context import Context
-from ..auth import SECURITY, USER
+from ..auth import SECURITY, USER, user_guard
 from ..errors import ApiError, error_responses, invalid, not_found
 from ..validation import check_order, new_client_order_id
 from .markets import market_of
@@ -27,7 +29,19 @@ from .markets import market_of
 Wait = Annotated[
     bool, Parameter(description="Wait (at most 5 s) for the order's state before answering")
 ]
+MAX_ORDER_BYTES: Final = 2048
+"""An order is under 1 KB of JSON; twice that leaves room for whitespace."""
 _ORDER_CURSOR = re.compile(r"(\d{1,19})\.([A-Za-z0-9-]{1,64})")
+OrderId = Annotated[
+    str, Parameter(pattern=r"^[A-Za-z0-9-]{1,64}$", description="The order_id of an order")
+]
+Cursor = Annotated[
+    str | None,
+    Parameter(
+        pattern=r"^[0-9]{1,19}\.[A-Za-z0-9-]{1,64}$",
+        description="next_cursor of the previous page",
+    ),
+]
 
 
 def _inbox(ctx: Context) -> str:
@@ -48,25 +62,43 @@ def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
 
 @post(
     "/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
+    guards=[user_guard, strict_json(schemas.NewOrder)], request_max_body_size=MAX_ORDER_BYTES,
     responses={
         200: ResponseSpec(
             schemas.OrderView, description="Known order (repeated client_order_id, or ?wait=true)"
         ),
-        **error_responses(400, 401, 503),
+        **error_responses(400, 401, 409, 413, 415, 503),
     },
 )  # fmt: skip
 async def place_order(
     ctx: Context, user: str, data: schemas.NewOrder, wait: Wait = False
 ) -> Response[schemas.OrderView]:
     """Place an order. The order id is derived from (user, client_order_id), so a retry
-    with the same client_order_id names the same order and never places a second one."""
+    with the same client_order_id names the same order and never places a second one.
+    Reusing a client_order_id with other terms is a 409 ``order_conflict``."""
     client_order_id = data.client_order_id or new_client_order_id()
+    command = check_order(ctx.markets, user, data, client_order_id, ctx.now_ms(), ctx.secret)
+    terms = order_terms(command)
+
+    def answer(state: OrderState) -> Response[schemas.OrderView]:
+        # Only the first order in the log with this client_order_id exists: never answer
+        # with another request's terms as if they had been accepted.
+        if order_terms(state) != terms:
+            raise _conflict(client_order_id)
+        return Response(_view(ctx, state), status_code=200)
+
     with ctx.readmodel.read() as model:
         known = model.order_by_client_id(user, client_order_id)
     if known is not None:
-        return Response(_view(ctx, known), status_code=200)
-    command = check_order(ctx.markets, user, data, client_order_id, ctx.now_ms())
-    await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "place_order")
+        return answer(known)
+    claim = ("order", user, client_order_id)
+    if not ctx.claims.claim(claim, terms):
+        raise _conflict(client_order_id)
+    try:
+        await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "place_order")
+    except ApiError:
+        ctx.claims.release(claim, terms)
+        raise
     if wait:
 
         def placed() -> OrderState | None:
@@ -77,14 +109,21 @@ async def place_order(
             ("order", command.order_id), placed, ctx.config.wait_timeout_s
         )
         if state is not None:
-            return Response(_view(ctx, state), status_code=200)
+            return answer(state)
     market = ctx.markets.market(command.market)
     return Response(schemas.from_order(market, command), status_code=202)
 
 
+def _conflict(client_order_id: str) -> ApiError:
+    return ApiError(
+        409, "order_conflict",
+        f"client_order_id {client_order_id!r} was used for an order with other terms",
+    )  # fmt: skip
+
+
 @get("/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
      responses=error_responses(401, 404))  # fmt: skip
-async def get_order(ctx: Context, user: str, order_id: str) -> schemas.OrderView:
+async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.OrderView:
     return _view(ctx, _own_order(ctx, user, order_id))
 
 
@@ -97,7 +136,7 @@ async def get_order(ctx: Context, user: str, order_id: str) -> schemas.OrderView
     },
 )  # fmt: skip
 async def cancel_order(
-    ctx: Context, user: str, order_id: str, wait: Wait = False
+    ctx: Context, user: str, order_id: OrderId, wait: Wait = False
 ) -> Response[schemas.OrderView]:
     """Request a cancel. An order that is already closed (filled, canceled, expired,
     rejected) answers 409 ``order_closed``; its state is at GET /v1/orders/{order_id}."""
@@ -124,9 +163,16 @@ async def cancel_order(
 async def cancel_all(
     ctx: Context,
     user: str,
-    market: Annotated[str | None, Parameter(description="Only this market")] = None,
+    market: Annotated[str | None, Parameter(description="Cancel in this market only")] = None,
+    everything: Annotated[
+        bool, Parameter(query="all", description="Cancel in every market (instead of `market`)")
+    ] = False,
 ) -> schemas.CancelAllResult:
-    """Cancel every open order of the caller (in one market, or all)."""
+    """Cancel every open order of the caller in one market (``market``) or in all of them
+    (``all=true``). One of the two is required: a request naming neither is a client bug
+    (an empty order id, say), never "cancel everything"."""
+    if (market is None) == (not everything):
+        raise invalid("market", "give either market=<market> or all=true, not both or neither")
     if market is not None:
         market_of(ctx, market)
     with ctx.readmodel.read() as model:
@@ -145,7 +191,7 @@ async def list_orders(
     status: Literal["open", "all"] = "all",
     market: str | None = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+    cursor: Cursor = None,
 ) -> schemas.OrderPage:
     """The caller's orders, newest first."""
     if market is not None:

@@ -11,7 +11,7 @@ from litestar.response import ServerSentEvent
 from .._context import Context
 from .._sse import market_stream, user_stream
 from ..auth import PUBLIC, SECURITY, USER
-from ..errors import error_responses
+from ..errors import error_responses, too_many_streams
 from .markets import market_of
 
 LastEventId = Annotated[
@@ -34,8 +34,11 @@ async def stream_market(
 
 
 @get("/v1/stream/me", dependencies=USER, security=SECURITY, tags=["stream"],
-     responses=error_responses(401, 503))  # fmt: skip
+     responses=error_responses(401, 429, 503))  # fmt: skip
 async def stream_me(ctx: Context, user: str, last_event_id: LastEventId = None) -> ServerSentEvent:
     """The caller's ``order`` and ``balance`` events. Without Last-Event-ID the stream
-    starts with the current balances and open orders."""
+    starts with the current balances and open orders. A user may keep a few streams
+    open at once (``CRYPTON_SSE_STREAMS_PER_USER``); one more is a 429."""
+    if len(ctx.hub.users.get(user, ())) >= ctx.config.sse_streams_per_user:
+        raise too_many_streams(ctx.config.sse_streams_per_user)
     return ServerSentEvent(user_stream(ctx, user, last_event_id))

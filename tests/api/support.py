@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from api._server import PROTOCOL
 from crypton import codec, topics
 from crypton.config import Settings
 from crypton.domain.messages import Message, WalletInbox
@@ -53,7 +54,7 @@ def start_api(
     child_env.update({"CRYPTON_ADMIN_TOKEN": ADMIN_TOKEN, "CRYPTON_SSE_HEARTBEAT": "1"})
     child_env.update(env or {})
     argv = [
-        sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--http", PROTOCOL,
         "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "2",
         "--log-level", "warning",
     ]  # fmt: skip

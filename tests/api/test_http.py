@@ -179,7 +179,10 @@ def test_invalid_orders_never_reach_kafka(
         response = alice.client.post("/v1/orders", json=body)
         assert response.status_code == 400, body
         assert response.json()["code"] == "invalid_request" and response.json()["message"]
-    assert alice.client.post("/v1/orders", content=b"{not json").status_code == 400
+    not_json = alice.client.post(
+        "/v1/orders", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 400
     assert read_wallet_inbox(settings, expect=1, timeout=1.0) == []
 
 
@@ -337,9 +340,13 @@ def test_wait_true_reads_your_writes(
         "/v1/admin/users/alice/debit", json={"asset": "BTC", "amount": "2", "transfer_id": "wd"}
     )
     assert (other.status_code, other.json()["code"]) == (409, "transfer_conflict")
-    # A known client_order_id answers the original order at once.
-    repeat = alice.client.post("/v1/orders", json={**LIMIT, "client_order_id": "w1", "price": "1"})
+    # A known client_order_id answers the original order at once; with other terms, a 409.
+    repeat = alice.client.post("/v1/orders", json={**LIMIT, "client_order_id": "w1"})
     assert repeat.status_code == 200 and repeat.json()["price"] == "50000"
+    other = alice.client.post(
+        "/v1/orders", json={**LIMIT, "client_order_id": "w1", "price": "49000"}
+    )
+    assert (other.status_code, other.json()["code"]) == (409, "order_conflict")
     assert len(read_wallet_inbox(settings, expect=3, timeout=1.0)) == 2
 
 

@@ -28,6 +28,7 @@ def context(queue: int = 3) -> Context:
         readmodel=LiveReadModel(settings, metrics),
         hub=Hub(),
         commands=cast(Any, None),
+        secret=b"test-secret-of-the-api",
     )
 
 

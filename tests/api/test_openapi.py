@@ -14,20 +14,15 @@ from .support import ADMIN_TOKEN, ApiServer, ApiUser
 
 pytestmark = pytest.mark.integration
 
-CHECKS = ",".join(
-    (
-        "not_a_server_error",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_schema_conformance",
-    )
-)
+CHECKS = "all"
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def schemathesis(server: ApiServer, token: str, tmp_path: Path, *filters: str) -> None:
     assert server.url.startswith("http://127.0.0.1:")
     argv = [
-        str(Path(sys.executable).parent / "st"), "run", f"{server.url}/schema/openapi.json",
+        str(Path(sys.executable).parent / "st"), "--config-file", str(CONFIG),
+        "run", f"{server.url}/schema/openapi.json",
         "--header", f"Authorization: Bearer {token}", "--checks", CHECKS,
         "--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--seed", "1",
         "--request-timeout", "10", "--workers", "1", *filters,
@@ -35,6 +30,7 @@ def schemathesis(server: ApiServer, token: str, tmp_path: Path, *filters: str) -
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False
     )
+    (tmp_path / "st.out").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
@@ -67,3 +63,28 @@ def test_openapi_document(api_server: ApiServer) -> None:
         doc["components"]["schemas"]["NewOrder"]["properties"]["price"]["oneOf"][0]["type"]
         == "string"
     )
+
+
+def test_the_document_states_what_the_api_checks(api_server: ApiServer) -> None:
+    with api_server.client() as client:
+        doc = client.get("/schema/openapi.json").json()
+        allow = {
+            path: client.options(path).headers["allow"]
+            for path in ("/v1/orders", "/v1/orders/o-1", "/v1/admin/users")
+        }
+    markets = ["BTC-USDT", "ETH-BTC", "ETH-USDT"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["NewOrder"]["properties"]["market"]["enum"] == markets
+    assert schemas["TransferRequest"]["properties"]["asset"]["enum"] == ["BTC", "ETH", "USDT"]
+    assert schemas["NewOrder"]["additionalProperties"] is False
+    depth = doc["paths"]["/v1/markets/{market}/depth"]["get"]["parameters"]
+    assert [p["schema"]["enum"] for p in depth if p["name"] == "market"] == [markets]
+    for path in ("/v1/orders", "/v1/fills"):
+        [cursor] = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == "cursor"]
+        assert cursor["schema"]["pattern"].startswith("^[0-9]{1,19}")
+    assert doc["paths"]["/v1/admin/users"]["post"]["requestBody"]["required"] is False
+    assert allow == {
+        "/v1/orders": "DELETE, GET, OPTIONS, POST",
+        "/v1/orders/o-1": "DELETE, GET, OPTIONS",
+        "/v1/admin/users": "OPTIONS, POST",
+    }

@@ -200,6 +200,15 @@ def test_users_fold_and_key_rotation() -> None:
 
 def test_stream_cursors_round_trip() -> None:
     cursor = {("order", 0): 12, ("order", 3): -1, ("balance", 1): 7}
-    assert parse_user_cursor(format_user_cursor(cursor)) == cursor
-    assert parse_user_cursor("garbage") is None and parse_user_cursor("") is None
+    known = {("order", p) for p in range(4)} | {("balance", p) for p in range(4)}
+    assert parse_user_cursor(format_user_cursor(cursor), known) == cursor
+    assert parse_user_cursor("garbage", known) is None and parse_user_cursor("", known) is None
     assert parse_market_cursor("12:7") == (12, 7) and parse_market_cursor("x") is None
+
+
+def test_stream_cursors_refuse_what_the_api_did_not_write() -> None:
+    known = {("order", 0), ("balance", 0)}
+    assert parse_user_cursor("o0=1,b0=2", known) == {("order", 0): 1, ("balance", 0): 2}
+    for made_up in ("o1=1", "o0=1,o0=2", "o0=1\n", ",".join(["o0=1"] * 1000), "o0=1," * 900):
+        assert parse_user_cursor(made_up, known) is None, made_up
+    assert parse_market_cursor("1:2\n") is None and parse_market_cursor("1:" + "9" * 20) is None

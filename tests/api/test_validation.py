@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -15,6 +17,8 @@ from crypton.domain.messages import PlaceOrder
 
 MARKETS = load_markets()
 BTC = MARKETS.market("BTC-USDT")
+SECRET = b"test-secret-of-the-api"
+_OLD_NAMESPACE = uuid.UUID("5b0f3a52-51c1-4d55-9d8e-0c7a3e6b1f00")  # unkeyed ids, issue 11
 
 
 def order(**fields: object) -> schemas.NewOrder:
@@ -24,7 +28,7 @@ def order(**fields: object) -> schemas.NewOrder:
 
 
 def place(body: schemas.NewOrder) -> PlaceOrder:
-    return check_order(MARKETS, "alice", body, "c1", 1_000)
+    return check_order(MARKETS, "alice", body, "c1", 1_000, SECRET)
 
 
 def rejected(body: schemas.NewOrder) -> tuple[str | None, str]:
@@ -39,7 +43,7 @@ def test_limit_order_becomes_exact_units() -> None:
     assert cmd.price == 50_000_010_000  # USDT has 6 decimals
     assert cmd.quantity == 120_000  # BTC has 8
     assert cmd.funds is None
-    assert cmd.order_id == order_id_for("alice", "c1")
+    assert cmd.order_id == order_id_for(SECRET, "alice", "c1")
     assert (cmd.user_id, cmd.client_order_id, cmd.ts, cmd.time_in_force) == (
         "alice",
         "c1",
@@ -137,10 +141,17 @@ def test_decimal_round_trip_is_exact(price: int, quantity: int) -> None:
 
 
 def test_order_ids_are_deterministic_per_user_and_client_id() -> None:
-    assert order_id_for("a", "x") == order_id_for("a", "x")
-    assert len({order_id_for("a", "x"), order_id_for("b", "x"), order_id_for("a", "y")}) == 3
+    def oid(user: str, client_order_id: str, secret: bytes = SECRET) -> str:
+        return order_id_for(secret, user, client_order_id)
+
+    assert oid("a", "x") == oid("a", "x")
+    assert len({oid("a", "x"), oid("b", "x"), oid("a", "y")}) == 3
     # Not a naive concatenation: ("a", "bc") and ("ab", "c") differ.
-    assert order_id_for("a", "bc") != order_id_for("ab", "c")
+    assert oid("a", "bc") != oid("ab", "c")
+    # Keyed: without the server's secret, nobody can tell whose order an id is.
+    assert oid("a", "x") != oid("a", "x", b"another-secret")
+    assert oid("a", "x") != str(uuid.uuid5(_OLD_NAMESPACE, "a\x00x"))
+    assert uuid.UUID(oid("a", "x")).version == 8
 
 
 def test_transfers() -> None:

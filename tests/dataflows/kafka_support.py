@@ -53,7 +53,11 @@ def produce_raw(settings: Settings, value: bytes, key: bytes = b"x") -> None:
 
 
 def start_dataflow(
-    spawn: Callable[..., Child], settings: Settings, *args: str, name: str = "dataflow"
+    spawn: Callable[..., Child],
+    settings: Settings,
+    *args: str,
+    name: str = "dataflow",
+    env: dict[str, str] | None = None,
 ) -> Child:
     """The real dataflow process, as `crypton dataflow` runs it, with 1 s snapshots."""
     recovery = settings.data_dir / "recovery"
@@ -77,7 +81,7 @@ def start_dataflow(
         "0",
         *args,
     ]
-    return spawn(name, argv, settings=settings, cwd=Path(__file__).parents[2])
+    return spawn(name, argv, settings=settings, env=env, cwd=Path(__file__).parents[2])
 
 
 def state_view(settings: Settings) -> View:
