@@ -36,6 +36,9 @@ class Delivery:
     offset: int
 
 
+_librdkafka_log = logging.getLogger("crypton.api.kafka")
+
+
 class CommandLog:
     """Appends records and resolves with where the broker stored them.
 
@@ -90,7 +93,8 @@ class CommandLog:
             else:
                 log.warning("kafka: %s", err.str())
 
-        return Producer({**self._config, "error_cb": on_error})
+        # librdkafka's own log lines go to Python logging, not straight to stderr.
+        return Producer({**self._config, "error_cb": on_error}, logger=_librdkafka_log)
 
     def _mark_broken(self, generation: int, err: Any) -> None:
         with self._lock:

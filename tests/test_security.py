@@ -143,14 +143,9 @@ def test_api_and_dataflow_trade_each_with_its_own_credentials(
     settings = dataclasses.replace(
         secure_log.settings, data_dir=tmp_path / "crypton", api_port=free_port()
     )
-    dataflow_env = secure_log.env("dataflow")
-
-    def spawn_dataflow(*args: Any, **kwargs: Any) -> Child:
-        return spawn(*args, env=dataflow_env, **kwargs)
-
     # What `crypton dataflow` does first: check every topic exists (create none).
     assert ensure_topics(secure_log.as_user("dataflow")) == []
-    start_dataflow(spawn_dataflow, settings)
+    start_dataflow(spawn, settings, env=secure_log.env("dataflow"))
     api = start_api(settings, tmp_path / "logs", env=secure_log.env("api"))
     try:
         with api.client(ADMIN_TOKEN) as admin_client:

@@ -262,7 +262,9 @@ class KafkaLayout:
         if path.is_file():
             return path.read_text().strip()
         self.root.mkdir(parents=True, exist_ok=True)
-        made = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        made = "-"
+        while made.startswith("-"):  # the storage tool would read "-abc" as an option
+            made = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         path.write_text(made + "\n")
         return made
 
