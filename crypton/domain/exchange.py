@@ -26,7 +26,7 @@ from typing import Any
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
 from crypton.domain.messages import BookCancel, BookOrder, DepthState, Message, WalletInbox
-from crypton.domain.wallet import WalletMachine
+from crypton.domain.wallet import WALLET_HANDLERS, WalletMachine
 
 __all__ = ["Exchange"]
 
@@ -61,15 +61,19 @@ class Exchange:
         touched: dict[WalletMachine | BookMachine, None] = {}
         send, emit, pop = queue.append, emitted.append, queue.popleft
         books, wallets, to_book = self.books, self.wallets, _TO_BOOK
+        # A wallet's ``apply`` is only its dispatch: done here, one call less per message.
+        wallet_handlers = WALLET_HANDLERS
         while queue:
             msg = pop()
-            machine: WalletMachine | BookMachine
-            if type(msg) in to_book:
-                machine = books[msg.market]
+            kind = type(msg)
+            if kind in to_book:
+                book = books[msg.market]
+                touched[book] = None
+                book.apply(msg, send, emit)
             else:
-                machine = wallets.get(msg.user_id) or self.wallet(msg.user_id)
-            touched[machine] = None
-            machine.apply(msg, send, emit)
+                wallet = wallets.get(msg.user_id) or self.wallet(msg.user_id)
+                touched[wallet] = None
+                wallet_handlers[kind](wallet, msg, send, emit)
         for machine in touched:
             machine.flush(emit)
         return emitted

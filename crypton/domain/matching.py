@@ -79,7 +79,13 @@ class BookMachine:
 
     def apply(self, msg: BookInbox, send: Emit, emit: Emit) -> None:
         """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
-        if self.inbound.in_line(msg.src, msg.seq):
+        # ``Inbound.in_line``, inlined: once per order and cancel.
+        inbound = self.inbound
+        applied = inbound.applied
+        src = msg.src
+        seq = msg.seq
+        if not inbound.parked and seq == applied.get(src, 0) + 1:
+            applied[src] = seq
             self.seq += 1
             _HANDLERS[type(msg)](self, msg, send, emit)
             return
@@ -279,11 +285,17 @@ class BookMachine:
         emit(trade)
         # Both wallets, and the fee account if there are fees, settle from this trade.
         # Settle is (user_id, src, seq, trade), built positionally on this hot path.
-        symbol, next_seq = market.symbol, self.outbound.next
-        send(Settle(maker.user_id, symbol, next_seq(maker.user_id), trade))
-        send(Settle(taker.user_id, symbol, next_seq(taker.user_id), trade))
+        # ``Outbound.next``, inlined for each wallet.
+        symbol, sent = market.symbol, self.outbound.sent
+        user = maker.user_id
+        seq = sent[user] = sent.get(user, 0) + 1
+        send(Settle(user, symbol, seq, trade))
+        user = taker.user_id
+        seq = sent[user] = sent.get(user, 0) + 1
+        send(Settle(user, symbol, seq, trade))
         if maker_fee or taker_fee:
-            send(Settle(FEE_ACCOUNT, symbol, next_seq(FEE_ACCOUNT), trade))
+            seq = sent[FEE_ACCOUNT] = sent.get(FEE_ACCOUNT, 0) + 1
+            send(Settle(FEE_ACCOUNT, symbol, seq, trade))
         if maker.remaining == 0:
             self._close(maker, FILLED, None, ts, send)
         else:
@@ -298,17 +310,15 @@ class BookMachine:
         send: Emit,
     ) -> None:
         """Close an order and tell its wallet to release what is left of the hold."""
-        self._state(order, status, reason, ts)
-        send(
-            Release(  # (user_id, src, seq, order_id, status, ts)
-                order.user_id,
-                self.market.symbol,
-                self.outbound.next(order.user_id),
-                order.order_id,
-                status,
-                ts,
-            )
-        )
+        order.version += 1  # ``_state``, inlined
+        order.status = status
+        order.reason = reason
+        order.updated_at = ts
+        self.changed[order] = None
+        sent, user = self.outbound.sent, order.user_id
+        seq = sent[user] = sent.get(user, 0) + 1
+        # (user_id, src, seq, order_id, status, ts)
+        send(Release(user, self.market.symbol, seq, order.order_id, status, ts))
 
     def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
         """A new state of ``order``, published at the next ``flush``."""
