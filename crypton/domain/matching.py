@@ -61,6 +61,7 @@ class BookMachine:
 
     def __init__(self, market: Market) -> None:
         self.market = market
+        self.scale = market.base.scale  # notional = price * quantity // scale
         self.book = OrderBook()
         self.seq = 0  # inbox messages applied: the book's version
         self.trade_seq = 0
@@ -153,22 +154,24 @@ class BookMachine:
             return
         by_funds = cmd.quantity is None  # a market buy spending funds
         reason: str | None = None
+        # Locals for the loop: it runs once per fill and once more to stop.
+        best, limit, buying, ts = book.best, taker.price, side == "buy", cmd.ts
         while True:
             if not by_funds and taker.remaining == 0:
                 break
-            level = book.best_level(opposite)
+            level = best[opposite]
             if level is None:
                 reason = "no more liquidity"
                 break
-            if taker.price is not None and (
-                level.price > taker.price if side == "buy" else level.price < taker.price
-            ):
+            if limit is not None and (level.price > limit if buying else level.price < limit):
                 break
-            maker = level.front()
+            maker = level.orders[0]
+            if not maker.live:
+                maker = level.front()
             if maker.user_id == taker.user_id:
                 if cmd.stp != "expire_taker":
                     book.remove(maker.order_id)
-                    self._close(maker, EXPIRED, STP_REASON, cmd.ts, send)
+                    self._close(maker, EXPIRED, STP_REASON, ts, send)
                 if cmd.stp != "expire_maker":
                     reason = STP_REASON
                     break
@@ -181,7 +184,7 @@ class BookMachine:
                     break
             else:
                 quantity = min(taker.remaining, maker.remaining)
-            self._trade(taker, maker, level, quantity, cmd.ts, send, emit)
+            self._trade(taker, maker, level, quantity, ts, send, emit)
 
         if by_funds:
             status: OrderStatus = FILLED if taker.filled_quantity and reason is None else EXPIRED
@@ -255,15 +258,18 @@ class BookMachine:
     ) -> None:
         market = self.market
         price = level.price
-        value = market.notional(price, quantity)
+        value = price * quantity // self.scale  # market.notional, inlined
         taker_fee = taker.charge(quantity, value, market.taker_fee_bps)
         maker_fee = maker.charge(quantity, value, market.maker_fee_bps)
-        self.book.fill_front(level, maker, quantity)
+        level.quantity -= quantity  # OrderBook.fill_front, inlined
+        if maker.remaining == 0:
+            level.orders.popleft()
+            self.book.unlink(level, maker)
         buyer_release = 0
         if taker.side == "buy":
             taker.spent += value + taker_fee
             if taker.price is not None:  # a limit buy held its own price: refund the gain
-                buyer_release = market.notional(taker.price, quantity) - value
+                buyer_release = taker.price * quantity // self.scale - value
                 taker.spent += buyer_release
         self.trade_seq += 1
         trade = Trade(  # positional, in field order: a third of the cost of keywords
@@ -299,7 +305,10 @@ class BookMachine:
         if maker.remaining == 0:
             self._close(maker, FILLED, None, ts, send)
         else:
-            self._state(maker, PARTIALLY_FILLED, None, ts)
+            maker.version += 1  # ``_state``, inlined
+            maker.status = PARTIALLY_FILLED
+            maker.updated_at = ts
+            self.changed[maker] = None
 
     def _close(
         self,
