@@ -35,8 +35,9 @@ unit: $(STAMP) unmypyc
 # Exchange; interpreted classes cannot inherit from compiled ones) and money.py (compiled,
 # to_units would raise TypeError on a float before its own check gives the AmountError).
 # `make test` removes the build and runs plain Python; `make test-mypyc` runs the domain and
-# dataflow tests compiled. A build goes stale when its sources change: `make mypyc` again.
-MYPYC_MODULES := $(addprefix crypton/domain/,book.py matching.py orders.py sequencing.py \
+# dataflow tests compiled (not the doctests: pytest cannot collect them from an extension).
+# A build goes stale when its sources change: `make mypyc` again.
+MYPYC_MODULES := $(addprefix crypton/domain/,book.py delivery.py matching.py orders.py sequencing.py \
 	wallet.py)
 
 # One extension per module plus their shared library, named inside the package
