@@ -61,7 +61,12 @@ class BookMachine:
 
     def __init__(self, market: Market) -> None:
         self.market = market
+        # Read on every fill: kept as plain attributes (compiled, reading a field of the
+        # msgspec ``Market`` costs a generic attribute lookup each time).
         self.scale = market.base.scale  # notional = price * quantity // scale
+        self.symbol = market.symbol
+        self.taker_fee_bps = market.taker_fee_bps
+        self.maker_fee_bps = market.maker_fee_bps
         self.book = OrderBook()
         self.seq = 0  # inbox messages applied: the book's version
         self.trade_seq = 0
@@ -256,11 +261,10 @@ class BookMachine:
         send: Emit,
         emit: Emit,
     ) -> None:
-        market = self.market
         price = level.price
         value = price * quantity // self.scale  # market.notional, inlined
-        taker_fee = taker.charge(quantity, value, market.taker_fee_bps)
-        maker_fee = maker.charge(quantity, value, market.maker_fee_bps)
+        taker_fee = taker.charge(quantity, value, self.taker_fee_bps)
+        maker_fee = maker.charge(quantity, value, self.maker_fee_bps)
         level.quantity -= quantity  # OrderBook.fill_front, inlined
         if maker.remaining == 0:
             level.orders.popleft()
@@ -273,7 +277,7 @@ class BookMachine:
                 taker.spent += buyer_release
         self.trade_seq += 1
         trade = Trade(  # positional, in field order: a third of the cost of keywords
-            market.symbol,
+            self.symbol,
             self.trade_seq,
             price,
             quantity,
@@ -292,7 +296,7 @@ class BookMachine:
         # Both wallets, and the fee account if there are fees, settle from this trade.
         # Settle is (user_id, src, seq, trade), built positionally on this hot path.
         # ``Outbound.next``, inlined for each wallet.
-        symbol, sent = market.symbol, self.outbound.sent
+        symbol, sent = self.symbol, self.outbound.sent
         user = maker.user_id
         seq = sent[user] = sent.get(user, 0) + 1
         send(Settle(user, symbol, seq, trade))
@@ -327,7 +331,7 @@ class BookMachine:
         sent, user = self.outbound.sent, order.user_id
         seq = sent[user] = sent.get(user, 0) + 1
         # (user_id, src, seq, order_id, status, ts)
-        send(Release(user, self.market.symbol, seq, order.order_id, status, ts))
+        send(Release(user, self.symbol, seq, order.order_id, status, ts))
 
     def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
         """A new state of ``order``, published at the next ``flush``."""
