@@ -15,6 +15,7 @@ any fails.
 
     python -m loadtest.bench_core                  # 1,000,000 commands, seed 1
     python -m loadtest.bench_core --commands 200000 --profile
+    make mypyc && python -m loadtest.bench_core   # the core compiled (make unmypyc undoes it)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from crypton.config import load_markets
+from crypton.domain import matching
 from crypton.domain.exchange import Exchange
 from crypton.domain.invariants import exchange_problems
 from crypton.domain.markets import Market
@@ -294,6 +296,8 @@ def run(
 
     profiler = cProfile.Profile() if profile else None
     print(f"commands           {len(commands):,} (seed {seed})")
+    compiled = matching.__file__.endswith(".so")  # `make mypyc` builds extensions in place
+    print(f"core               {'compiled with mypyc' if compiled else 'plain Python'}")
     # As the dataflow feeds the core: a consumer batch in, one record per changed
     # balance and order out.
     batched = _funded(credits)
@@ -343,6 +347,7 @@ def run(
         "canceled": single.canceled,
         "rejected": single.rejected,
         "invariant_problems": len(problems),
+        "mypyc": compiled,
     }
     report.write_json(results_dir, "bench_core", results)
     if plot:

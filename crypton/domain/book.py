@@ -160,7 +160,7 @@ class OrderBook:
         level.quantity -= quantity
         if order.remaining == 0:
             level.orders.popleft()
-            self._unlink(level, order)
+            self.unlink(level, order)
 
     def remove(self, order_id: str) -> RestingOrder | None:
         """Take a resting order out of the book (cancel, expiry); None if not resting."""
@@ -171,13 +171,14 @@ class OrderBook:
         level = self.levels[order.side][order.price]
         level.quantity -= order.remaining
         level.dead += 1
-        self._unlink(level, order)
+        self.unlink(level, order)
         if level.live and level.dead > _COMPACT_AFTER and level.dead > level.live:
             level.orders = deque(o for o in level.orders if o.live)
             level.dead = 0
         return order
 
-    def _unlink(self, level: Level, order: RestingOrder) -> None:
+    def unlink(self, level: Level, order: RestingOrder) -> None:
+        """Forget ``order``, already out of (or dead in) ``level``'s queue; drop an empty level."""
         order.live = False
         level.live -= 1
         del self.orders[order.order_id]

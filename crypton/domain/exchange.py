@@ -19,19 +19,15 @@ everything they cause, and one state record per changed entity at the end.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
+from crypton.domain.delivery import run_batch
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
-from crypton.domain.messages import BookCancel, BookOrder, DepthState, Message, WalletInbox
+from crypton.domain.messages import DepthState, Message, WalletInbox
 from crypton.domain.wallet import WalletMachine
 
 __all__ = ["Exchange"]
-
-_TO_BOOK = frozenset((BookOrder, BookCancel))
-"""Message types keyed by market; everything else a machine sends is keyed by user."""
 
 
 class Exchange:
@@ -56,23 +52,7 @@ class Exchange:
     def submit_batch(self, commands: Iterable[WalletInbox]) -> list[Message]:
         """Run ``commands`` and all they cause to quiescence; return the events as they
         happened, then the latest state of each balance and order the batch changed."""
-        queue: deque[Any] = deque(commands)
-        emitted: list[Message] = []
-        touched: dict[WalletMachine | BookMachine, None] = {}
-        send, emit, pop = queue.append, emitted.append, queue.popleft
-        books, wallets, to_book = self.books, self.wallets, _TO_BOOK
-        while queue:
-            msg = pop()
-            machine: WalletMachine | BookMachine
-            if type(msg) in to_book:
-                machine = books[msg.market]
-            else:
-                machine = wallets.get(msg.user_id) or self.wallet(msg.user_id)
-            touched[machine] = None
-            machine.apply(msg, send, emit)
-        for machine in touched:
-            machine.flush(emit)
-        return emitted
+        return run_batch(commands, self.books, self.wallets, self.wallet)
 
     def depth(self, market: str, levels: int = 20, ts: int = 0) -> DepthState:
         return self.books[market].depth(levels, ts)

@@ -61,6 +61,12 @@ class BookMachine:
 
     def __init__(self, market: Market) -> None:
         self.market = market
+        # Read on every fill: kept as plain attributes (compiled, reading a field of the
+        # msgspec ``Market`` costs a generic attribute lookup each time).
+        self.scale = market.base.scale  # notional = price * quantity // scale
+        self.symbol = market.symbol
+        self.taker_fee_bps = market.taker_fee_bps
+        self.maker_fee_bps = market.maker_fee_bps
         self.book = OrderBook()
         self.seq = 0  # inbox messages applied: the book's version
         self.trade_seq = 0
@@ -79,7 +85,13 @@ class BookMachine:
 
     def apply(self, msg: BookInbox, send: Emit, emit: Emit) -> None:
         """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
-        if self.inbound.in_line(msg.src, msg.seq):
+        # ``Inbound.in_line``, inlined: once per order and cancel.
+        inbound = self.inbound
+        applied = inbound.applied
+        src = msg.src
+        seq = msg.seq
+        if not inbound.parked and seq == applied.get(src, 0) + 1:
+            applied[src] = seq
             self.seq += 1
             _HANDLERS[type(msg)](self, msg, send, emit)
             return
@@ -147,22 +159,24 @@ class BookMachine:
             return
         by_funds = cmd.quantity is None  # a market buy spending funds
         reason: str | None = None
+        # Locals for the loop: it runs once per fill and once more to stop.
+        best, limit, buying, ts = book.best, taker.price, side == "buy", cmd.ts
         while True:
             if not by_funds and taker.remaining == 0:
                 break
-            level = book.best_level(opposite)
+            level = best[opposite]
             if level is None:
                 reason = "no more liquidity"
                 break
-            if taker.price is not None and (
-                level.price > taker.price if side == "buy" else level.price < taker.price
-            ):
+            if limit is not None and (level.price > limit if buying else level.price < limit):
                 break
-            maker = level.front()
+            maker = level.orders[0]
+            if not maker.live:
+                maker = level.front()
             if maker.user_id == taker.user_id:
                 if cmd.stp != "expire_taker":
                     book.remove(maker.order_id)
-                    self._close(maker, EXPIRED, STP_REASON, cmd.ts, send)
+                    self._close(maker, EXPIRED, STP_REASON, ts, send)
                 if cmd.stp != "expire_maker":
                     reason = STP_REASON
                     break
@@ -175,7 +189,7 @@ class BookMachine:
                     break
             else:
                 quantity = min(taker.remaining, maker.remaining)
-            self._trade(taker, maker, level, quantity, cmd.ts, send, emit)
+            self._trade(taker, maker, level, quantity, ts, send, emit)
 
         if by_funds:
             status: OrderStatus = FILLED if taker.filled_quantity and reason is None else EXPIRED
@@ -247,21 +261,23 @@ class BookMachine:
         send: Emit,
         emit: Emit,
     ) -> None:
-        market = self.market
         price = level.price
-        value = market.notional(price, quantity)
-        taker_fee = taker.charge(quantity, value, market.taker_fee_bps)
-        maker_fee = maker.charge(quantity, value, market.maker_fee_bps)
-        self.book.fill_front(level, maker, quantity)
+        value = price * quantity // self.scale  # market.notional, inlined
+        taker_fee = taker.charge(quantity, value, self.taker_fee_bps)
+        maker_fee = maker.charge(quantity, value, self.maker_fee_bps)
+        level.quantity -= quantity  # OrderBook.fill_front, inlined
+        if maker.remaining == 0:
+            level.orders.popleft()
+            self.book.unlink(level, maker)
         buyer_release = 0
         if taker.side == "buy":
             taker.spent += value + taker_fee
             if taker.price is not None:  # a limit buy held its own price: refund the gain
-                buyer_release = market.notional(taker.price, quantity) - value
+                buyer_release = taker.price * quantity // self.scale - value
                 taker.spent += buyer_release
         self.trade_seq += 1
         trade = Trade(  # positional, in field order: a third of the cost of keywords
-            market.symbol,
+            self.symbol,
             self.trade_seq,
             price,
             quantity,
@@ -279,15 +295,24 @@ class BookMachine:
         emit(trade)
         # Both wallets, and the fee account if there are fees, settle from this trade.
         # Settle is (user_id, src, seq, trade), built positionally on this hot path.
-        symbol, next_seq = market.symbol, self.outbound.next
-        send(Settle(maker.user_id, symbol, next_seq(maker.user_id), trade))
-        send(Settle(taker.user_id, symbol, next_seq(taker.user_id), trade))
+        # ``Outbound.next``, inlined for each wallet.
+        symbol, sent = self.symbol, self.outbound.sent
+        user = maker.user_id
+        seq = sent[user] = sent.get(user, 0) + 1
+        send(Settle(user, symbol, seq, trade))
+        user = taker.user_id
+        seq = sent[user] = sent.get(user, 0) + 1
+        send(Settle(user, symbol, seq, trade))
         if maker_fee or taker_fee:
-            send(Settle(FEE_ACCOUNT, symbol, next_seq(FEE_ACCOUNT), trade))
+            seq = sent[FEE_ACCOUNT] = sent.get(FEE_ACCOUNT, 0) + 1
+            send(Settle(FEE_ACCOUNT, symbol, seq, trade))
         if maker.remaining == 0:
             self._close(maker, FILLED, None, ts, send)
         else:
-            self._state(maker, PARTIALLY_FILLED, None, ts)
+            maker.version += 1  # ``_state``, inlined
+            maker.status = PARTIALLY_FILLED
+            maker.updated_at = ts
+            self.changed[maker] = None
 
     def _close(
         self,
@@ -298,17 +323,15 @@ class BookMachine:
         send: Emit,
     ) -> None:
         """Close an order and tell its wallet to release what is left of the hold."""
-        self._state(order, status, reason, ts)
-        send(
-            Release(  # (user_id, src, seq, order_id, status, ts)
-                order.user_id,
-                self.market.symbol,
-                self.outbound.next(order.user_id),
-                order.order_id,
-                status,
-                ts,
-            )
-        )
+        order.version += 1  # ``_state``, inlined
+        order.status = status
+        order.reason = reason
+        order.updated_at = ts
+        self.changed[order] = None
+        sent, user = self.outbound.sent, order.user_id
+        seq = sent[user] = sent.get(user, 0) + 1
+        # (user_id, src, seq, order_id, status, ts)
+        send(Release(user, self.symbol, seq, order.order_id, status, ts))
 
     def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
         """A new state of ``order``, published at the next ``flush``."""
