@@ -30,6 +30,8 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     message: str
     field: str | None = None
     """The request field at fault, for validation errors."""
+    reason_code: str | None = None
+    """For an order or transfer refused by the exchange's rules: a ``ReasonCode``."""
 
 
 class ApiError(Exception):
@@ -42,16 +44,17 @@ class ApiError(Exception):
         message: str,
         field: str | None = None,
         retry_after: int | None = None,
+        reason_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = ErrorBody(code=code, message=message, field=field)
+        self.body = ErrorBody(code=code, message=message, field=field, reason_code=reason_code)
         self.retry_after = retry_after
         """Seconds a client should wait before retrying (the ``Retry-After`` header)."""
 
 
-def invalid(field: str | None, message: str) -> ApiError:
-    return ApiError(400, "invalid_request", message, field)
+def invalid(field: str | None, message: str, reason_code: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request", message, field, reason_code=reason_code)
 
 
 def not_found(what: str, name: str) -> ApiError:

@@ -29,6 +29,7 @@ from crypton.domain.messages import (
     TransferState,
 )
 from crypton.domain.money import to_text
+from crypton.domain.orders import REASON_CODES, ReasonCode
 from crypton.readmodel import Fill
 from crypton.users import USER_ID_PATTERN
 
@@ -76,6 +77,8 @@ class TransferView(msgspec.Struct):
     status: Literal["PENDING", "ACCEPTED", "REJECTED"]
     """PENDING: in the log, not yet decided by the wallet."""
     reason: str | None
+    reason_code: ReasonCode | None
+    """Why it was REJECTED, for programs (``reason`` is for people)."""
     ts: Millis
 
 
@@ -110,6 +113,8 @@ class OrderView(msgspec.Struct):
     status: OrderStatus | Literal["PENDING"]
     """PENDING: the command is in the log, the wallet has not processed it yet."""
     reason: str | None
+    reason_code: ReasonCode | None
+    """Why it was REJECTED, EXPIRED or CANCELED, for programs (``reason`` is for people)."""
     time_in_force: TimeInForce
     post_only: bool
     stp: SelfTradePrevention
@@ -224,6 +229,12 @@ class Status(msgspec.Struct):
 # --- conversions ----------------------------------------------------------------------
 
 
+def _code(code: str | None) -> ReasonCode | None:
+    """A record's code if it is one this API documents (records are trusted, but a code
+    added by a newer dataflow must not break an older API's response schema)."""
+    return code if code in REASON_CODES else None  # type: ignore[return-value]
+
+
 def _opt(value: int | None, precision: int) -> str | None:
     return None if value is None else to_text(value, precision)
 
@@ -243,7 +254,7 @@ def from_order(market: Market, s: OrderState | PlaceOrder, *, pending: bool = Fa
             order_id=s.order_id, client_order_id=s.client_order_id, market=s.market,
             side=s.side, type=s.type, price=_opt(s.price, q), quantity=_opt(s.quantity, b),
             funds=_opt(s.funds, q), filled_quantity="0", filled_funds="0", average_price=None,
-            fee="0", status="PENDING", reason=None, time_in_force=s.time_in_force,
+            fee="0", status="PENDING", reason=None, reason_code=None, time_in_force=s.time_in_force,
             post_only=s.post_only, stp=s.stp, created_at=s.ts, updated_at=s.ts,
         )  # fmt: skip
     return OrderView(
@@ -253,6 +264,7 @@ def from_order(market: Market, s: OrderState | PlaceOrder, *, pending: bool = Fa
         filled_funds=to_text(s.filled_funds, q),
         average_price=average_price(market, s.filled_funds, s.filled_quantity),
         fee=to_text(s.fee, q), status="PENDING" if pending else s.status, reason=s.reason,
+        reason_code=_code(s.reason_code),
         time_in_force=s.time_in_force, post_only=s.post_only, stp=s.stp,
         created_at=s.created_at, updated_at=s.updated_at,
     )  # fmt: skip
@@ -261,7 +273,8 @@ def from_order(market: Market, s: OrderState | PlaceOrder, *, pending: bool = Fa
 def from_transfer(t: TransferState, precision: int) -> TransferView:
     return TransferView(
         transfer_id=t.transfer_id, user_id=t.user_id, direction=t.direction, asset=t.asset,
-        amount=to_text(t.amount, precision), status=t.status, reason=t.reason, ts=t.ts,
+        amount=to_text(t.amount, precision), status=t.status, reason=t.reason,
+        reason_code=_code(t.reason_code), ts=t.ts,
     )  # fmt: skip
 
 

@@ -167,5 +167,6 @@ def _pending(command: Credit | Debit, precision: int) -> schemas.TransferView:
     return schemas.TransferView(
         transfer_id=command.transfer_id, user_id=command.user_id,
         direction="credit" if isinstance(command, Credit) else "debit", asset=command.asset,
-        amount=to_text(command.amount, precision), status="PENDING", reason=None, ts=command.ts,
+        amount=to_text(command.amount, precision), status="PENDING", reason=None, reason_code=None,
+        ts=command.ts,
     )  # fmt: skip
