@@ -23,22 +23,25 @@ from ._hub import Hub
 from ._openapi import options_handlers, refine_schema
 from ._paths import StrictPathMiddleware
 from ._producer import CommandLog
+from ._ratelimit import Buckets, RateLimitMiddleware
 from .auth import BEARER
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics, metrics_middleware
 from .readmodel import LiveReadModel
-from .routes import account, admin, health, markets, orders, page, stream
+from .routes import account, admin, health, keys, markets, orders, page, stream
 
 log = logging.getLogger("crypton.api")
 
 ROUTES = [
     health.health, health.ready, health.metrics,
-    markets.list_markets, markets.get_market, markets.get_depth, markets.list_trades,
-    markets.list_candles,
+    markets.server_time, markets.list_tickers,
+    markets.list_markets, markets.get_market, markets.get_ticker, markets.get_depth,
+    markets.list_trades, markets.list_candles,
     orders.place_order, orders.get_order, orders.cancel_order, orders.cancel_all,
-    orders.list_orders,
+    orders.list_orders, orders.get_order_by_client_id, orders.cancel_order_by_client_id,
     account.get_balances, account.list_fills,
     admin.create_user, admin.user_balances, admin.credit, admin.debit,
+    keys.create_key, keys.list_keys, keys.revoke_key,
     stream.stream_market, stream.stream_me,
 ]  # fmt: skip
 
@@ -79,6 +82,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         hub=hub,
         commands=CommandLog(settings, metrics, config.produce_timeout_s, secret),
         secret=secret,
+        rate_limits=Buckets(config.rate_limit, config.rate_burst) if config.rate_limit else None,
     )
     if config.admin_token is None:
         log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")
@@ -100,7 +104,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[metrics_middleware(metrics), StrictPathMiddleware],
+        middleware=[metrics_middleware(metrics), StrictPathMiddleware, RateLimitMiddleware],
         state=State({"ctx": ctx}),
         openapi_config=OpenAPIConfig(
             title="Crypton",

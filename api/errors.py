@@ -78,19 +78,21 @@ def unavailable(message: str, retry_after: int = RETRY_AFTER_S) -> ApiError:
 _DESCRIPTIONS = {
     400: "Invalid request; `field` names the offending field",
     401: "Missing or wrong credentials",
+    403: "The API key lacks the scope this route needs (`trade`)",
     404: "Not found (or not yours)",
     409: "Conflict with the current state",
     413: "The body is larger than this route accepts",
     415: "The body is not sent as application/json",
-    429: "Too many open streams",
+    429: "Too many requests (`rate_limited`, see Retry-After) or open streams",
     503: "The broker or the read model is not available; retry with the same ids",
 }
 
 
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the error statuses a route can answer. 400 is always there:
-    Litestar would otherwise document its own body for parameter errors, not ours."""
-    statuses = tuple(sorted({400, *statuses}))
+    Litestar would otherwise document its own body for parameter errors, not ours; 429
+    too: every route is rate limited."""
+    statuses = tuple(sorted({400, 429, *statuses}))
     return {
         s: ResponseSpec(
             data_container=ErrorBody,

@@ -30,8 +30,8 @@ from crypton.domain.messages import (
 )
 from crypton.domain.money import to_text
 from crypton.domain.orders import REASON_CODES, ReasonCode
-from crypton.readmodel import Fill
-from crypton.users import USER_ID_PATTERN
+from crypton.readmodel import Fill, Ticker
+from crypton.users import USER_ID_PATTERN, Scope
 
 Amount = Annotated[
     str,
@@ -59,6 +59,35 @@ class UserCreated(msgspec.Struct):
     user_id: str
     api_key: str
     """Shown once: only its hash is stored."""
+    key_id: str
+    """The key's public id, to revoke it."""
+    scopes: list[Scope]
+
+
+class NewKey(msgspec.Struct, forbid_unknown_fields=True):
+    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=2)] | None = None
+    """``read`` (orders, balances, fills, the user stream) and/or ``trade`` (place and
+    cancel orders); both when absent."""
+
+
+class KeyCreated(msgspec.Struct):
+    key_id: str
+    api_key: str
+    """Shown once: only its hash is stored."""
+    scopes: list[Scope]
+    created_at: Millis
+
+
+class KeyView(msgspec.Struct):
+    """A key without its secret."""
+
+    key_id: str
+    scopes: list[Scope]
+    created_at: Millis
+
+
+class KeyPage(msgspec.Struct):
+    items: list[KeyView]
 
 
 class TransferRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,7 +108,8 @@ class TransferView(msgspec.Struct):
     reason: str | None
     reason_code: ReasonCode | None
     """Why it was REJECTED, for programs (``reason`` is for people)."""
-    ts: Millis
+    time: Millis
+    """When the API took the request."""
 
 
 class NewOrder(msgspec.Struct, forbid_unknown_fields=True):
@@ -165,7 +195,8 @@ class DepthView(msgspec.Struct):
     """Best (highest) first."""
     asks: list[Level]
     """Best (lowest) first."""
-    ts: Millis
+    time: Millis
+    """When the book last changed (0 before its first order)."""
 
 
 class TradeView(msgspec.Struct):
@@ -182,13 +213,17 @@ class TradeView(msgspec.Struct):
 class TradePage(msgspec.Struct):
     items: list[TradeView]
     next_cursor: str | None
-    """Pass as ``before_seq`` for the next page."""
+    """The next page: pass as ``before_seq`` (newest-first pages) or as ``after_seq``
+    (pages asked for with ``since`` or ``after_seq``, oldest first)."""
 
 
 class FillView(msgspec.Struct):
     seq: int
+    """The trade's sequence in its market."""
     market: str
     order_id: str
+    client_order_id: str | None
+    """The order's client_order_id (null if the order is no longer known to the API)."""
     side: Side
     liquidity: Literal["maker", "taker"]
     price: Decimal
@@ -202,6 +237,36 @@ class FillView(msgspec.Struct):
 class FillPage(msgspec.Struct):
     items: list[FillView]
     next_cursor: str | None
+
+
+class ServerTime(msgspec.Struct):
+    time: Millis
+    """The server's clock: what it stamps on commands."""
+
+
+class TickerView(msgspec.Struct):
+    """The last price, the best bid and ask, and the last 24 hours (moving by the minute).
+    Null where there is nothing to tell: no trade ever, no trade in 24 h, an empty side."""
+
+    market: str
+    last: Decimal | None
+    bid: Decimal | None
+    ask: Decimal | None
+    open: Decimal | None
+    high: Decimal | None
+    low: Decimal | None
+    volume: Decimal
+    """Base traded in 24 h."""
+    quote_volume: Decimal
+    """Quote traded in 24 h."""
+    change_percent: Decimal | None
+    """(last - open) / open * 100, two decimals."""
+    trades: int
+    time: Millis
+
+
+class TickerPage(msgspec.Struct):
+    items: list[TickerView]
 
 
 class CandleView(msgspec.Struct):
@@ -274,7 +339,7 @@ def from_transfer(t: TransferState, precision: int) -> TransferView:
     return TransferView(
         transfer_id=t.transfer_id, user_id=t.user_id, direction=t.direction, asset=t.asset,
         amount=to_text(t.amount, precision), status=t.status, reason=t.reason,
-        reason_code=_code(t.reason_code), ts=t.ts,
+        reason_code=_code(t.reason_code), time=t.ts,
     )  # fmt: skip
 
 
@@ -303,13 +368,13 @@ def from_market(m: Market) -> MarketView:
 
 def from_depth(m: Market, d: DepthState | None, levels: int) -> DepthView:
     if d is None:
-        return DepthView(market=m.symbol, seq=0, bids=[], asks=[], ts=0)
+        return DepthView(market=m.symbol, seq=0, bids=[], asks=[], time=0)
     return DepthView(
         market=m.symbol,
         seq=d.seq,
         bids=[[m.price_text(p), m.quantity_text(q)] for p, q in d.bids[:levels]],
         asks=[[m.price_text(p), m.quantity_text(q)] for p, q in d.asks[:levels]],
-        ts=d.ts,
+        time=d.ts,
     )
 
 
@@ -321,10 +386,11 @@ def from_trade(m: Market, t: Trade) -> TradeView:
     )  # fmt: skip
 
 
-def from_fill(m: Market, f: Fill) -> FillView:
+def from_fill(m: Market, f: Fill, client_order_id: str | None) -> FillView:
     t = f.trade
     return FillView(
-        seq=t.seq, market=t.market, order_id=f.order_id, side=f.side, liquidity=f.liquidity,
+        seq=t.seq, market=t.market, order_id=f.order_id, client_order_id=client_order_id,
+        side=f.side, liquidity=f.liquidity,
         price=m.price_text(t.price), quantity=m.quantity_text(t.quantity),
         funds=m.quote_text(t.notional), fee=m.quote_text(f.fee), fee_asset=m.quote.code,
         time=t.time,
@@ -338,3 +404,36 @@ def from_candle(m: Market, c: Candle) -> CandleView:
         volume=m.quantity_text(c.volume), quote_volume=m.quote_text(c.quote_volume),
         trades=c.trades,
     )  # fmt: skip
+
+
+def change_percent(open_price: int | None, last: int | None) -> str | None:
+    """(last - open) / open in percent, rounded half away from zero to two decimals.
+
+    >>> change_percent(100, 101), change_percent(3, 2), change_percent(None, 1)
+    ('1.00', '-33.33', None)
+    """
+    if open_price is None or last is None or open_price <= 0:
+        return None
+    hundredths = (abs(last - open_price) * 20_000 + open_price) // (2 * open_price)
+    sign = "-" if last < open_price and hundredths else ""
+    return f"{sign}{hundredths // 100}.{hundredths % 100:02d}"
+
+
+def from_ticker(m: Market, t: Ticker, depth: DepthState | None, now: int) -> TickerView:
+    price = m.price_text
+    bid = depth.bids[0][0] if depth is not None and depth.bids else None
+    ask = depth.asks[0][0] if depth is not None and depth.asks else None
+    return TickerView(
+        market=m.symbol,
+        last=None if t.last is None else price(t.last),
+        bid=None if bid is None else price(bid),
+        ask=None if ask is None else price(ask),
+        open=None if t.open is None else price(t.open),
+        high=None if t.high is None else price(t.high),
+        low=None if t.low is None else price(t.low),
+        volume=m.quantity_text(t.volume),
+        quote_volume=m.quote_text(t.quote_volume),
+        change_percent=change_percent(t.open, t.last),
+        trades=t.trades,
+        time=now,
+    )

@@ -53,5 +53,9 @@ async def list_fills(
         after = (int(match[1]), match[2], int(match[3]))
     with ctx.readmodel.read() as model:
         page = model.fills(user, market=market, limit=limit, cursor=after)
-    items = [schemas.from_fill(ctx.markets.market(f.trade.market), f) for f in page.items]
+        ids = [model.client_order_id(f.order_id) for f in page.items]
+    items = [
+        schemas.from_fill(ctx.markets.market(f.trade.market), f, client_order_id)
+        for f, client_order_id in zip(page.items, ids, strict=True)
+    ]
     return schemas.FillPage(items=items, next_cursor=page.next_cursor)

@@ -12,6 +12,7 @@ fault.
 ...                  side="buy", type="limit", price=50_000_000000, quantity=10_000, ts=0)
 >>> check(btc, cmd) is None
 True
+>>> import msgspec
 >>> check(btc, msgspec.structs.replace(cmd, price=50_000_000001)).code
 'invalid_tick'
 >>> hold_for(btc, cmd)

@@ -51,7 +51,14 @@ def start_api(
     return once ``/ready`` answers 200 (read model caught up)."""
     port = free_port()
     child_env = settings_env(settings)
-    child_env.update({"CRYPTON_ADMIN_TOKEN": ADMIN_TOKEN, "CRYPTON_SSE_HEARTBEAT": "1"})
+    # No rate limit unless a test asks for one: tests send bursts on purpose.
+    child_env.update(
+        {
+            "CRYPTON_ADMIN_TOKEN": ADMIN_TOKEN,
+            "CRYPTON_SSE_HEARTBEAT": "1",
+            "CRYPTON_RATE_LIMIT": "0",
+        }
+    )
     child_env.update(env or {})
     argv = [
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--http", PROTOCOL,

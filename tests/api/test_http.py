@@ -252,7 +252,7 @@ def test_read_model_serves_the_state_topics(
         "seq": 9,
         "bids": [["49999.99", "0.0003"]],
         "asks": [["50000.01", "0.00005"]],
-        "ts": 5,
+        "time": 5,
     }
     candles = alice.client.get("/v1/markets/BTC-USDT/candles", params={"interval": "1h"}).json()[
         "items"
