@@ -30,8 +30,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from crypton.users import hash_key
-
-from .errors import ErrorBody
+from crypton.wire import ErrorBody
 
 if TYPE_CHECKING:
     from ._context import Context

@@ -9,7 +9,6 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -21,17 +20,9 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from crypton.wire import ErrorBody
+
 log = logging.getLogger("crypton.api")
-
-
-class ErrorBody(msgspec.Struct, omit_defaults=True):
-    code: str
-    """A stable identifier such as ``invalid_request`` or ``order_not_found``."""
-    message: str
-    field: str | None = None
-    """The request field at fault, for validation errors."""
-    reason_code: str | None = None
-    """For an order or transfer refused by the exchange's rules: a ``ReasonCode``."""
 
 
 class ApiError(Exception):
