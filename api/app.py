@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
@@ -20,7 +22,7 @@ from crypton.config import Settings
 from ._config import ApiConfig, api_secret
 from ._context import Context
 from ._hub import Hub
-from ._openapi import options_handlers, refine_schema
+from ._openapi import operation_id, options_handlers, refine_schema
 from ._paths import StrictPathMiddleware
 from ._producer import CommandLog
 from ._ratelimit import Buckets, RateLimitMiddleware
@@ -87,22 +89,25 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
     if config.admin_token is None:
         log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")
 
-    async def start() -> None:
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        # Nothing connects before this: building the app (e.g. to dump its OpenAPI
+        # document) needs no broker.
         loop = asyncio.get_running_loop()
         hub.bind(loop)
         _close_streams_on_exit_signals(loop, hub)
         ctx.commands.start()
         readmodel.start()
-
-    async def stop() -> None:
-        await asyncio.to_thread(readmodel.stop)
-        await asyncio.to_thread(ctx.commands.close)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(readmodel.stop)
+            await asyncio.to_thread(ctx.commands.close)
 
     app = Litestar(
         # The OPTIONS handlers first: each path then has one before Litestar makes its own.
         route_handlers=[*options_handlers(ROUTES), *ROUTES, page.index, page.static_files()],
-        on_startup=[start],
-        on_shutdown=[stop],
+        lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[metrics_middleware(metrics), StrictPathMiddleware, RateLimitMiddleware],
         state=State({"ctx": ctx}),
@@ -115,6 +120,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
                 "`Authorization: Bearer <api key>` (admin routes: the admin token)."
             ),
             path="/schema",
+            operation_id_creator=operation_id,
             render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
             components=Components(
                 security_schemes={
