@@ -68,7 +68,7 @@ def test_keys_issue_list_scope_and_revoke(
             assert reader.get("/v1/balances").status_code == 200
     finally:
         other.stop()
-        alice.client.close()
+        alice.close()
     listed = admin_client.get("/v1/admin/users/alice/keys").json()["items"]
     assert [k["key_id"] for k in listed] == [read_key["key_id"]]
     assert admin_client.delete(f"/v1/admin/users/alice/keys/{first_id}").status_code == 404

@@ -55,6 +55,6 @@ def test_over_the_limit_is_a_429_with_retry_after(settings: Settings, tmp_path: 
             # Probes are never limited; neither is the operator's admin token.
             assert public.get("/health").status_code == 200
             assert all(admin.get("/v1/markets").status_code == 200 for _ in range(10))
-            alice.client.close()
+            alice.close()
     finally:
         server.stop()
