@@ -22,7 +22,7 @@ from crypton.config import Settings
 from ._config import ApiConfig, api_secret
 from ._context import Context
 from ._hub import Hub
-from ._openapi import operation_id, options_handlers, refine_schema
+from ._openapi import operation_id, refine_schema
 from ._paths import StrictPathMiddleware
 from ._producer import CommandLog
 from ._ratelimit import Buckets, RateLimitMiddleware
@@ -30,22 +30,20 @@ from .auth import BEARER
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics, metrics_middleware
 from .readmodel import LiveReadModel
-from .routes import account, admin, health, keys, markets, orders, page, stream
+from .routes import account, health, keys, markets, orders, page, stream
 
 log = logging.getLogger("crypton.api")
 
+ROUTERS = [health.router, markets.router, orders.router, account.router, keys.router,
+           stream.router]  # fmt: skip
+"""One Router per area, carrying its dependencies, guards, security and tags once."""
 ROUTES = [
-    health.health, health.ready, health.metrics,
-    markets.server_time, markets.list_tickers,
-    markets.list_markets, markets.get_market, markets.get_ticker, markets.get_depth,
-    markets.list_trades, markets.list_candles,
-    orders.place_order, orders.get_order, orders.cancel_order, orders.cancel_all,
-    orders.list_orders, orders.get_order_by_client_id, orders.cancel_order_by_client_id,
-    account.get_balances, account.list_fills,
-    admin.create_user, admin.user_balances, admin.credit, admin.debit,
-    keys.create_key, keys.list_keys, keys.revoke_key,
-    stream.stream_market, stream.stream_me,
-]  # fmt: skip
+    handler
+    for router in ROUTERS
+    for route in router.routes
+    for handler in getattr(route, "route_handlers", ())
+    if "OPTIONS" not in handler.http_methods
+]
 
 
 def _close_streams_on_exit_signals(loop: asyncio.AbstractEventLoop, hub: Hub) -> None:
@@ -106,7 +104,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
 
     app = Litestar(
         # The OPTIONS handlers first: each path then has one before Litestar makes its own.
-        route_handlers=[*options_handlers(ROUTES), *ROUTES, page.index, page.static_files()],
+        route_handlers=[*ROUTERS, page.index, page.static_files()],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[metrics_middleware(metrics), StrictPathMiddleware, RateLimitMiddleware],

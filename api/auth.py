@@ -80,7 +80,10 @@ def _authenticate(request: ASGIConnection[Any, Any, Any, Any], scope: str) -> st
 
 async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """A guard, not a dependency: Litestar runs guards on every request to the route,
-    while a dependency runs only if the handler asks for it."""
+    while a dependency runs only if the handler asks for it. OPTIONS (which methods a
+    path has) is no secret: its router-wide handler answers without the token."""
+    if connection.scope.get("method") == "OPTIONS":
+        return
     token = _bearer(connection)
     expected = _context(connection).config.admin_token
     # compare_digest: the comparison time does not reveal how much of the token matched.
@@ -92,6 +95,8 @@ async def provide_context(request: Request[Any, Any, Any]) -> Context:
     return _context(request)
 
 
-USER: Final = {"user": Provide(current_user), "ctx": Provide(provide_context)}
+USER_ONLY: Final = {"user": Provide(current_user)}
+"""For one user route in a public area (whose router provides ``ctx``)."""
+USER: Final = {**USER_ONLY, "ctx": Provide(provide_context)}
 ADMIN_GUARDS: Final = [admin_guard]
 PUBLIC: Final = {"ctx": Provide(provide_context)}

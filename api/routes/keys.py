@@ -29,8 +29,10 @@ from crypton.users import (
 
 from .. import schemas
 from .._context import Context
+from ..auth import ADMIN_GUARDS, PUBLIC, SECURITY
 from ..errors import ApiError, error_responses, not_found, unavailable
-from .admin import ADMIN_ROUTE, with_body
+from . import admin, area
+from .admin import with_body
 
 
 def _user(ctx: Context, user_id: str) -> UserState:
@@ -92,14 +94,13 @@ async def create_key(
     return schemas.KeyCreated(key.key_id, secret, list(scopes), key.created_at)
 
 
-@get("/v1/admin/users/{user_id:str}/keys", **ADMIN_ROUTE,
-     responses=error_responses(401, 404, 503))  # fmt: skip
+@get("/v1/admin/users/{user_id:str}/keys", responses=error_responses(401, 404, 503))
 async def list_keys(ctx: Context, user_id: str) -> schemas.KeyPage:
     """The user's valid keys, oldest first; never their secrets."""
     return schemas.KeyPage(items=_views(_user(ctx, user_id)))
 
 
-@delete("/v1/admin/users/{user_id:str}/keys/{key_id:str}", **ADMIN_ROUTE, status_code=204,
+@delete("/v1/admin/users/{user_id:str}/keys/{key_id:str}", status_code=204,
         responses=error_responses(401, 404, 409, 503))  # fmt: skip
 async def revoke_key(ctx: Context, user_id: str, key_id: str) -> None:
     """Revoke a key: from now on it is a 401, on every replica within a second."""
@@ -118,3 +119,12 @@ async def revoke_key(ctx: Context, user_id: str, key_id: str) -> None:
         )
 
     await _update(ctx, state, remove)
+
+
+router = area(
+    "admin",
+    [admin.create_user, admin.user_balances, admin.credit, admin.debit, create_key, list_keys,
+     revoke_key],
+    dependencies=PUBLIC, guards=ADMIN_GUARDS, security=SECURITY,
+)  # fmt: skip
+"""Every admin route: the admin token (a guard, so it is checked before any body is read)."""

@@ -14,6 +14,7 @@ from .. import schemas
 from .._context import Context
 from ..auth import PUBLIC
 from ..errors import error_responses, not_found
+from . import area
 
 Limit = Annotated[int, Parameter(ge=1, le=1000, description="How many items at most")]
 # Litestar drops a lower bound of 0 from the schema, so times and sequences take any
@@ -32,21 +33,21 @@ def market_of(ctx: Context, symbol: str) -> Market:
     return market
 
 
-@get("/v1/markets", dependencies=PUBLIC, tags=["markets"], responses=error_responses(),
+@get("/v1/markets", responses=error_responses(),
      sync_to_thread=False)  # fmt: skip
 def list_markets(ctx: Context) -> schemas.MarketPage:
     """Every market with its trading rules."""
     return schemas.MarketPage(items=[schemas.from_market(m) for m in ctx.markets])
 
 
-@get("/v1/time", dependencies=PUBLIC, tags=["markets"], responses=error_responses(),
+@get("/v1/time", responses=error_responses(),
      sync_to_thread=False)  # fmt: skip
 def server_time(ctx: Context) -> schemas.ServerTime:
     """The server's clock, in milliseconds since the epoch: what it stamps on orders."""
     return schemas.ServerTime(time=ctx.now_ms())
 
 
-@get("/v1/tickers", dependencies=PUBLIC, tags=["markets"], responses=error_responses(),
+@get("/v1/tickers", responses=error_responses(),
      sync_to_thread=False)  # fmt: skip
 def list_tickers(ctx: Context) -> schemas.TickerPage:
     """The ticker of every market."""
@@ -59,8 +60,7 @@ def list_tickers(ctx: Context) -> schemas.TickerPage:
     return schemas.TickerPage(items=items)
 
 
-@get("/v1/markets/{market:str}/ticker", dependencies=PUBLIC, tags=["markets"],
-     responses=error_responses(404), sync_to_thread=False)  # fmt: skip
+@get("/v1/markets/{market:str}/ticker", responses=error_responses(404), sync_to_thread=False)
 def get_ticker(ctx: Context, market: str) -> schemas.TickerView:
     """Last price, best bid and ask, and open, high, low and volumes of the last 24 hours
     (to the minute); null where undefined."""
@@ -70,14 +70,12 @@ def get_ticker(ctx: Context, market: str) -> schemas.TickerView:
         return schemas.from_ticker(m, model.ticker(m.symbol, now), model.depth.get(m.symbol), now)
 
 
-@get("/v1/markets/{market:str}", dependencies=PUBLIC, tags=["markets"],
-     responses=error_responses(404), sync_to_thread=False)  # fmt: skip
+@get("/v1/markets/{market:str}", responses=error_responses(404), sync_to_thread=False)
 def get_market(ctx: Context, market: str) -> schemas.MarketView:
     return schemas.from_market(market_of(ctx, market))
 
 
-@get("/v1/markets/{market:str}/depth", dependencies=PUBLIC, tags=["markets"],
-     responses=error_responses(400, 404), sync_to_thread=False)  # fmt: skip
+@get("/v1/markets/{market:str}/depth", responses=error_responses(400, 404), sync_to_thread=False)
 def get_depth(
     ctx: Context,
     market: str,
@@ -90,8 +88,7 @@ def get_depth(
     return schemas.from_depth(m, depth, levels)
 
 
-@get("/v1/markets/{market:str}/trades", dependencies=PUBLIC, tags=["markets"],
-     responses=error_responses(400, 404), sync_to_thread=False)  # fmt: skip
+@get("/v1/markets/{market:str}/trades", responses=error_responses(400, 404), sync_to_thread=False)
 def list_trades(
     ctx: Context,
     market: str,
@@ -131,8 +128,7 @@ def list_trades(
     )
 
 
-@get("/v1/markets/{market:str}/candles", dependencies=PUBLIC, tags=["markets"],
-     responses=error_responses(400, 404), sync_to_thread=False)  # fmt: skip
+@get("/v1/markets/{market:str}/candles", responses=error_responses(400, 404), sync_to_thread=False)
 def list_candles(
     ctx: Context,
     market: str,
@@ -152,3 +148,11 @@ def list_candles(
         candles = model.candle_list(m.symbol, interval, limit, start=start, end=end)
         items = [schemas.from_candle(m, c) for c in candles]
     return schemas.CandlePage(items=items)
+
+
+router = area(
+    "markets",
+    [server_time, list_tickers, list_markets, get_market, get_ticker, get_depth, list_trades,
+     list_candles],
+    dependencies=PUBLIC,
+)  # fmt: skip

@@ -24,6 +24,7 @@ from .._context import Context
 from ..auth import SECURITY, TRADE, USER, user_guard
 from ..errors import ApiError, error_responses, invalid, not_found
 from ..validation import check_order, new_client_order_id
+from . import area
 from .markets import market_of
 
 Wait = Annotated[
@@ -73,7 +74,7 @@ def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
 
 
 @post(
-    "/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
+    "/v1/orders", status_code=202,
     opt=TRADE,
     guards=[user_guard, strict_json(schemas.NewOrder)], request_max_body_size=MAX_ORDER_BYTES,
     responses={
@@ -134,15 +135,13 @@ def _conflict(client_order_id: str) -> ApiError:
     )  # fmt: skip
 
 
-@get("/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
-     responses=error_responses(401, 404))  # fmt: skip
+@get("/v1/orders/{order_id:str}", responses=error_responses(401, 404))
 async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.OrderView:
     return _view(ctx, _own_order(ctx, user, order_id))
 
 
 @delete(
-    "/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
-    status_code=202, opt=TRADE,
+    "/v1/orders/{order_id:str}", status_code=202, opt=TRADE,
     responses={
         200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
         **error_responses(401, 403, 404, 409, 503),
@@ -156,8 +155,7 @@ async def cancel_order(
     return await _cancel(ctx, user, _own_order(ctx, user, order_id), wait)
 
 
-@get("/v1/orders/by-client-id/{client_order_id:str}", dependencies=USER, security=SECURITY,
-     tags=["orders"], responses=error_responses(401, 404))  # fmt: skip
+@get("/v1/orders/by-client-id/{client_order_id:str}", responses=error_responses(401, 404))
 async def get_order_by_client_id(
     ctx: Context, user: str, client_order_id: ClientOrderId
 ) -> schemas.OrderView:
@@ -166,8 +164,7 @@ async def get_order_by_client_id(
 
 
 @delete(
-    "/v1/orders/by-client-id/{client_order_id:str}", dependencies=USER, security=SECURITY,
-    tags=["orders"], status_code=202, opt=TRADE,
+    "/v1/orders/by-client-id/{client_order_id:str}", status_code=202, opt=TRADE,
     responses={
         200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
         **error_responses(401, 403, 404, 409, 503),
@@ -205,7 +202,7 @@ async def _cancel(
     return Response(_view(ctx, state), status_code=202)
 
 
-@delete("/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
+@delete("/v1/orders", status_code=202,
         opt=TRADE, responses=error_responses(401, 403, 404, 503))  # fmt: skip
 async def cancel_all(
     ctx: Context,
@@ -229,8 +226,7 @@ async def cancel_all(
     return schemas.CancelAllResult(market=market, order_ids=open_ids)
 
 
-@get("/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"],
-     responses=error_responses(400, 401, 404))  # fmt: skip
+@get("/v1/orders", responses=error_responses(400, 401, 404))
 async def list_orders(
     *,
     ctx: Context,
@@ -256,3 +252,11 @@ async def list_orders(
     return schemas.OrderPage(
         items=[_view(ctx, s) for s in page.items], next_cursor=page.next_cursor
     )
+
+
+router = area(
+    "orders",
+    [place_order, get_order, cancel_order, get_order_by_client_id, cancel_order_by_client_id,
+     cancel_all, list_orders],
+    dependencies=USER, security=SECURITY,
+)  # fmt: skip
