@@ -23,6 +23,19 @@ def _positive(name: str, default: float) -> float:
     return value
 
 
+def _count(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     admin_token: str | None = None
@@ -42,6 +55,11 @@ class ApiConfig:
     """Open ``/v1/stream/me`` streams per user (all its API keys together); more is a 429."""
     header_timeout_s: float = 10.0
     """A connection that has not sent a complete request head within this is closed."""
+    rate_limit: int = 50
+    """Requests a second per API key (or per client address without one), per replica;
+    0 turns rate limiting off."""
+    rate_burst: int = 100
+    """Requests a client may send at once before the rate applies (the bucket size)."""
 
     @classmethod
     def from_env(cls) -> ApiConfig:
@@ -54,6 +72,8 @@ class ApiConfig:
             sse_queue=int(_positive("CRYPTON_SSE_QUEUE", 1000)),
             sse_streams_per_user=int(_positive("CRYPTON_SSE_STREAMS_PER_USER", 8)),
             header_timeout_s=_positive("CRYPTON_API_HEADER_TIMEOUT", 10.0),
+            rate_limit=_count("CRYPTON_RATE_LIMIT", 50),
+            rate_burst=_count("CRYPTON_RATE_BURST", 100, minimum=1),
         )
 
 

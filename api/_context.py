@@ -12,6 +12,7 @@ from ._claims import Claims
 from ._config import ApiConfig
 from ._hub import Hub
 from ._producer import CommandLog
+from ._ratelimit import Buckets
 from .metrics import Metrics
 from .readmodel import LiveReadModel
 
@@ -28,6 +29,8 @@ class Context:
     secret: bytes
     """Keys the order ids; the same on every replica (``_config.api_secret``)."""
     claims: Claims = field(default_factory=Claims)
+    rate_limits: Buckets | None = None
+    """``None``: no rate limit (``CRYPTON_RATE_LIMIT=0``)."""
     precisions: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:

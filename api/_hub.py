@@ -83,6 +83,10 @@ class Hub:
             if change.kind in ("trade", "depth"):
                 for sub in self.markets.get(record.market, ()):
                     sub.offer(change)
+                if change.kind == "trade":  # each side's fill
+                    for user in (record.maker_user_id, record.taker_user_id):
+                        for sub in self.users.get(user, ()):
+                            sub.offer(change)
             elif change.kind in ("order", "balance"):
                 for sub in self.users.get(record.user_id, ()):
                     sub.offer(change)

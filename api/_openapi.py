@@ -15,13 +15,21 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import get_args
+from typing import Any, get_args
 
 import msgspec
 from litestar import Litestar, MediaType, Response
 from litestar.enums import HttpMethod
 from litestar.handlers import HTTPRouteHandler
-from litestar.openapi.spec import Operation, Parameter, Reference, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Operation,
+    Parameter,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
@@ -53,11 +61,51 @@ def _options(path: str, allow: str) -> HTTPRouteHandler:
     )(options)
 
 
+def operation_id(handler: HTTPRouteHandler, method: str, path: list[Any]) -> str:
+    """The handler's function name in camelCase (``place_order`` -> ``placeOrder``): what
+    generated clients name their methods, instead of ``V1OrdersPlaceOrder``."""
+    head, *rest = handler.handler_name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+_EVENT_STREAMS = {
+    "/v1/stream/markets/{market}": (
+        "Server-sent events (`text/event-stream`) of one market: `trade` (data: a TradeView), "
+        "`depth` (data: a DepthView), `live` (the replay is over), `resync` (data: "
+        '`{"reason"}`: refetch and reconnect). Each event\'s `id` resumes the stream on '
+        "any replica as `Last-Event-ID`."
+    ),
+    "/v1/stream/me": (
+        "Server-sent events (`text/event-stream`) of the caller: `order` (data: an "
+        "OrderView), `balance` (data: `{asset: BalanceView}`), `fill` (data: a FillView: "
+        "order_id, client_order_id, trade seq, price, quantity, fee, liquidity, time), "
+        '`live` (the snapshot or replay is over), `resync` (data: `{"reason"}`: refetch '
+        "and reconnect). Each event's `id` resumes the stream on any replica as "
+        "`Last-Event-ID`."
+    ),
+}
+
+
+def _document_event_streams(paths: dict[str, Any]) -> None:
+    for path, description in _EVENT_STREAMS.items():
+        operation = paths[path].get
+        event = Schema(
+            type=OpenAPIType.STRING,
+            description="`event: <type>`, `id: <cursor>`, `data: <JSON>` lines per event",
+        )
+        operation.responses["200"] = OpenAPIResponse(
+            description=description,
+            content={"text/event-stream": OpenAPIMediaType(schema=event)},
+        )
+
+
 def refine_schema(app: Litestar, handlers: Iterable[HTTPRouteHandler], markets: Markets) -> None:
-    """Add the configured markets and assets as enums, mark optional bodies as such and
+    """Document the event streams as ``text/event-stream``, add the configured markets and
+    assets as enums, mark optional bodies as such and
     bodies that refuse unknown fields as closed (``additionalProperties: false``), in the
     document the app serves (Litestar builds it once and keeps it)."""
     doc = app.openapi_schema
+    _document_event_streams(doc.paths or {})
     symbols, assets = list(markets.markets), list(markets.assets)
     for item in (doc.paths or {}).values():
         for method in ("get", "put", "post", "delete", "patch"):

@@ -22,7 +22,7 @@ from litestar.types import (
     Send,
 )
 
-from .errors import ErrorBody
+from crypton.wire import ErrorBody
 
 # An empty segment (``//`` or a trailing ``/``), or an encoded ``/`` or ``\`` that
 # decoding would turn into a separator.

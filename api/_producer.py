@@ -78,7 +78,9 @@ class CommandLog:
         self._lock = threading.Lock()
         self._generation = 0
         self._broken = -1  # the generation that hit a fatal error, if it is still current
-        self._producer = self._new_producer(0)
+        # Made on first use (``start`` or the first command): building the app, e.g. to
+        # write out its OpenAPI document, connects to nothing.
+        self._producer: Producer | None = None
         self.replaced = 0
         """How many times a producer was replaced after a fatal error."""
         self._stop = threading.Event()
@@ -104,15 +106,22 @@ class CommandLog:
 
     def _current(self) -> tuple[Producer, int]:
         with self._lock:
+            if self._producer is None:
+                self._producer = self._new_producer(self._generation)
             return self._producer, self._generation
 
     def start(self) -> None:
+        self._current()
         self._thread.start()
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
-        self._thread.join(timeout_s)
-        self._current()[0].flush(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        with self._lock:
+            producer = self._producer
+        if producer is not None:
+            producer.flush(timeout_s)
 
     def _poll(self) -> None:
         while not self._stop.is_set():

@@ -6,10 +6,11 @@ so a client may reconnect to any replica with ``Last-Event-ID``:
 * market streams: ``"<trade seq>:<depth seq>"``. Trades are replayed from the
   trade log after the trade sequence; depth is a snapshot, so only the newest
   one after the depth sequence is sent.
-* the user stream: ``"o0=12,o1=7,b2=30"``, the last offset seen per partition
-  of ``crypton.orders`` (``o``) and ``crypton.balances`` (``b``). Within one
-  partition every replica sees the same order, so "offset above the cursor"
-  selects each event exactly once whatever replica serves the reconnect.
+* the user stream: ``"o0=12,o1=7,b2=30,t1=5"``, the last offset seen per
+  partition of ``crypton.orders`` (``o``), ``crypton.balances`` (``b``) and
+  ``crypton.trades`` (``t``, whose records are the user's ``fill`` events).
+  Within one partition every replica sees the same order, so "offset above the
+  cursor" selects each event exactly once whatever replica serves the reconnect.
 
 Live events pass the same cursor test, which also removes the overlap between
 the snapshot and the live queue. A ``live`` event (empty data) ends the snapshot
@@ -37,8 +38,8 @@ from .errors import too_many_streams
 from .readmodel import Change
 
 _MARKET_CURSOR = re.compile(r"(\d{1,19}):(\d{1,19})")
-_USER_CURSOR = re.compile(r"([ob])(\d{1,5})=(-?\d{1,19})")
-_KINDS = {"o": "order", "b": "balance"}
+_USER_CURSOR = re.compile(r"([obt])(\d{1,5})=(-?\d{1,19})")
+_KINDS = {"o": "order", "b": "balance", "t": "trade"}
 _CODES = {v: k for k, v in _KINDS.items()}
 
 Cursor = dict[tuple[str, int], int]
@@ -171,10 +172,17 @@ async def market_stream(
         gauge.dec()
 
 
-def _user_event(ctx: Context, change: Change) -> tuple[str, msgspec.Struct | dict[str, Any]]:
+def _user_event(
+    ctx: Context, user_id: str, change: Change
+) -> tuple[str, msgspec.Struct | dict[str, Any]]:
     record = change.record
     if change.kind == "order":
         return "order", schemas.from_order(ctx.markets.market(record.market), record)
+    if change.kind == "trade":
+        with ctx.readmodel.read() as model:
+            fill = next(f for f in model.fills_of_trade(record) if f.user_id == user_id)
+            client_order_id = model.client_order_id(fill.order_id)
+        return "fill", schemas.from_fill(ctx.markets.market(record.market), fill, client_order_id)
     return "balance", schemas.from_balances(record, ctx.precisions)
 
 
@@ -219,7 +227,7 @@ async def user_stream(
         for change in snapshot:
             if change.offset >= 0:
                 cursor[(change.kind, change.partition)] = change.offset
-            name, data = _user_event(ctx, change)
+            name, data = _user_event(ctx, user_id, change)
             yield _event(name, data, format_user_cursor(cursor))
         yield _live(format_user_cursor(cursor))
         while True:
@@ -237,7 +245,7 @@ async def user_stream(
             if live.offset <= cursor.get(key, -1):
                 continue
             cursor[key] = live.offset
-            name, data = _user_event(ctx, live)
+            name, data = _user_event(ctx, user_id, live)
             yield _event(name, data, format_user_cursor(cursor))
     finally:
         ctx.hub.unsubscribe(ctx.hub.users, user_id, sub)

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
@@ -20,27 +22,28 @@ from crypton.config import Settings
 from ._config import ApiConfig, api_secret
 from ._context import Context
 from ._hub import Hub
-from ._openapi import options_handlers, refine_schema
+from ._openapi import operation_id, refine_schema
 from ._paths import StrictPathMiddleware
 from ._producer import CommandLog
+from ._ratelimit import Buckets, RateLimitMiddleware
 from .auth import BEARER
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics, metrics_middleware
 from .readmodel import LiveReadModel
-from .routes import account, admin, health, markets, orders, page, stream
+from .routes import account, health, keys, markets, orders, page, stream
 
 log = logging.getLogger("crypton.api")
 
+ROUTERS = [health.router, markets.router, orders.router, account.router, keys.router,
+           stream.router]  # fmt: skip
+"""One Router per area, carrying its dependencies, guards, security and tags once."""
 ROUTES = [
-    health.health, health.ready, health.metrics,
-    markets.list_markets, markets.get_market, markets.get_depth, markets.list_trades,
-    markets.list_candles,
-    orders.place_order, orders.get_order, orders.cancel_order, orders.cancel_all,
-    orders.list_orders,
-    account.get_balances, account.list_fills,
-    admin.create_user, admin.user_balances, admin.credit, admin.debit,
-    stream.stream_market, stream.stream_me,
-]  # fmt: skip
+    handler
+    for router in ROUTERS
+    for route in router.routes
+    for handler in getattr(route, "route_handlers", ())
+    if "OPTIONS" not in handler.http_methods
+]
 
 
 def _close_streams_on_exit_signals(loop: asyncio.AbstractEventLoop, hub: Hub) -> None:
@@ -79,28 +82,32 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         hub=hub,
         commands=CommandLog(settings, metrics, config.produce_timeout_s, secret),
         secret=secret,
+        rate_limits=Buckets(config.rate_limit, config.rate_burst) if config.rate_limit else None,
     )
     if config.admin_token is None:
         log.warning("CRYPTON_ADMIN_TOKEN is not set: admin routes answer 401")
 
-    async def start() -> None:
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        # Nothing connects before this: building the app (e.g. to dump its OpenAPI
+        # document) needs no broker.
         loop = asyncio.get_running_loop()
         hub.bind(loop)
         _close_streams_on_exit_signals(loop, hub)
         ctx.commands.start()
         readmodel.start()
-
-    async def stop() -> None:
-        await asyncio.to_thread(readmodel.stop)
-        await asyncio.to_thread(ctx.commands.close)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(readmodel.stop)
+            await asyncio.to_thread(ctx.commands.close)
 
     app = Litestar(
         # The OPTIONS handlers first: each path then has one before Litestar makes its own.
-        route_handlers=[*options_handlers(ROUTES), *ROUTES, page.index, page.static_files()],
-        on_startup=[start],
-        on_shutdown=[stop],
+        route_handlers=[*ROUTERS, page.index, page.static_files()],
+        lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[metrics_middleware(metrics), StrictPathMiddleware],
+        middleware=[metrics_middleware(metrics), StrictPathMiddleware, RateLimitMiddleware],
         state=State({"ctx": ctx}),
         openapi_config=OpenAPIConfig(
             title="Crypton",
@@ -111,6 +118,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
                 "`Authorization: Bearer <api key>` (admin routes: the admin token)."
             ),
             path="/schema",
+            operation_id_creator=operation_id,
             render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
             components=Components(
                 security_schemes={

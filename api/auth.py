@@ -38,35 +38,52 @@ def _context(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
     return ctx
 
 
+TRADE: Final = {"scope": "trade"}
+"""``opt`` of the routes that place or cancel orders: a ``read`` key gets a 403 there.
+Every other user route needs ``read``."""
+
+
+def _scope(handler: BaseRouteHandler) -> str:
+    return str(handler.opt.get("scope", "read"))
+
+
 async def current_user(request: Request[Any, Any, Any]) -> str:
-    """The user the request's API key belongs to."""
+    """The user the request's API key belongs to, if the key has the route's scope."""
     known = request.state.get(_USER_STATE)
     if isinstance(known, str):  # already checked by ``user_guard``
         return known
-    return _authenticate(request)
+    return _authenticate(request, _scope(request.route_handler))
 
 
-async def user_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def user_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """Authenticate before anything else of the request is read: Litestar resolves
     dependencies together with the body, so a route with a body needs this guard."""
-    connection.state[_USER_STATE] = _authenticate(connection)
+    connection.state[_USER_STATE] = _authenticate(connection, _scope(handler))
 
 
-def _authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> str:
+def _authenticate(request: ASGIConnection[Any, Any, Any, Any], scope: str) -> str:
     token = _bearer(request)
     ctx = _context(request)
     if not ctx.readmodel.ready.is_set():
         raise unavailable("the API is still reading the log; retry shortly")
     with ctx.readmodel.read() as model:
-        user_id = model.user_by_key_hash(hash_key(token))
-    if user_id is None:
+        key = model.key_by_hash(hash_key(token))
+    if key is None:
         raise ApiError(401, "unauthorized", "unknown API key")
+    user_id, scopes = key
+    if scope not in scopes:
+        raise ApiError(403, "forbidden", f"this API key lacks the {scope!r} scope")
     return user_id
 
 
 async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """A guard, not a dependency: Litestar runs guards on every request to the route,
-    while a dependency runs only if the handler asks for it."""
+    while a dependency runs only if the handler asks for it. OPTIONS (which methods a
+    path has) is no secret: its router-wide handler answers without the token."""
+    if connection.scope.get("method") == "OPTIONS":
+        return
     token = _bearer(connection)
     expected = _context(connection).config.admin_token
     # compare_digest: the comparison time does not reveal how much of the token matched.
@@ -78,6 +95,8 @@ async def provide_context(request: Request[Any, Any, Any]) -> Context:
     return _context(request)
 
 
-USER: Final = {"user": Provide(current_user), "ctx": Provide(provide_context)}
+USER_ONLY: Final = {"user": Provide(current_user)}
+"""For one user route in a public area (whose router provides ``ctx``)."""
+USER: Final = {**USER_ONLY, "ctx": Provide(provide_context)}
 ADMIN_GUARDS: Final = [admin_guard]
 PUBLIC: Final = {"ctx": Provide(provide_context)}

@@ -9,7 +9,6 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -21,15 +20,9 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from crypton.wire import ErrorBody
+
 log = logging.getLogger("crypton.api")
-
-
-class ErrorBody(msgspec.Struct, omit_defaults=True):
-    code: str
-    """A stable identifier such as ``invalid_request`` or ``order_not_found``."""
-    message: str
-    field: str | None = None
-    """The request field at fault, for validation errors."""
 
 
 class ApiError(Exception):
@@ -42,16 +35,17 @@ class ApiError(Exception):
         message: str,
         field: str | None = None,
         retry_after: int | None = None,
+        reason_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = ErrorBody(code=code, message=message, field=field)
+        self.body = ErrorBody(code=code, message=message, field=field, reason_code=reason_code)
         self.retry_after = retry_after
         """Seconds a client should wait before retrying (the ``Retry-After`` header)."""
 
 
-def invalid(field: str | None, message: str) -> ApiError:
-    return ApiError(400, "invalid_request", message, field)
+def invalid(field: str | None, message: str, reason_code: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request", message, field, reason_code=reason_code)
 
 
 def not_found(what: str, name: str) -> ApiError:
@@ -75,19 +69,21 @@ def unavailable(message: str, retry_after: int = RETRY_AFTER_S) -> ApiError:
 _DESCRIPTIONS = {
     400: "Invalid request; `field` names the offending field",
     401: "Missing or wrong credentials",
+    403: "The API key lacks the scope this route needs (`trade`)",
     404: "Not found (or not yours)",
     409: "Conflict with the current state",
     413: "The body is larger than this route accepts",
     415: "The body is not sent as application/json",
-    429: "Too many open streams",
+    429: "Too many requests (`rate_limited`, see Retry-After) or open streams",
     503: "The broker or the read model is not available; retry with the same ids",
 }
 
 
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the error statuses a route can answer. 400 is always there:
-    Litestar would otherwise document its own body for parameter errors, not ours."""
-    statuses = tuple(sorted({400, *statuses}))
+    Litestar would otherwise document its own body for parameter errors, not ours; 429
+    too: every route is rate limited."""
+    statuses = tuple(sorted({400, 429, *statuses}))
     return {
         s: ResponseSpec(
             data_container=ErrorBody,

@@ -84,6 +84,12 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "crypton_api_rate_limited",
+            "Requests refused with 429 by the rate limit, by bucket kind",
+            ["bucket"],
+            registry=r,
+        )
 
 
 def metrics_middleware(metrics: Metrics) -> type:

@@ -34,7 +34,9 @@ log = logging.getLogger("crypton.api.readmodel")
 
 Kind = Literal["order", "balance", "trade", "depth", "transfer", "user"]
 JOURNAL: Final = 1000
-"""Order and balance events kept per user, so an SSE client can resume after a gap."""
+"""Order, balance and fill events kept per user, so an SSE client can resume after a gap."""
+_USER_KINDS: Final = frozenset({"order", "balance", "trade"})
+"""What a user's stream carries (a trade as the user's fill): their offsets are its cursor."""
 _REFRESH_S: Final = 2.0
 _BATCH: Final = 5000
 
@@ -51,7 +53,8 @@ class Change:
 
 @dataclass
 class Journal:
-    """A user's recent order and balance changes, in the order this replica applied them."""
+    """A user's recent order, balance and fill changes, in the order this replica applied
+    them."""
 
     events: deque[Change] = field(default_factory=lambda: deque(maxlen=JOURNAL))
     evicted: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -77,7 +80,7 @@ class LiveReadModel:
         self.on_changes: Callable[[list[Change]], None] = lambda _: None
         self.journals: dict[str, Journal] = defaultdict(Journal)
         self.positions: dict[tuple[str, int], int] = {}
-        """Per (kind, partition) of orders and balances: the last offset applied."""
+        """Per (kind, partition) of orders, balances and trades: the last offset applied."""
         self.connected = False
         self._signed = signing.required_secret()
         """Set: users records need the API's MAC (a forged one could replace a key)."""
@@ -233,13 +236,17 @@ class LiveReadModel:
                     self.metrics.decode_errors.labels(topic).inc()
                     log.warning("undecodable record %s[%d]@%d: %s", topic, partition, offset, exc)
                     continue
-                if kind in ("order", "balance"):
+                if kind in _USER_KINDS:
                     self.positions[(kind, partition)] = offset
                 if not self.model.apply(record):
                     continue
                 applied[topic] += 1
                 change = Change(kind, record, partition, offset)
-                if kind in ("order", "balance"):
+                if kind == "trade":
+                    # A fill for each side: both users' streams carry it.
+                    self.journals[record.maker_user_id].add(change)
+                    self.journals[record.taker_user_id].add(change)
+                elif kind in _USER_KINDS:
                     self.journals[record.user_id].add(change)
                 changes.append(change)
         for topic, n in counts.items():

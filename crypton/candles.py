@@ -26,10 +26,22 @@ from typing import Final
 
 from crypton.domain.messages import Trade
 
-__all__ = ["INTERVALS", "Candle", "CandleSeries"]
+__all__ = ["INTERVALS", "WEEK_ORIGIN", "Candle", "CandleSeries"]
 
-INTERVALS: Final = {"1m": 60_000, "5m": 300_000, "1h": 3_600_000}
-"""The candle intervals served, in milliseconds."""
+_DAY: Final = 86_400_000
+INTERVALS: Final = {
+    "1m": 60_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "1h": 3_600_000,
+    "4h": 4 * 3_600_000,
+    "1d": _DAY,
+    "1w": 7 * _DAY,
+}
+"""The candle intervals served, in milliseconds. Candles are aligned on the Unix epoch
+(UTC midnight for ``1d``), weeks on Mondays (``WEEK_ORIGIN``) as exchanges do."""
+WEEK_ORIGIN: Final = 4 * _DAY
+"""1970-01-05, the first Monday of the epoch: where weekly candles start."""
 
 
 @dataclass(slots=True)
@@ -78,13 +90,14 @@ class CandleSeries:
     """The candles of one market at one interval. Callers add each trade exactly once
     (the read model dedupes trades by sequence before they get here)."""
 
-    def __init__(self, interval_ms: int) -> None:
+    def __init__(self, interval_ms: int, origin_ms: int = 0) -> None:
         self.interval_ms = interval_ms
+        self.origin_ms = origin_ms
         self._starts: list[int] = []
         self._candles: dict[int, Candle] = {}
 
     def add(self, trade: Trade) -> Candle:
-        start = trade.time - trade.time % self.interval_ms
+        start = trade.time - (trade.time - self.origin_ms) % self.interval_ms
         candle = self._candles.get(start)
         if candle is None:
             candle = self._candles[start] = Candle.of(start, trade)
@@ -102,6 +115,20 @@ class CandleSeries:
         before ``before`` (or the newest of all). Intervals with no trade are absent."""
         end = len(self._starts) if before is None else bisect.bisect_left(self._starts, before)
         return [self._candles[s] for s in self._starts[max(0, end - limit) : end]]
+
+    def between(self, start: int | None, end: int | None, limit: int) -> list[Candle]:
+        """Up to ``limit`` candles starting in ``[start, end)``, oldest first: from
+        ``start`` on when it is given, else the newest ones before ``end``."""
+        if start is None:
+            return self.last(limit, before=end)
+        first = bisect.bisect_left(self._starts, start)
+        stop = len(self._starts) if end is None else bisect.bisect_left(self._starts, end)
+        return [self._candles[s] for s in self._starts[first : min(stop, first + limit)]]
+
+    def since(self, start: int) -> list[Candle]:
+        """Every candle starting at or after ``start``, oldest first."""
+        first = bisect.bisect_left(self._starts, start)
+        return [self._candles[s] for s in self._starts[first:]]
 
     def __len__(self) -> int:
         return len(self._starts)

@@ -35,7 +35,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 from sortedcontainers import SortedList
 
 from crypton import schema
-from crypton.candles import INTERVALS, Candle, CandleSeries
+from crypton.candles import INTERVALS, WEEK_ORIGIN, Candle, CandleSeries
 from crypton.domain.messages import (
     TERMINAL,
     BalanceState,
@@ -45,9 +45,9 @@ from crypton.domain.messages import (
     Trade,
     TransferState,
 )
-from crypton.users import UserState
+from crypton.users import UserState, key_table
 
-__all__ = ["Fill", "Page", "ReadModel", "TradeLog"]
+__all__ = ["Fill", "Page", "ReadModel", "Ticker", "TradeLog"]
 
 TRADE_WINDOW: Final = 100_000
 """Trades kept per market for listing and stream resume; candles cover all of them."""
@@ -78,6 +78,23 @@ class Fill:
 class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None
+
+
+TICKER_WINDOW: Final = 86_400_000
+"""What a ticker covers: the last 24 hours."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticker:
+    """A market's last price and its last 24 hours, in integer units."""
+
+    last: int | None
+    open: int | None
+    high: int | None
+    low: int | None
+    volume: int
+    quote_volume: int
+    trades: int
 
 
 class TradeLog:
@@ -121,6 +138,28 @@ class TradeLog:
                 break
         return out
 
+    def newest(self) -> Trade | None:
+        return self._trades[self._seqs[-1]] if self._seqs else None
+
+    def forward(
+        self, since: int | None, after_seq: int | None, limit: int, before_seq: int | None = None
+    ) -> list[Trade]:
+        """Up to ``limit`` trades with ``time >= since`` and ``after_seq < seq <
+        before_seq``, oldest first: how a client pages forward from a moment."""
+        out: list[Trade] = []
+        for seq in self._seqs:
+            if after_seq is not None and seq <= after_seq:
+                continue
+            if before_seq is not None and seq >= before_seq:
+                break
+            trade = self._trades[seq]
+            if since is not None and trade.time < since:
+                continue
+            out.append(trade)
+            if len(out) >= limit:
+                break
+        return out
+
     def after(self, seq: int) -> list[Trade] | None:
         """Every trade with a sequence above ``seq``, oldest first; ``None`` if some of
         them already left the window (the caller must resynchronise)."""
@@ -152,7 +191,7 @@ class ReadModel:
         self._fills: dict[str, SortedList] = {}
         self.candles: dict[tuple[str, str], CandleSeries] = {}
         self.users: dict[str, UserState] = {}
-        self._key_owner: dict[str, str] = {}
+        self._key_owner: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     # --- folding ------------------------------------------------------------------
 
@@ -222,29 +261,11 @@ class ReadModel:
         for name, interval in INTERVALS.items():
             series = self.candles.get((trade.market, name))
             if series is None:
-                series = self.candles[(trade.market, name)] = CandleSeries(interval)
+                origin = WEEK_ORIGIN if name == "1w" else 0
+                series = self.candles[(trade.market, name)] = CandleSeries(interval, origin)
             series.add(trade)
-        maker_side: Side = "sell" if trade.taker_side == "buy" else "buy"
-        self._add_fill(
-            Fill(
-                trade,
-                trade.maker_user_id,
-                trade.maker_order_id,
-                maker_side,
-                "maker",
-                trade.maker_fee,
-            )
-        )
-        self._add_fill(
-            Fill(
-                trade,
-                trade.taker_user_id,
-                trade.taker_order_id,
-                trade.taker_side,
-                "taker",
-                trade.taker_fee,
-            )
-        )
+        for fill in self.fills_of_trade(trade):
+            self._add_fill(fill)
         return True
 
     def _add_fill(self, fill: Fill) -> None:
@@ -262,16 +283,21 @@ class ReadModel:
         if not _USERS.accepts(old, state):
             return False
         if old is not None:
-            for digest in old.key_hashes:
+            for digest in key_table(old):
                 self._key_owner.pop(digest, None)
         self.users[state.user_id] = state
-        for digest in state.key_hashes:
-            self._key_owner[digest] = state.user_id
+        for digest, key in key_table(state).items():
+            self._key_owner[digest] = (state.user_id, key.scopes)
         return True
 
     # --- queries ------------------------------------------------------------------
 
     def user_by_key_hash(self, digest: str) -> str | None:
+        owner = self._key_owner.get(digest)
+        return None if owner is None else owner[0]
+
+    def key_by_hash(self, digest: str) -> tuple[str, tuple[str, ...]] | None:
+        """The user and scopes of a valid key."""
         return self._key_owner.get(digest)
 
     def order_of(self, user_id: str, order_id: str) -> OrderState | None:
@@ -283,6 +309,20 @@ class ReadModel:
     def order_by_client_id(self, user_id: str, client_order_id: str) -> OrderState | None:
         order_id = self._client_ids.get((user_id, client_order_id))
         return None if order_id is None else self.orders.get(order_id)
+
+    def client_order_id(self, order_id: str) -> str | None:
+        state = self.orders.get(order_id)
+        return None if state is None else state.client_order_id
+
+    def fills_of_trade(self, trade: Trade) -> list[Fill]:
+        """The two sides of ``trade`` (maker first), as their owners see them."""
+        maker_side: Side = "sell" if trade.taker_side == "buy" else "buy"
+        return [
+            Fill(trade, trade.maker_user_id, trade.maker_order_id, maker_side, "maker",
+                 trade.maker_fee),
+            Fill(trade, trade.taker_user_id, trade.taker_order_id, trade.taker_side, "taker",
+                 trade.taker_fee),
+        ]  # fmt: skip
 
     def open_orders(self, user_id: str, market: str | None = None) -> list[OrderState]:
         keys = self._user_open.get(user_id, ())
@@ -341,9 +381,36 @@ class ReadModel:
     def trade_log(self, market: str) -> TradeLog:
         return self.trades.get(market) or TradeLog(self.trade_window)
 
-    def candle_list(self, market: str, interval: str, limit: int) -> list[Candle]:
+    def candle_list(
+        self,
+        market: str,
+        interval: str,
+        limit: int,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> list[Candle]:
+        """Candles of ``market`` starting in ``[start, end)``, oldest first (``between``)."""
         series = self.candles.get((market, interval))
-        return [] if series is None else series.last(limit)
+        return [] if series is None else series.between(start, end, limit)
+
+    def ticker(self, market: str, now: int) -> Ticker:
+        """The last 24 hours of ``market`` (``TICKER_WINDOW``), folded from its 1-minute
+        candles: the window moves a minute at a time."""
+        series = self.candles.get((market, "1m"))
+        # Every minute that overlaps the window: starts after now - window - 1 minute.
+        candles = [] if series is None else series.since(now - TICKER_WINDOW - 59_999)
+        log = self.trades.get(market)
+        last = log.newest() if log is not None else None
+        return Ticker(
+            last=None if last is None else last.price,
+            open=candles[0].open if candles else None,
+            high=max(c.high for c in candles) if candles else None,
+            low=min(c.low for c in candles) if candles else None,
+            volume=sum(c.volume for c in candles),
+            quote_volume=sum(c.quote_volume for c in candles),
+            trades=sum(c.trades for c in candles),
+        )
 
 
 def _rule(spec: schema.TopicSpec) -> schema.Fold:

@@ -21,19 +21,23 @@ import hashlib
 import re
 import secrets
 import uuid
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
 from crypton.domain.messages import Message
 
 __all__ = [
+    "SCOPES",
     "USER_ID_PATTERN",
+    "ApiKey",
     "UserIdError",
     "UserState",
     "check_user_id",
     "hash_key",
+    "key_table",
     "new_api_key",
+    "new_key_id",
     "new_user_id",
     "users_decoder",
 ]
@@ -49,14 +53,47 @@ class UserIdError(ValueError):
     """A user id that does not match ``USER_ID_PATTERN`` or is reserved."""
 
 
+Scope = Literal["read", "trade"]
+SCOPES: Final[tuple[Scope, ...]] = ("read", "trade")
+"""What a key may do: ``read`` the account (orders, balances, fills, the user stream),
+``trade`` (place and cancel orders)."""
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    """One key of a user: its id (public), the SHA-256 of its secret, its scopes."""
+
+    key_id: str
+    hash: str
+    scopes: tuple[Scope, ...]
+    created_at: int
+
+
 class UserState(Message, tag="user"):
-    """A user (key: user_id). ``key_hashes`` lists the SHA-256 of every valid key, so a
-    later record with a higher ``version`` can rotate or revoke keys."""
+    """A user (key: user_id). Its valid keys are ``keys`` plus, from records written
+    before keys had ids and scopes, every hash of ``key_hashes`` not in ``keys`` (each
+    with every scope). A later record with a higher ``version`` adds or revokes keys;
+    ``key_hashes`` keeps listing every valid hash so older readers still authenticate."""
 
     user_id: str
     key_hashes: list[str]
     created_at: int
     version: int
+    keys: list[ApiKey] = msgspec.field(default_factory=list)
+
+
+def key_table(state: UserState) -> dict[str, ApiKey]:
+    """Every valid key of ``state`` by hash; a key from before ids and scopes gets the
+    first 16 characters of its hash as id, and every scope.
+
+    >>> old = UserState(user_id="a", key_hashes=["ab" * 32], created_at=5, version=1)
+    >>> key_table(old)["ab" * 32].key_id, key_table(old)["ab" * 32].scopes
+    ('abababababababab', ('read', 'trade'))
+    """
+    table = {k.hash: k for k in state.keys}
+    for digest in state.key_hashes:
+        if digest not in table:
+            table[digest] = ApiKey(digest[:16], digest, SCOPES, state.created_at)
+    return table
 
 
 users_decoder: Final = msgspec.json.Decoder(UserState)
@@ -79,6 +116,11 @@ def new_user_id() -> str:
 def new_api_key() -> str:
     """A new secret key: 256 random bits, prefixed so that leaked keys are easy to grep for."""
     return _KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    """A key's public id: what the admin names to revoke it."""
+    return "k" + uuid.uuid4().hex[:16]
 
 
 def hash_key(key: str) -> str:

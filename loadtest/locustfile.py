@@ -7,8 +7,11 @@ At start the admin creates ``CRYPTON_LOADTEST_ACCOUNTS`` trading accounts (defau
 20) and credits each with every asset. ``Trader`` users place limit orders around
 a mid price per market (resting mostly, crossing now and then so trades happen),
 cancel some of their open orders and read balances, orders and depth.
-``MarketDataReader`` users read depth, trades and candles. Any host other than
-loopback is refused: this file must never load someone else's server.
+``MarketDataReader`` users read depth, trades, candles and tickers. Every request
+goes through ``crypton.client``; ``ApiUser`` reports each to locust's statistics.
+Any host other than loopback is refused: this file must never load someone else's
+server. The API limits each key to ``CRYPTON_RATE_LIMIT`` requests a second: a 429 is
+a failure of the run (too many users per account).
 
 Amounts are built with ``Decimal`` from the market rules the API serves, so every
 order is valid (a 400 is a failure of the run, not noise).
@@ -20,15 +23,21 @@ import itertools
 import os
 import random
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import requests
-from locust import HttpUser, between, events, task
+import httpx
+from locust import User, between, events, task
 from locust.env import Environment
+
+from crypton.client import ApiError, Client
+
+T = TypeVar("T")
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 MID_PRICES = {"BTC-USDT": Decimal(60000), "ETH-USDT": Decimal(3000), "ETH-BTC": Decimal("0.05")}
@@ -108,19 +117,15 @@ def _admin_token() -> str:
     return token
 
 
-def _load_markets(session: requests.Session, host: str) -> list[MarketRules]:
-    response = session.get(f"{host}/v1/markets", timeout=10)
-    response.raise_for_status()
-    rules = []
-    for m in response.json()["items"]:
-        if m["market"] in MID_PRICES:
-            rules.append(
-                MarketRules(
-                    m["market"], Decimal(m["tick"]), Decimal(m["step"]),
-                    Decimal(m["min_quantity"]), Decimal(m["min_notional"]),
-                    MID_PRICES[m["market"]],
-                )
-            )  # fmt: skip
+def _load_markets(admin: Client, host: str) -> list[MarketRules]:
+    rules = [
+        MarketRules(
+            m.market, Decimal(m.tick), Decimal(m.step), Decimal(m.min_quantity),
+            Decimal(m.min_notional), MID_PRICES[m.market],
+        )
+        for m in admin.markets()
+        if m.market in MID_PRICES
+    ]  # fmt: skip
     if not rules:
         raise LoadTestError(f"none of {sorted(MID_PRICES)} is served by {host}")
     return rules
@@ -130,25 +135,16 @@ def create_accounts(host: str, count: int, token: str) -> list[Account]:
     """Create ``count`` users through the admin API and credit each with every asset."""
     run = uuid.uuid4().hex[:8]
     accounts = []
-    with requests.Session() as admin:
-        admin.headers["Authorization"] = f"Bearer {token}"
-        POOL.markets = _load_markets(admin, host)
-        for i in range(count):
-            response = admin.post(
-                f"{host}/v1/admin/users", json={"user_id": f"load-{run}-{i}"}, timeout=15
-            )
-            if response.status_code != 201:
-                raise LoadTestError(f"creating a user: {response.status_code} {response.text}")
-            body = response.json()
-            accounts.append(Account(body["user_id"], body["api_key"]))
-            for asset, amount in CREDIT.items():
-                response = admin.post(
-                    f"{host}/v1/admin/users/{body['user_id']}/credit",
-                    json={"asset": asset, "amount": amount, "transfer_id": f"load-{run}-{asset}"},
-                    timeout=15,
-                )
-                if response.status_code not in (200, 202):
-                    raise LoadTestError(f"crediting: {response.status_code} {response.text}")
+    with Client(host, token) as admin:
+        try:
+            POOL.markets = _load_markets(admin, host)
+            for i in range(count):
+                user = admin.create_user(f"load-{run}-{i}")
+                accounts.append(Account(user.user_id, user.api_key))
+                for asset, amount in CREDIT.items():
+                    admin.credit(user.user_id, asset, amount, f"load-{run}-{asset}")
+        except (ApiError, httpx.HTTPError) as exc:
+            raise LoadTestError(f"setting up accounts: {exc}") from None
     return accounts
 
 
@@ -178,31 +174,58 @@ def _refuse_other_hosts(environment: Environment, **_: Any) -> None:
             check_host(user_class.host)
 
 
-class Trader(HttpUser):
+class ApiUser(User):
+    """A locust user speaking through ``crypton.client``; each call is reported to
+    locust's statistics under a route name, with the answers that count as success."""
+
+    abstract = True
+    api: Client
+
+    def connect(self, api_key: str | None) -> None:
+        self.api = Client(check_host(self.host), api_key)
+
+    def on_stop(self) -> None:
+        self.api.close()
+
+    def call(
+        self, name: str, fn: Callable[..., T], *args: Any, ok: tuple[int, ...] = (), **kw: Any
+    ) -> T | None:
+        started = time.perf_counter()
+        result: T | None = None
+        failure: Exception | None = None
+        try:
+            result = fn(*args, **kw)
+        except ApiError as exc:
+            # e.g. 409 order_closed: it filled or was canceled since we listed it.
+            failure = None if exc.status in ok else exc
+        except httpx.HTTPError as exc:
+            failure = exc
+        self.environment.events.request.fire(
+            request_type="HTTP", name=name, response_time=(time.perf_counter() - started) * 1000,
+            response_length=0, exception=failure, context={},
+        )  # fmt: skip
+        return result
+
+
+class Trader(ApiUser):
     """A trading account: places, crosses, cancels and reads its own state."""
 
     weight = 3
     wait_time = between(0.05, 0.5)
 
     def on_start(self) -> None:
-        check_host(self.host)
         self.account = POOL.take()
-        self.client.headers["Authorization"] = f"Bearer {self.account.api_key}"
+        self.connect(self.account.api_key)
 
     def _place(self, cross: bool) -> None:
         market = random.choice(POOL.markets)
         side = random.choice(("buy", "sell"))
         price = market.price(side, cross)
-        body = {
-            "market": market.symbol, "side": side, "type": "limit",
-            "price": str(price), "quantity": str(market.quantity(price)),
-            "time_in_force": "IOC" if cross and random.random() < 0.5 else "GTC",
-        }  # fmt: skip
-        with self.client.post(
-            "/v1/orders", json=body, name="/v1/orders [place]", catch_response=True
-        ) as response:
-            if response.status_code not in (200, 202):
-                response.failure(f"{response.status_code}: {response.text[:200]}")
+        tif = "IOC" if cross and random.random() < 0.5 else "GTC"
+        self.call(
+            "/v1/orders [place]", self.api.place_order, market.symbol, side, "limit",
+            price=str(price), quantity=str(market.quantity(price)), time_in_force=tif,
+        )  # fmt: skip
 
     @task(6)
     def place_resting(self) -> None:
@@ -214,65 +237,54 @@ class Trader(HttpUser):
 
     @task(2)
     def cancel_one(self) -> None:
-        response = self.client.get(
-            "/v1/orders", params={"status": "open", "limit": 20}, name="/v1/orders [open]"
-        )
-        if response.status_code != 200:
-            return  # counted as a failure by locust already
-        items = response.json()["items"]
-        if not items:
+        page = self.call("/v1/orders [open]", self.api.orders, "open", limit=20)
+        if not page or not page.items:
             return
-        order_id = random.choice(items)["order_id"]
-        with self.client.delete(
-            f"/v1/orders/{order_id}", name="/v1/orders/{id}", catch_response=True
-        ) as cancel:
-            # 409 order_closed: it filled or was canceled since we listed it.
-            if cancel.status_code in (200, 202, 409):
-                cancel.success()
-            else:
-                cancel.failure(f"{cancel.status_code}: {cancel.text[:200]}")
+        order_id = random.choice(page.items).order_id
+        self.call("/v1/orders/{id}", self.api.cancel_order, order_id, ok=(409,))
 
     @task(2)
     def balances(self) -> None:
-        self.client.get("/v1/balances")
+        self.call("/v1/balances", self.api.balances)
 
     @task(1)
     def orders(self) -> None:
-        self.client.get("/v1/orders", params={"limit": 50}, name="/v1/orders [all]")
+        self.call("/v1/orders [all]", self.api.orders, limit=50)
 
     @task(1)
     def depth(self) -> None:
         market = random.choice(POOL.markets).symbol
-        self.client.get(f"/v1/markets/{market}/depth", name="/v1/markets/{m}/depth")
+        self.call("/v1/markets/{m}/depth", self.api.depth, market)
 
 
-class MarketDataReader(HttpUser):
+class MarketDataReader(ApiUser):
     """A public client polling market data; no account."""
 
     weight = 1
     wait_time = between(0.2, 1.0)
 
     def on_start(self) -> None:
-        check_host(self.host)
+        self.connect(None)
 
     @task(3)
     def depth(self) -> None:
         market = random.choice(POOL.markets).symbol
-        self.client.get(f"/v1/markets/{market}/depth", params={"levels": 20},
-                        name="/v1/markets/{m}/depth")  # fmt: skip
+        self.call("/v1/markets/{m}/depth", self.api.depth, market, 20)
 
     @task(2)
     def trades(self) -> None:
         market = random.choice(POOL.markets).symbol
-        self.client.get(f"/v1/markets/{market}/trades", params={"limit": 50},
-                        name="/v1/markets/{m}/trades")  # fmt: skip
+        self.call("/v1/markets/{m}/trades", self.api.trades, market, 50)
 
     @task(1)
     def candles(self) -> None:
         market = random.choice(POOL.markets).symbol
-        self.client.get(f"/v1/markets/{market}/candles", params={"interval": "1m"},
-                        name="/v1/markets/{m}/candles")  # fmt: skip
+        self.call("/v1/markets/{m}/candles", self.api.candles, market, "1m")
+
+    @task(1)
+    def tickers(self) -> None:
+        self.call("/v1/tickers", self.api.tickers)
 
     @task(1)
     def markets(self) -> None:
-        self.client.get("/v1/markets")
+        self.call("/v1/markets", self.api.markets)

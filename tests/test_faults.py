@@ -277,7 +277,7 @@ def start_load(url: str) -> Load:
                 )
                 assert response.status_code in (200, 202), response.text
                 ledger.transfers.add((user.user_id, transfer_id))
-            user.client.close()
+            user.close()
             traders.append(Trader(user, url, ledger, stop))
     for trader in traders:
         trader.start()

@@ -12,13 +12,13 @@ from .. import schemas
 from .._context import Context
 from ..auth import SECURITY, USER
 from ..errors import error_responses, invalid
+from . import area
 from .markets import market_of
 
 _FILL_CURSOR = re.compile(r"(\d{1,19})\.([A-Z0-9]{1,16}-[A-Z0-9]{1,16})\.(\d{1,19})")
 
 
-@get("/v1/balances", dependencies=USER, security=SECURITY, tags=["account"],
-     responses=error_responses(401))  # fmt: skip
+@get("/v1/balances", responses=error_responses(401))
 async def get_balances(ctx: Context, user: str) -> dict[str, schemas.BalanceView]:
     """``{asset: {available, held}}`` for every asset; ``held`` backs open orders."""
     with ctx.readmodel.read() as model:
@@ -26,8 +26,7 @@ async def get_balances(ctx: Context, user: str) -> dict[str, schemas.BalanceView
     return schemas.from_balances(state, ctx.precisions)
 
 
-@get("/v1/fills", dependencies=USER, security=SECURITY, tags=["account"],
-     responses=error_responses(400, 401, 404))  # fmt: skip
+@get("/v1/fills", responses=error_responses(400, 401, 404))
 async def list_fills(
     ctx: Context,
     user: str,
@@ -53,5 +52,12 @@ async def list_fills(
         after = (int(match[1]), match[2], int(match[3]))
     with ctx.readmodel.read() as model:
         page = model.fills(user, market=market, limit=limit, cursor=after)
-    items = [schemas.from_fill(ctx.markets.market(f.trade.market), f) for f in page.items]
+        ids = [model.client_order_id(f.order_id) for f in page.items]
+    items = [
+        schemas.from_fill(ctx.markets.market(f.trade.market), f, client_order_id)
+        for f, client_order_id in zip(page.items, ids, strict=True)
+    ]
     return schemas.FillPage(items=items, next_cursor=page.next_cursor)
+
+
+router = area("account", [get_balances, list_fills], dependencies=USER, security=SECURITY)

@@ -12,28 +12,34 @@ from litestar.params import Parameter
 from crypton import codec, topics
 from crypton.domain.messages import FEE_ACCOUNT, Credit, Debit, TransferState
 from crypton.domain.money import to_text
-from crypton.users import UserIdError, UserState, check_user_id, hash_key, new_api_key, new_user_id
+from crypton.users import (
+    SCOPES,
+    ApiKey,
+    UserIdError,
+    UserState,
+    check_user_id,
+    hash_key,
+    new_api_key,
+    new_key_id,
+    new_user_id,
+)
 
 from .. import schemas
 from .._body import strict_json
 from .._claims import transfer_terms
 from .._context import Context
-from ..auth import ADMIN_GUARDS, PUBLIC, SECURITY
 from ..errors import ApiError, error_responses, invalid, not_found, unavailable
 from ..validation import check_transfer
 
-ADMIN_ROUTE: Final[dict[str, Any]] = {
-    "dependencies": PUBLIC, "guards": ADMIN_GUARDS, "security": SECURITY, "tags": ["admin"],
-}  # fmt: skip
 MAX_BODY_BYTES: Final = 1024
 """A user or a transfer is a few hundred bytes of JSON."""
 
 
-def _with_body(kind: type[msgspec.Struct], *, optional: bool = False) -> dict[str, Any]:
-    """``ADMIN_ROUTE`` for a route with a body: the admin token is checked before it is read."""
+def with_body(kind: type[msgspec.Struct], *, optional: bool = False) -> dict[str, Any]:
+    """For a route with a body: parsed strictly, only after the router's admin guard
+    checked the token."""
     return {
-        **ADMIN_ROUTE,
-        "guards": [*ADMIN_GUARDS, strict_json(kind, optional=optional)],
+        "guards": [strict_json(kind, optional=optional)],
         "request_max_body_size": MAX_BODY_BYTES,
     }
 
@@ -43,7 +49,7 @@ Wait = Annotated[
 ]
 
 
-@post("/v1/admin/users", **_with_body(schemas.NewUser, optional=True), status_code=201,
+@post("/v1/admin/users", **with_body(schemas.NewUser, optional=True), status_code=201,
       responses=error_responses(400, 401, 409, 413, 415, 503))  # fmt: skip
 async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> schemas.UserCreated:
     """Create a user and its API key. The key is in this response only: the log keeps
@@ -63,8 +69,10 @@ async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> sche
     if known() is not None:
         raise ApiError(409, "user_exists", f"user {user_id!r} already exists")
     key = new_api_key()
+    now = ctx.now_ms()
+    first = ApiKey(new_key_id(), hash_key(key), SCOPES, now)
     mine = UserState(
-        user_id=user_id, key_hashes=[hash_key(key)], created_at=ctx.now_ms(), version=1
+        user_id=user_id, key_hashes=[first.hash], created_at=now, version=1, keys=[first]
     )
     topic = topics.topic_name(topics.USERS, ctx.settings.topic_prefix)
     await ctx.commands.append(topic, user_id, codec.encode(mine), "create_user")
@@ -76,11 +84,12 @@ async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> sche
         # per key, keeps the winner and not our losing record.
         await ctx.commands.append(topic, user_id, codec.encode(winner), "create_user")
         raise ApiError(409, "user_exists", f"user {user_id!r} already exists")
-    return schemas.UserCreated(user_id=user_id, api_key=key)
+    return schemas.UserCreated(
+        user_id=user_id, api_key=key, key_id=first.key_id, scopes=list(first.scopes)
+    )
 
 
-@get("/v1/admin/users/{user_id:str}/balances", **ADMIN_ROUTE,
-     responses=error_responses(401, 404))  # fmt: skip
+@get("/v1/admin/users/{user_id:str}/balances", responses=error_responses(401, 404))
 async def user_balances(ctx: Context, user_id: str) -> dict[str, schemas.BalanceView]:
     """Any user's balances, including the fee account ``_fees``."""
     with ctx.readmodel.read() as model:
@@ -96,7 +105,7 @@ _TRANSFER_RESPONSES = {
 }
 
 
-@post("/v1/admin/users/{user_id:str}/credit", **_with_body(schemas.TransferRequest),
+@post("/v1/admin/users/{user_id:str}/credit", **with_body(schemas.TransferRequest),
       status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def credit(
     ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
@@ -105,7 +114,7 @@ async def credit(
     return await _transfer(ctx, user_id, "credit", data, wait)
 
 
-@post("/v1/admin/users/{user_id:str}/debit", **_with_body(schemas.TransferRequest),
+@post("/v1/admin/users/{user_id:str}/debit", **with_body(schemas.TransferRequest),
       status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def debit(
     ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
@@ -167,5 +176,6 @@ def _pending(command: Credit | Debit, precision: int) -> schemas.TransferView:
     return schemas.TransferView(
         transfer_id=command.transfer_id, user_id=command.user_id,
         direction="credit" if isinstance(command, Credit) else "debit", asset=command.asset,
-        amount=to_text(command.amount, precision), status="PENDING", reason=None, ts=command.ts,
+        amount=to_text(command.amount, precision), status="PENDING", reason=None, reason_code=None,
+        time=command.ts,
     )  # fmt: skip

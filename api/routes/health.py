@@ -9,15 +9,16 @@ from .. import schemas
 from .._context import Context
 from ..auth import PUBLIC
 from ..errors import ApiError, error_responses
+from . import area
 
 
-@get("/health", dependencies=PUBLIC, tags=["ops"], sync_to_thread=False)
+@get("/health", sync_to_thread=False)
 def health() -> schemas.Status:
     """The process is up."""
     return schemas.Status(status="ok")
 
 
-@get("/ready", dependencies=PUBLIC, tags=["ops"], responses=error_responses(503),
+@get("/ready", responses=error_responses(503),
      sync_to_thread=False)  # fmt: skip
 def ready(ctx: Context) -> schemas.Status:
     """Caught up with the state topics as they were at start, and the broker reachable."""
@@ -31,8 +32,11 @@ def ready(ctx: Context) -> schemas.Status:
     return schemas.Status(status="ready", detail=detail)
 
 
-@get("/metrics", dependencies=PUBLIC, include_in_schema=False, sync_to_thread=False)
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
 def metrics(ctx: Context) -> Response[bytes]:
     return Response(
         generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST or MediaType.TEXT
     )
+
+
+router = area("ops", [health, ready, metrics], dependencies=PUBLIC)

@@ -21,9 +21,10 @@ from .. import schemas
 from .._body import strict_json
 from .._claims import order_terms
 from .._context import Context
-from ..auth import SECURITY, USER, user_guard
+from ..auth import SECURITY, TRADE, USER, user_guard
 from ..errors import ApiError, error_responses, invalid, not_found
 from ..validation import check_order, new_client_order_id
+from . import area
 from .markets import market_of
 
 Wait = Annotated[
@@ -34,6 +35,10 @@ MAX_ORDER_BYTES: Final = 2048
 _ORDER_CURSOR = re.compile(r"(\d{1,19})\.([A-Za-z0-9-]{1,64})")
 OrderId = Annotated[
     str, Parameter(pattern=r"^[A-Za-z0-9-]{1,64}$", description="The order_id of an order")
+]
+ClientOrderId = Annotated[
+    str,
+    Parameter(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The client_order_id of an order"),
 ]
 Cursor = Annotated[
     str | None,
@@ -52,6 +57,14 @@ def _view(ctx: Context, state: OrderState) -> schemas.OrderView:
     return schemas.from_order(ctx.markets.market(state.market), state)
 
 
+def _own_by_client_id(ctx: Context, user: str, client_order_id: str) -> OrderState:
+    with ctx.readmodel.read() as model:
+        state = model.order_by_client_id(user, client_order_id)
+    if state is None:
+        raise not_found("order", client_order_id)
+    return state
+
+
 def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
     with ctx.readmodel.read() as model:
         state = model.order_of(user, order_id)
@@ -61,13 +74,14 @@ def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
 
 
 @post(
-    "/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
+    "/v1/orders", status_code=202,
+    opt=TRADE,
     guards=[user_guard, strict_json(schemas.NewOrder)], request_max_body_size=MAX_ORDER_BYTES,
     responses={
         200: ResponseSpec(
             schemas.OrderView, description="Known order (repeated client_order_id, or ?wait=true)"
         ),
-        **error_responses(400, 401, 409, 413, 415, 503),
+        **error_responses(400, 401, 403, 409, 413, 415, 503),
     },
 )  # fmt: skip
 async def place_order(
@@ -121,18 +135,16 @@ def _conflict(client_order_id: str) -> ApiError:
     )  # fmt: skip
 
 
-@get("/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
-     responses=error_responses(401, 404))  # fmt: skip
+@get("/v1/orders/{order_id:str}", responses=error_responses(401, 404))
 async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.OrderView:
     return _view(ctx, _own_order(ctx, user, order_id))
 
 
 @delete(
-    "/v1/orders/{order_id:str}", dependencies=USER, security=SECURITY, tags=["orders"],
-    status_code=202,
+    "/v1/orders/{order_id:str}", status_code=202, opt=TRADE,
     responses={
         200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
-        **error_responses(401, 404, 409, 503),
+        **error_responses(401, 403, 404, 409, 503),
     },
 )  # fmt: skip
 async def cancel_order(
@@ -140,9 +152,41 @@ async def cancel_order(
 ) -> Response[schemas.OrderView]:
     """Request a cancel. An order that is already closed (filled, canceled, expired,
     rejected) answers 409 ``order_closed``; its state is at GET /v1/orders/{order_id}."""
-    state = _own_order(ctx, user, order_id)
+    return await _cancel(ctx, user, _own_order(ctx, user, order_id), wait)
+
+
+@get("/v1/orders/by-client-id/{client_order_id:str}", responses=error_responses(401, 404))
+async def get_order_by_client_id(
+    ctx: Context, user: str, client_order_id: ClientOrderId
+) -> schemas.OrderView:
+    """The caller's order placed with this client_order_id (another user's is a 404)."""
+    return _view(ctx, _own_by_client_id(ctx, user, client_order_id))
+
+
+@delete(
+    "/v1/orders/by-client-id/{client_order_id:str}", status_code=202, opt=TRADE,
+    responses={
+        200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
+        **error_responses(401, 403, 404, 409, 503),
+    },
+)  # fmt: skip
+async def cancel_order_by_client_id(
+    ctx: Context, user: str, client_order_id: ClientOrderId, wait: Wait = False
+) -> Response[schemas.OrderView]:
+    """Request the cancel of the caller's order placed with this client_order_id, as
+    DELETE /v1/orders/{order_id} does."""
+    return await _cancel(ctx, user, _own_by_client_id(ctx, user, client_order_id), wait)
+
+
+async def _cancel(
+    ctx: Context, user: str, state: OrderState, wait: bool
+) -> Response[schemas.OrderView]:
+    order_id = state.order_id
     if state.status in TERMINAL:
-        raise ApiError(409, "order_closed", f"order {order_id} is already {state.status}")
+        raise ApiError(
+            409, "order_closed", f"order {order_id} is already {state.status}",
+            reason_code="order_not_open",
+        )  # fmt: skip
     command = CancelOrder(user_id=user, order_id=order_id, ts=ctx.now_ms())
     await ctx.commands.append(_inbox(ctx), user, codec.encode(command), "cancel_order")
     if wait:
@@ -158,8 +202,8 @@ async def cancel_order(
     return Response(_view(ctx, state), status_code=202)
 
 
-@delete("/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"], status_code=202,
-        responses=error_responses(401, 404, 503))  # fmt: skip
+@delete("/v1/orders", status_code=202,
+        opt=TRADE, responses=error_responses(401, 403, 404, 503))  # fmt: skip
 async def cancel_all(
     ctx: Context,
     user: str,
@@ -182,8 +226,7 @@ async def cancel_all(
     return schemas.CancelAllResult(market=market, order_ids=open_ids)
 
 
-@get("/v1/orders", dependencies=USER, security=SECURITY, tags=["orders"],
-     responses=error_responses(400, 401, 404))  # fmt: skip
+@get("/v1/orders", responses=error_responses(400, 401, 404))
 async def list_orders(
     *,
     ctx: Context,
@@ -209,3 +252,11 @@ async def list_orders(
     return schemas.OrderPage(
         items=[_view(ctx, s) for s in page.items], next_cursor=page.next_cursor
     )
+
+
+router = area(
+    "orders",
+    [place_order, get_order, cancel_order, get_order_by_client_id, cancel_order_by_client_id,
+     cancel_all, list_orders],
+    dependencies=USER, security=SECURITY,
+)  # fmt: skip

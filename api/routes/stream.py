@@ -10,8 +10,9 @@ from litestar.response import ServerSentEvent
 
 from .._context import Context
 from .._sse import market_stream, user_stream
-from ..auth import PUBLIC, SECURITY, USER
+from ..auth import PUBLIC, SECURITY, USER_ONLY
 from ..errors import error_responses, too_many_streams
+from . import area
 from .markets import market_of
 
 LastEventId = Annotated[
@@ -23,8 +24,7 @@ LastEventId = Annotated[
 ]
 
 
-@get("/v1/stream/markets/{market:str}", dependencies=PUBLIC, tags=["stream"],
-     responses=error_responses(404))  # fmt: skip
+@get("/v1/stream/markets/{market:str}", responses=error_responses(404))
 async def stream_market(
     ctx: Context, market: str, last_event_id: LastEventId = None
 ) -> ServerSentEvent:
@@ -33,7 +33,7 @@ async def stream_market(
     return ServerSentEvent(market_stream(ctx, m, last_event_id))
 
 
-@get("/v1/stream/me", dependencies=USER, security=SECURITY, tags=["stream"],
+@get("/v1/stream/me", dependencies=USER_ONLY, security=SECURITY,
      responses=error_responses(401, 429, 503))  # fmt: skip
 async def stream_me(ctx: Context, user: str, last_event_id: LastEventId = None) -> ServerSentEvent:
     """The caller's ``order`` and ``balance`` events. Without Last-Event-ID the stream
@@ -42,3 +42,6 @@ async def stream_me(ctx: Context, user: str, last_event_id: LastEventId = None) 
     if len(ctx.hub.users.get(user, ())) >= ctx.config.sse_streams_per_user:
         raise too_many_streams(ctx.config.sse_streams_per_user)
     return ServerSentEvent(user_stream(ctx, user, last_event_id))
+
+
+router = area("stream", [stream_market, stream_me], dependencies=PUBLIC)

@@ -131,6 +131,7 @@ class BookMachine:
                     command="cancel_order",
                     ref=msg.order_id,
                     reason="order is not open",
+                    reason_code="order_not_open",
                     ts=msg.ts,
                 )
             )

@@ -246,6 +246,8 @@ class OrderState(Message, tag="order"):
     filled_funds: int = 0
     """Quote notional of the fills, fees excluded."""
     fee: int = 0
+    reason_code: str | None = None
+    """A ``crypton.domain.orders.ReasonCode`` beside ``reason``; absent in older records."""
 
 
 class Balance(msgspec.Struct, array_like=True, gc=False):
@@ -272,6 +274,8 @@ class TransferState(Message, tag="transfer", kw_only=True):
     amount: int
     status: Literal["ACCEPTED", "REJECTED"]
     reason: str | None = None
+    reason_code: str | None = None
+    """A ``crypton.domain.orders.ReasonCode`` when REJECTED; absent in older records."""
     ts: int
 
 
@@ -296,6 +300,8 @@ class Rejection(Message, tag="rejection", kw_only=True):
     ref: str
     reason: str
     ts: int
+    reason_code: str | None = None
+    """A ``crypton.domain.orders.ReasonCode``; absent in older records."""
 
 
 class DeadLetter(Message, tag="dead_letter", kw_only=True):

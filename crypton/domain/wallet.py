@@ -46,7 +46,7 @@ from crypton.domain.messages import (
     WalletInbox,
 )
 from crypton.domain.money import MAX_UNITS, to_text
-from crypton.domain.orders import hold_for, order_problem, order_state
+from crypton.domain.orders import Problem, check, hold_for, order_state
 from crypton.domain.sequencing import Inbound, Outbound
 
 __all__ = ["WALLET_HANDLERS", "InvariantBreach", "WalletMachine"]
@@ -187,28 +187,25 @@ class WalletMachine:
             # Reserved accounts never trade: the fee account settles a trade by
             # collecting its fees only, so an order of its own would create or
             # destroy funds when it fills.
-            emit(_order_state(cmd, REJECTED, "reserved account"))
+            emit(_rejected(cmd, Problem("reserved_account", "reserved account")))
             return
         market = self.markets.markets.get(cmd.market)
         if market is None:
-            emit(_order_state(cmd, REJECTED, f"unknown market {cmd.market}"))
+            emit(_rejected(cmd, Problem("unknown_market", f"unknown market {cmd.market}")))
             return
-        problem = order_problem(market, cmd)
+        problem = check(market, cmd)
         if problem:
-            emit(_order_state(cmd, REJECTED, problem))
+            emit(_rejected(cmd, problem))
             return
         asset, amount = hold_for(market, cmd)
         row = self.balances[asset]
         if row[0] < amount:
             precision = self.markets.asset(asset).precision
-            emit(
-                _order_state(
-                    cmd,
-                    REJECTED,
-                    f"insufficient {asset}: available {to_text(row[0], precision)}, "
-                    f"needed {to_text(amount, precision)}",
-                )
+            reason = (
+                f"insufficient {asset}: available {to_text(row[0], precision)}, "
+                f"needed {to_text(amount, precision)}"
             )
+            emit(_rejected(cmd, Problem("insufficient_funds", reason)))
             return
         row[0] -= amount
         row[1] += amount
@@ -226,13 +223,14 @@ class WalletMachine:
         if hold is not None:
             send(self._book_cancel(hold.market, cmd.order_id, cmd.ts))
             return
-        reason = "order is not open" if cmd.order_id in self.orders_seen else "unknown order"
+        seen = cmd.order_id in self.orders_seen
         emit(
             Rejection(
                 user_id=self.user_id,
                 command="cancel_order",
                 ref=cmd.order_id,
-                reason=reason,
+                reason="order is not open" if seen else "unknown order",
+                reason_code="order_not_open" if seen else "unknown_order",
                 ts=cmd.ts,
             )
         )
@@ -264,18 +262,18 @@ class WalletMachine:
         if key in self.transfers_seen:
             return
         self.transfers_seen[key] = None
-        reason: str | None = None
+        problem: Problem | None = None
         if self.user_id.startswith("_") and self.user_id != FEE_ACCOUNT:
-            reason = "reserved account"
+            problem = Problem("reserved_account", "reserved account")
         elif cmd.asset not in self.markets.assets:
-            reason = f"unknown asset {cmd.asset}"
+            problem = Problem("unknown_asset", f"unknown asset {cmd.asset}", "asset")
         elif not 0 < cmd.amount <= MAX_UNITS:
-            reason = "amount must be positive"
+            problem = Problem("out_of_range", "amount must be positive", "amount")
         else:
             row = self.balances[cmd.asset]
             if direction == "credit":
                 if row[0] + row[1] + cmd.amount > MAX_UNITS:
-                    reason = "balance would exceed the largest amount"
+                    problem = Problem("balance_limit", "balance would exceed the largest amount")
                 else:
                     row[0] += cmd.amount
             elif row[0] < cmd.amount:
@@ -284,9 +282,10 @@ class WalletMachine:
                     f"insufficient {cmd.asset}: available {to_text(row[0], precision)}, "
                     f"requested {to_text(cmd.amount, precision)}"
                 )
+                problem = Problem("insufficient_funds", reason, "amount")
             else:
                 row[0] -= cmd.amount
-        if reason is None:
+        if problem is None:
             self._changed(cmd.ts)
         emit(
             TransferState(
@@ -295,8 +294,9 @@ class WalletMachine:
                 direction=direction,
                 asset=cmd.asset,
                 amount=cmd.amount,
-                status="REJECTED" if reason else "ACCEPTED",
-                reason=reason,
+                status="REJECTED" if problem else "ACCEPTED",
+                reason=problem.reason if problem else None,
+                reason_code=problem.code if problem else None,
                 ts=cmd.ts,
             )
         )
@@ -394,6 +394,8 @@ def _zero_row() -> list[int]:
     return [0, 0]
 
 
-def _order_state(cmd: PlaceOrder, status: Any, reason: str | None) -> OrderState:
-    """The wallet's order records: version 1, NEW or REJECTED."""
-    return order_state(cmd, status, reason, version=1, updated_at=cmd.ts)
+def _rejected(cmd: PlaceOrder, problem: Problem) -> OrderState:
+    """The wallet's refusal of an order: version 1, REJECTED, with the problem's code."""
+    return order_state(
+        cmd, REJECTED, problem.reason, version=1, updated_at=cmd.ts, reason_code=problem.code
+    )

@@ -51,7 +51,7 @@ def new_user(admin_client: httpx.Client) -> Iterator[Callable[..., ApiUser]]:
 
     yield make
     for user in users:
-        user.client.close()
+        user.close()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from api._server import PROTOCOL
 from crypton import codec, topics
+from crypton.client import Client
 from crypton.config import Settings
 from crypton.domain.messages import Message, WalletInbox
 from crypton.kafka import consumer_config, producer_config
@@ -51,7 +52,14 @@ def start_api(
     return once ``/ready`` answers 200 (read model caught up)."""
     port = free_port()
     child_env = settings_env(settings)
-    child_env.update({"CRYPTON_ADMIN_TOKEN": ADMIN_TOKEN, "CRYPTON_SSE_HEARTBEAT": "1"})
+    # No rate limit unless a test asks for one: tests send bursts on purpose.
+    child_env.update(
+        {
+            "CRYPTON_ADMIN_TOKEN": ADMIN_TOKEN,
+            "CRYPTON_SSE_HEARTBEAT": "1",
+            "CRYPTON_RATE_LIMIT": "0",
+        }
+    )
     child_env.update(env or {})
     argv = [
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--http", PROTOCOL,
@@ -91,20 +99,27 @@ class ApiUser:
     user_id: str
     api_key: str
     client: httpx.Client = field(repr=False)
+    """Raw HTTP, for tests of what the API answers to malformed requests."""
+    api: Client = field(repr=False)
+    """``crypton.client``: what a client library sees."""
+
+    def close(self) -> None:
+        self.client.close()
+        self.api.close()
 
 
 def create_user(admin: httpx.Client, user_id: str | None = None) -> ApiUser:
-    """POST /v1/admin/users and a client authenticated with the new key."""
-    body = {"user_id": user_id} if user_id else {}
-    response = admin.post("/v1/admin/users", json=body)
-    assert response.status_code == 201, response.text
-    data = response.json()
+    """POST /v1/admin/users (through ``crypton.client``) and clients with the new key."""
+    base = str(admin.base_url)
+    token = admin.headers["authorization"].removeprefix("Bearer ")
+    with Client(base, token) as api:
+        created = api.create_user(user_id)
     client = httpx.Client(
-        base_url=str(admin.base_url),
-        headers={"Authorization": f"Bearer {data['api_key']}"},
+        base_url=base,
+        headers={"Authorization": f"Bearer {created.api_key}"},
         timeout=admin.timeout,
     )
-    return ApiUser(data["user_id"], data["api_key"], client)
+    return ApiUser(created.user_id, created.api_key, client, Client(base, created.api_key))
 
 
 class StateWriter:

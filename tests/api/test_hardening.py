@@ -273,7 +273,7 @@ def test_streams_per_user_are_capped(settings: Settings, tmp_path: Path) -> None
                 return response.status_code == 200
 
         wait_for(reopened, timeout=10)
-        alice.client.close()
+        alice.close()
     finally:
         server.stop()
 
@@ -325,7 +325,7 @@ def test_replicas_share_the_secret_from_the_environment(settings: Settings, tmp_
         with server.client(ADMIN_TOKEN) as admin:
             alice = create_user(admin, "alice")
         placed = alice.client.post("/v1/orders", json={**ORDER, "client_order_id": "c-1"})
-        alice.client.close()
+        alice.close()
         assert placed.json()["order_id"] == order_id_for(
             env["CRYPTON_API_SECRET"].encode(), "alice", "c-1"
         )
@@ -394,6 +394,6 @@ def test_with_a_secret_the_api_signs_what_it_writes_and_ignores_forged_users(
         with server.client(forged_key) as mallory:
             assert mallory.get("/v1/balances").status_code == 401
         assert alice.client.get("/v1/balances").status_code == 200
-        alice.client.close()
+        alice.close()
     finally:
         server.stop()

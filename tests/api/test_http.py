@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from crypton import topics
+from crypton.client import ApiError, Client
 from crypton.config import Settings
 from crypton.domain.messages import (
     Balance,
@@ -24,7 +25,7 @@ from crypton.domain.messages import (
 )
 
 from .records import order_state, state_of, trade
-from .support import ApiServer, ApiUser, StateWriter, read_wallet_inbox, wait_for
+from .support import ADMIN_TOKEN, ApiServer, ApiUser, StateWriter, read_wallet_inbox, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,26 +39,25 @@ LIMIT = {
 
 
 def test_users_and_keys(admin_client: httpx.Client, api_server: ApiServer) -> None:
-    created = admin_client.post("/v1/admin/users", json={"user_id": "alice"})
-    assert created.status_code == 201
-    key = created.json()["api_key"]
-    assert created.json()["user_id"] == "alice" and len(key) > 40
-    taken = admin_client.post("/v1/admin/users", json={"user_id": "alice"})
-    assert (taken.status_code, taken.json()["code"]) == (409, "user_exists")
-    for bad in ("_fees", "_x", "a/b", "", "x" * 65, "a b"):
-        response = admin_client.post("/v1/admin/users", json={"user_id": bad})
-        assert response.status_code == 400, bad
-        assert response.json()["code"] == "invalid_request"
-    generated = admin_client.post("/v1/admin/users")
-    assert generated.status_code == 201 and generated.json()["user_id"]
-    with api_server.client() as anonymous:
-        assert anonymous.post("/v1/admin/users", json={}).status_code == 401
-    with api_server.client("wrong") as wrong:
-        assert wrong.post("/v1/admin/users", json={}).status_code == 401
-    with api_server.client(key) as alice:
-        assert alice.get("/v1/balances").status_code == 200
-        # A user key is not an admin token.
-        assert alice.post("/v1/admin/users", json={}).status_code == 401
+    with Client(api_server.url, ADMIN_TOKEN) as admin:
+        created = admin.create_user("alice")
+        assert created.user_id == "alice" and len(created.api_key) > 40
+        with pytest.raises(ApiError) as taken:
+            admin.create_user("alice")
+        assert (taken.value.status, taken.value.code) == (409, "user_exists")
+        for bad in ("_fees", "_x", "a/b", "x" * 65, "a b"):
+            with pytest.raises(ApiError) as refused:
+                admin.create_user(bad)
+            assert (refused.value.status, refused.value.code) == (400, "invalid_request"), bad
+        assert admin.create_user().user_id
+    # An empty user_id is a malformed body, not "generate one": raw HTTP says so.
+    assert admin_client.post("/v1/admin/users", json={"user_id": ""}).status_code == 400
+    for key in (None, "wrong", created.api_key):  # a user key is not an admin token
+        with Client(api_server.url, key) as other, pytest.raises(ApiError) as denied:
+            other.create_user()
+        assert denied.value.status == 401
+    with Client(api_server.url, created.api_key) as alice:
+        assert set(alice.balances()) >= {"BTC", "USDT"}
 
 
 USER_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
@@ -252,7 +252,7 @@ def test_read_model_serves_the_state_topics(
         "seq": 9,
         "bids": [["49999.99", "0.0003"]],
         "asks": [["50000.01", "0.00005"]],
-        "ts": 5,
+        "time": 5,
     }
     candles = alice.client.get("/v1/markets/BTC-USDT/candles", params={"interval": "1h"}).json()[
         "items"

@@ -98,7 +98,8 @@ def test_cancel_releases_exactly_the_held_funds_once() -> None:
     assert ex.wallet("alice").balance("USDT") == (usdt("8498.5"), 0)
     out = ex.submit(cancel("alice", "b", ts=4))
     assert out == [Rejection(user_id="alice", command="cancel_order", ref=oid("alice", "b"),
-                             reason="order is not open", ts=4)]  # fmt: skip
+                             reason="order is not open", ts=4,
+                             reason_code="order_not_open")]  # fmt: skip
     assert ex.wallet("alice").balance("USDT") == (usdt("8498.5"), 0)
 
 

@@ -269,7 +269,8 @@ def test_cancel_of_a_filled_order_is_rejected(ex: AuditedExchange) -> None:
     feed.order(limit("alice", "b", "buy", P, btc("0.01")), usdt("501"))
     out = feed.cancel("bob", oid("bob", "s"))
     assert out == [Rejection(user_id="bob", command="cancel_order", ref=oid("bob", "s"),
-                             reason="order is not open", ts=0)]  # fmt: skip
+                             reason="order is not open", ts=0,
+                             reason_code="order_not_open")]  # fmt: skip
 
 
 def test_a_cancel_from_another_user_leaves_the_order_alone() -> None:

@@ -8,7 +8,14 @@ import pytest
 
 from crypton.domain.messages import PlaceOrder
 from crypton.domain.money import MAX_UNITS
-from crypton.domain.orders import hold_for, order_problem
+from crypton.domain.orders import (
+    REASON_CODES,
+    check,
+    code_of,
+    effective_time_in_force,
+    hold_for,
+    order_problem,
+)
 
 from .support import BTC_USDT, MARKETS, btc, usdt
 
@@ -108,3 +115,47 @@ def test_holds() -> None:
     assert hold_for(BTC_USDT, market_buy) == ("USDT", usdt("123.45"))
     market_sell = order(type="market", side="sell", price=None)
     assert hold_for(BTC_USDT, market_sell) == ("BTC", QTY)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "field"),
+    [
+        ({"price": PRICE + 1}, "invalid_tick", "price"),
+        ({"quantity": QTY + 1}, "invalid_step", "quantity"),
+        ({"price": usdt("1"), "quantity": btc("4.9999")}, "below_min_notional", "quantity"),
+        ({"price": None}, "invalid_order", "price"),
+        ({"price": 0}, "out_of_range", "price"),
+        ({"type": "market", "price": None, "quantity": None, "funds": usdt("4.999999")},
+         "below_min_notional", "funds"),
+    ],
+)  # fmt: skip
+def test_every_problem_has_a_code_and_a_field(
+    fields: dict[str, Any], code: str, field: str
+) -> None:
+    problem = check(BTC_USDT, order(**fields))
+    assert problem is not None
+    assert (problem.code, problem.field) == (code, field)
+    assert problem.code in REASON_CODES
+
+
+def test_below_min_quantity_code() -> None:
+    eth = MARKETS.market("ETH-USDT")
+    problem = check(eth, order(market="ETH-USDT", quantity=btc("0.0009"), price=usdt("10000")))
+    assert problem is not None and problem.code == "below_min_quantity"
+
+
+def test_book_reasons_have_codes() -> None:
+    for reason, code in [
+        ("post-only order would take liquidity", "post_only_would_take"),
+        ("self-trade prevented", "self_trade_prevented"),
+        ("no more liquidity", "no_liquidity"),
+        ("FOK: not enough liquidity to fill in full", "fok_not_filled"),
+        ("IOC: unfilled remainder expired", "ioc_not_filled"),
+    ]:
+        assert code_of(reason) == code
+
+
+def test_market_orders_never_rest() -> None:
+    assert effective_time_in_force("market", "GTC") == "IOC"
+    assert effective_time_in_force("market", "FOK") == "FOK"
+    assert effective_time_in_force("limit", "GTC") == "GTC"

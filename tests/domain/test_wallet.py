@@ -98,6 +98,7 @@ def test_debit_of_more_than_available_is_rejected() -> None:
     assert isinstance(state, TransferState)
     assert state.status == "REJECTED"
     assert state.reason == "insufficient USDT: available 0.0001, requested 0.000101"
+    assert state.reason_code == "insufficient_funds"
     assert w.balance("USDT") == (100, 0)
 
 
@@ -179,8 +180,8 @@ def test_duplicate_order_id_is_ignored() -> None:
 def test_rejected_orders_hold_nothing() -> None:
     w = wallet(USDT=usdt("100"))
     out = w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
-    assert [(s.status, s.reason) for s in only(out, OrderState)] == [
-        ("REJECTED", "insufficient USDT: available 100, needed 501")
+    assert [(s.status, s.reason, s.reason_code) for s in only(out, OrderState)] == [
+        ("REJECTED", "insufficient USDT: available 100, needed 501", "insufficient_funds")
     ]
     out = w.handle(limit("alice", "x", "buy", PRICE, btc("0.01"), market="DOGE-USDT"))
     assert [(s.status, s.reason) for s in only(out, OrderState)] == [
@@ -224,7 +225,8 @@ def test_cancel_of_unknown_or_closed_orders_is_rejected() -> None:
     w = wallet(USDT=usdt("1000"))
     out = w.handle(CancelOrder(user_id="alice", order_id="nope", ts=1))
     assert out == [Rejection(user_id="alice", command="cancel_order", ref="nope",
-                             reason="unknown order", ts=1)]  # fmt: skip
+                             reason="unknown order", ts=1,
+                             reason_code="unknown_order")]  # fmt: skip
     w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
     w.handle(release("alice", 1, oid("alice", "b")))
     out = w.handle(cancel("alice", "b"))

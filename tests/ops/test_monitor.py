@@ -57,8 +57,8 @@ def _trade(api: ApiServer, admin: httpx.Client, n: int) -> None:
                       "price": str(50000 + i), "quantity": "0.01"},
             ).raise_for_status()  # fmt: skip
         time.sleep(0.3)  # over several 1 s scrapes: a rate needs two different samples
-    seller.client.close()
-    buyer.client.close()
+    seller.close()
+    buyer.close()
 
 
 @pytest.mark.integration
