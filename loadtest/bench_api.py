@@ -32,7 +32,7 @@ from crypton import codec, topics
 from crypton.broker import EmbeddedBroker
 from crypton.cli import api_command
 from crypton.config import Settings
-from crypton.domain.messages import Balance, BalanceState, OrderState
+from crypton.domain.messages import Balance, BalanceState, OrderState, OrderStatus
 from crypton.kafka import producer_config
 from crypton.process import Child, free_port, free_ports, settings_env
 from loadtest import report
@@ -112,7 +112,8 @@ def _write_records(settings: Settings, records: int) -> None:
     for i in range(records // 2):
         user = f"user{i % 1000}"
         oid = f"order-{i}"
-        for version, status in ((1, "OPEN"), (2, "FILLED")):
+        steps: tuple[tuple[int, OrderStatus], ...] = ((1, "OPEN"), (2, "FILLED"))
+        for version, status in steps:
             state = OrderState(
                 order_id=oid, user_id=user, client_order_id=f"c{i}", market="BTC-USDT",
                 side="buy", type="limit", price=100, quantity=1, funds=None,

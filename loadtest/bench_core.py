@@ -149,10 +149,10 @@ def build_commands(
         commands.append(command)
         for message in shadow.submit(command):
             if type(message) is OrderState:
-                if message.status == "OPEN":  # type: ignore[attr-defined]
-                    pool.add(message.user_id, message.order_id)  # type: ignore[attr-defined]
-                elif message.status in TERMINAL:  # type: ignore[attr-defined]
-                    pool.discard(message.order_id)  # type: ignore[attr-defined]
+                if message.status == "OPEN":
+                    pool.add(message.user_id, message.order_id)
+                elif message.status in TERMINAL:
+                    pool.discard(message.order_id)
         if (n + 1) % PROGRESS_EVERY == 0:
             print(f"  built {n + 1:>9,} commands", file=sys.stderr)
     return commands, credits

@@ -27,17 +27,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.cimpl import NewTopic
 
 from crypton import schema, topics
 from crypton.broker import EmbeddedBroker
 from crypton.config import Settings, load_markets
-from crypton.domain.messages import Credit, Message, PlaceOrder
+from crypton.domain.messages import Credit, Message, PlaceOrder, Side
 from crypton.kafka import admin as kafka_admin
 from crypton.kafka import consumer_config, producer_config
 from crypton.process import Child, free_ports, settings_env
@@ -108,7 +109,7 @@ def _orders(count: int, rng: random.Random, start: int) -> list[PlaceOrder]:
         symbol = "BTC-USDT" if rng.random() < 0.6 else "ETH-USDT"
         market = markets.market(symbol)
         mid = (50_000 if symbol == "BTC-USDT" else 3_000) * market.quote.scale // market.tick
-        side = rng.choice(("buy", "sell"))
+        side: Side = "buy" if rng.random() < 0.5 else "sell"
         crossing = rng.random() < 0.33
         offset = rng.randint(0, 15) * (1 if crossing else -1) * (1 if side == "buy" else -1)
         orders.append(
@@ -153,14 +154,14 @@ class _Watcher(threading.Thread):
                 if record.error():
                     continue
                 now = _now_ms()
-                topic = record.topic()
+                topic, value = record.topic() or "", record.value() or b""
                 if topic.endswith(topics.ORDERS):
-                    state = schema.ORDERS.decode(record.value())
+                    state = schema.ORDERS.decode(value)
                     self.first_state.setdefault(state.order_id, now)
                     if state.status != "NEW":
                         self.final.setdefault(state.order_id, now)
                 elif topic.endswith(topics.TRADES):
-                    trade = schema.TRADES.decode(record.value())
+                    trade = schema.TRADES.decode(value)
                     self.first_trade.setdefault(trade.taker_order_id, now)
                 else:
                     self.transfers += 1
@@ -178,7 +179,7 @@ class _Watcher(threading.Thread):
             time.sleep(0.02)
 
 
-def _produce(producer: Producer, settings: Settings, messages: list[Message]) -> None:
+def _produce(producer: Producer, settings: Settings, messages: Sequence[Message]) -> None:
     encode = schema.record_encoder(settings.topic_prefix)
     for message in messages:
         topic, key, value = encode(message)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from crypton.config import Settings
 from crypton.process import free_port, free_ports, settings_env, wait_for_port
@@ -55,7 +55,7 @@ def _label(process: psutil.Process) -> str:
     try:
         cmdline = " ".join(process.cmdline())
     except psutil.Error:
-        return process.name()
+        return str(process.name())
     for needle, name in (
         ("kafka.Kafka", "kafka broker"),
         ("bytewax.run", "dataflow"),
@@ -65,7 +65,7 @@ def _label(process: psutil.Process) -> str:
     ):
         if needle in cmdline:
             return name
-    return process.name()
+    return str(process.name())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -148,7 +148,7 @@ def create_accounts(host: str, count: int, token: str) -> list[Account]:
     return accounts
 
 
-@events.init_command_line_parser.add_listener
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
 def _options(parser: Any) -> None:
     parser.add_argument(
         "--accounts", type=int, env_var="CRYPTON_LOADTEST_ACCOUNTS", default=20,
@@ -156,7 +156,7 @@ def _options(parser: Any) -> None:
     )  # fmt: skip
 
 
-@events.test_start.add_listener
+@events.test_start.add_listener  # type: ignore[untyped-decorator]
 def _create_accounts(environment: Environment, **_: Any) -> None:
     # Runs once, in the process that drives the test (headless or master).
     host = check_host(environment.host)
@@ -164,7 +164,7 @@ def _create_accounts(environment: Environment, **_: Any) -> None:
     POOL.accounts = create_accounts(host, accounts, _admin_token())
 
 
-@events.init.add_listener
+@events.init.add_listener  # type: ignore[untyped-decorator]
 def _refuse_other_hosts(environment: Environment, **_: Any) -> None:
     # Fail before any request: a wrong --host must not receive a single one.
     if environment.host is not None:
