@@ -10,7 +10,13 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from crypton.config import Settings
 from crypton.kafka import consumer_config
@@ -29,6 +35,26 @@ class Record(NamedTuple):
     headers: list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None = None
 
 
+def _end_offset(consumer: Consumer, partition: TopicPartition, timeout: float) -> int:
+    """The partition's high watermark, asking again while it has no serving leader
+    (a topic just created, or a broker failing over, answers NOT_LEADER for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            return int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (
+                error.retriable()
+                or error.code()
+                in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+            )
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_topics(settings: Settings, names: list[str], timeout: float = 60.0) -> Iterator[Record]:
     """Every record of ``names`` up to their current ends (and whatever follows at once),
     each partition in offset order."""
@@ -41,9 +67,7 @@ def read_topics(settings: Settings, names: list[str], timeout: float = 60.0) -> 
             if topic is None or topic.error is not None:
                 raise RuntimeError(f"topic {name} does not exist")
             for partition in sorted(topic.partitions):
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(name, partition), timeout=timeout
-                )
+                high = _end_offset(consumer, TopicPartition(name, partition), timeout)
                 if high > 0:
                     ends[(name, partition)] = high
         if not ends:
