@@ -32,7 +32,7 @@ from crypton import codec, topics
 from crypton.broker import EmbeddedBroker
 from crypton.cli import api_command
 from crypton.config import Settings
-from crypton.domain.messages import Balance, BalanceState, OrderState, OrderStatus
+from crypton.domain.messages import Balance, BalanceState, OrderState, OrderStatus, Trade
 from crypton.kafka import producer_config
 from crypton.process import Child, free_port, free_ports, settings_env
 from loadtest import report
@@ -45,7 +45,8 @@ def _say(line: str) -> None:
 
 
 def _start_api(settings: Settings, logs: Path) -> tuple[Child, str, float]:
-    env = settings_env(settings) | {"CRYPTON_ADMIN_TOKEN": TOKEN}
+    # One client measured back to back: the API's per-key rate limit would only add 429s.
+    env = settings_env(settings) | {"CRYPTON_ADMIN_TOKEN": TOKEN, "CRYPTON_RATE_LIMIT": "0"}
     port = free_port()
     child = Child(
         "api", [*api_command(Settings(api_port=port)), "--log-level", "warning"],
@@ -95,9 +96,14 @@ def _ack_latency(url: str, orders: int) -> list[float]:
     return latencies
 
 
-def _write_records(settings: Settings, records: int) -> None:
+def write_state_log(settings: Settings, records: int) -> None:
+    """Write ``records`` order records to the state topics as the dataflow would (each
+    order OPEN then FILLED, 1,000 users), plus a trade and a balance every tenth order:
+    the log a restarted API's read model folds. Also used by ``tests/api/test_startup.py``.
+    """
     producer = Producer(producer_config(settings, **{"linger.ms": 20}))
     orders = topics.topic_name(topics.ORDERS, settings.topic_prefix)
+    trades = topics.topic_name(topics.TRADES, settings.topic_prefix)
     balances = topics.topic_name(topics.BALANCES, settings.topic_prefix)
 
     def send(topic: str, key: str, value: bytes) -> None:
@@ -115,13 +121,21 @@ def _write_records(settings: Settings, records: int) -> None:
         steps: tuple[tuple[int, OrderStatus], ...] = ((1, "OPEN"), (2, "FILLED"))
         for version, status in steps:
             state = OrderState(
-                order_id=oid, user_id=user, client_order_id=f"c{i}", market="BTC-USDT",
+                order_id=oid, user_id=user, client_order_id=f"c-{oid}", market="BTC-USDT",
                 side="buy", type="limit", price=100, quantity=1, funds=None,
                 time_in_force="GTC", post_only=False, stp="expire_taker", status=status,
                 created_at=i, updated_at=i + version, version=version,
             )  # fmt: skip
             send(orders, oid, codec.encode(state))
         if i % 10 == 0:
+            seq = i // 10 + 1
+            executed = Trade(
+                market="BTC-USDT", seq=seq, price=100, quantity=1, notional=0,
+                taker_side="buy", maker_order_id="m", taker_order_id="t",
+                maker_user_id="alice", taker_user_id="bob", maker_fee=1, taker_fee=2,
+                buyer_release=0, time=i * 100,
+            )  # fmt: skip
+            send(trades, "BTC-USDT", codec.encode(executed))
             state_of_user = BalanceState(
                 user_id=user, version=i + 1, balances={"BTC": Balance(i, 0)}, ts=i
             )
@@ -163,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         api.stop(5)
         _say(f"writing {args.records} order records to the state topics")
-        _write_records(settings, args.records)
+        write_state_log(settings, args.records)
         api, url, ready = _start_api(settings, data / "logs")
         _say(
             f"read model ({args.broker}): ready {ready:.2f}s after launch"
