@@ -135,6 +135,12 @@ def _conflict(client_order_id: str) -> ApiError:
     )  # fmt: skip
 
 
+_CANCEL_RESPONSES = {
+    200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
+    **error_responses(401, 403, 404, 409, 503),
+}
+
+
 @get("/v1/orders/{order_id:str}", responses=error_responses(401, 404))
 async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.OrderView:
     return _view(ctx, _own_order(ctx, user, order_id))
@@ -142,10 +148,7 @@ async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.Order
 
 @delete(
     "/v1/orders/{order_id:str}", status_code=202, opt=TRADE,
-    responses={
-        200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
-        **error_responses(401, 403, 404, 409, 503),
-    },
+    responses=_CANCEL_RESPONSES,
 )  # fmt: skip
 async def cancel_order(
     ctx: Context, user: str, order_id: OrderId, wait: Wait = False
@@ -165,10 +168,7 @@ async def get_order_by_client_id(
 
 @delete(
     "/v1/orders/by-client-id/{client_order_id:str}", status_code=202, opt=TRADE,
-    responses={
-        200: ResponseSpec(schemas.OrderView, description="With ?wait=true: the closed order"),
-        **error_responses(401, 403, 404, 409, 503),
-    },
+    responses=_CANCEL_RESPONSES,
 )  # fmt: skip
 async def cancel_order_by_client_id(
     ctx: Context, user: str, client_order_id: ClientOrderId, wait: Wait = False
