@@ -275,8 +275,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         # `crypton monitor` scrapes the dataflow there; a busy port costs only the metrics.
         metrics_port = env.setdefault("CRYPTON_DATAFLOW_METRICS_PORT", str(DATAFLOW_METRICS_PORT))
         if args.dataflow_processes > 1:
-            # One sink partition per process: each writes its own output, none is sent
-            # to a peer to be written.
+            # One sink partition (one producer) per process: Bytewax spreads them over
+            # the workers, so not all output travels to the process holding the only one.
             env.setdefault("CRYPTON_SINK_PARTS", str(args.dataflow_processes))
         flows = dataflow_children(
             settings, env, logs, processes=args.dataflow_processes, workers=args.workers
