@@ -41,38 +41,46 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-
-from crypton import schema, topics
+from crypton import topics
 from crypton.broker import KAFKA_VERSION, EmbeddedBroker
 from crypton.cli import api_command, dataflow_children, ensure_recovery_store
-from crypton.config import Settings, load_markets
-from crypton.domain.messages import Credit, Message, PlaceOrder, Side
-from crypton.kafka import consumer_config, producer_config
+from crypton.config import Settings
+from crypton.domain.messages import Credit
 from crypton.process import Child, free_port, free_ports, settings_env
 from loadtest import report
+from loadtest.scale_log import (
+    TRADERS,
+    Watcher,
+    Writer,
+    fund,
+    now_ms,
+    resting_orders,
+    stamp,
+    trading_orders,
+    write_order_history,
+)
+from loadtest.scale_measure import (
+    dir_bytes,
+    histogram_quantile,
+    metrics_text,
+    rss_mib,
+    snapshot_metrics,
+    written_bytes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-scale-admin-token"
 PROBE_EVERY_S = 0.020
-TRADERS = 200
-MARKET = "BTC-USDT"
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -80,251 +88,6 @@ def _percentile(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-# --- what the processes use, from /proc -------------------------------------------------
-
-
-def rss_mib(pid: int | None) -> float:
-    """Resident memory of ``pid`` (VmRSS) in MiB; NaN if it is gone."""
-    if pid is None:
-        return float("nan")
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def written_bytes(pid: int | None) -> int:
-    """``write_bytes`` of ``/proc/<pid>/io``: bytes the process sent to the block layer."""
-    if pid is None:
-        return 0
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def dir_bytes(path: Path) -> int:
-    """Total size of the files in ``path`` (the recovery partitions and their WAL)."""
-    total = 0
-    with contextlib.suppress(OSError):
-        for entry in path.iterdir():
-            with contextlib.suppress(OSError):
-                total += entry.stat().st_size
-    return total
-
-
-def metrics_text(port: int) -> str:
-    """The dataflow's Prometheus text, or "" when it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as answer:
-            text: str = answer.read().decode()
-            return text
-    except OSError:
-        return ""
-
-
-def snapshot_metrics(texts: Iterable[str]) -> dict[str, float]:
-    """Sums of every ``crypton_dataflow_snapshot_*`` sample over labels and processes
-    (buckets kept apart by ``le``); empty when the dataflow exports none."""
-    sums: dict[str, float] = {}
-    for text in texts:
-        for line in text.splitlines():
-            if not line.startswith("crypton_dataflow_snapshot_"):
-                continue
-            name, _, value = line.rpartition(" ")
-            metric = name.split("{", 1)[0]
-            if "le=" in name:
-                metric += "{le=" + name.split('le="', 1)[1].split('"', 1)[0] + "}"
-            with contextlib.suppress(ValueError):
-                sums[metric] = sums.get(metric, 0.0) + float(value)
-    return sums
-
-
-def histogram_quantile(sums: dict[str, float], prefix: str, q: float) -> float | None:
-    """The upper bound of the bucket holding quantile ``q`` of a summed histogram."""
-    buckets = sorted(
-        (float(k.split("{le=", 1)[1].rstrip("}")), v)
-        for k, v in sums.items()
-        if k.startswith(prefix + "_bucket{le=")
-    )
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    target = q * buckets[-1][1]
-    return next(le for le, count in buckets if count >= target)
-
-
-# --- the load, written to the wallet inbox as the API would --------------------------------
-
-
-class Writer:
-    """Commands to the wallet inbox with the exchange's partitioner and codecs."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.encode = schema.record_encoder(settings.topic_prefix)
-        self.producer = Producer(producer_config(settings, **{"linger.ms": 5}))
-
-    def send(self, messages: Iterable[Message]) -> int:
-        sent = 0
-        for message in messages:
-            topic, key, value = self.encode(message)
-            while True:
-                try:
-                    self.producer.produce(topic, value, key)
-                    break
-                except BufferError:
-                    self.producer.poll(0.01)
-            self.producer.poll(0)
-            sent += 1
-        return sent
-
-    def flush(self) -> None:
-        if self.producer.flush(120) != 0:
-            raise SystemExit("bench_scale: the broker did not acknowledge every command")
-
-
-class Watcher(threading.Thread):
-    """Reads the orders and transfers topics from their ends at creation: when each
-    order left NEW (rests, traded, rejected: the wallet and the book decided it), when
-    each transfer was decided."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(daemon=True)
-        self.consumer = Consumer(
-            consumer_config(settings, **{"group.id": "bench-scale", "fetch.wait.max.ms": 5})
-        )
-        assignment = []
-        for logical in (topics.ORDERS, topics.TRANSFERS):
-            name = topics.topic_name(logical, settings.topic_prefix)
-            for p in range(settings.partitions):
-                assignment.append(TopicPartition(name, p, self._end(name, p)))
-        self.consumer.assign(assignment)
-        self.final: dict[str, int] = {}
-        self.transfers: dict[str, int] = {}
-        self.stop = threading.Event()
-        self.start()
-
-    def _end(self, topic: str, partition: int) -> int:
-        """The high watermark, asked again while a new topic has no leader yet."""
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
-                return int(high)
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-    def run(self) -> None:
-        orders = schema.ORDERS.decode
-        transfers = schema.TRANSFERS.decode
-        while not self.stop.is_set():
-            for record in self.consumer.consume(5000, 0.05):
-                if record.error():
-                    continue
-                now = _now_ms()
-                value = record.value() or b""
-                if (record.topic() or "").endswith(topics.ORDERS):
-                    state = orders(value)
-                    if state.status != "NEW":  # decided: resting, filled, rejected...
-                        self.final.setdefault(state.order_id, now)
-                else:
-                    transfer = transfers(value)
-                    self.transfers.setdefault(transfer.transfer_id + "@" + transfer.user_id, now)
-        self.consumer.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join(10)
-
-    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        last = time.monotonic()
-        while not done():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench_scale: {what} did not finish in {timeout:.0f} s")
-            if time.monotonic() - last > 10:
-                _say(f"    ... {what}: {len(self.transfers)} transfers, {len(self.final)} orders")
-                last = time.monotonic()
-            time.sleep(0.05)
-
-
-def fund(users: Iterable[str], assets: dict[str, int], ts: int) -> Iterable[Credit]:
-    for user in users:
-        for asset, amount in assets.items():
-            yield Credit(
-                user_id=user, asset=asset, amount=amount, transfer_id=f"fund-{asset}", ts=ts
-            )
-
-
-def resting_orders(count: int, ts: int) -> list[PlaceOrder]:
-    """One buy per idle user, far under the market (it rests, it never trades)."""
-    market = load_markets().market(MARKET)
-    low = 1_000 * market.quote.scale // market.tick  # ticks at 1,000 USDT; the market is 50,000
-    return [
-        PlaceOrder(
-            user_id=f"u{n}",
-            order_id=f"rest-{n}",
-            client_order_id=f"rest-{n}",
-            market=MARKET,
-            side="buy",
-            type="limit",
-            price=(low + n % 5_000) * market.tick,
-            quantity=market.min_quantity * 100,
-            ts=ts,
-        )
-        for n in range(count)
-    ]
-
-
-def trading_orders(count: int, rng: random.Random, tag: str) -> list[PlaceOrder]:
-    """Limit orders of the traders around 50,000: two thirds rest near the touch, a
-    third cross (half of those IOC), as ``bench_pipeline`` sends."""
-    market = load_markets().market(MARKET)
-    mid = 50_000 * market.quote.scale // market.tick
-    out = []
-    for i in range(count):
-        side: Side = "buy" if rng.random() < 0.5 else "sell"
-        crossing = rng.random() < 0.33
-        offset = rng.randint(0, 15) * (1 if crossing else -1) * (1 if side == "buy" else -1)
-        out.append(
-            PlaceOrder(
-                user_id=f"t{rng.randrange(TRADERS)}", order_id=f"{tag}-{i}",
-                client_order_id=f"{tag}-{i}", market=MARKET, side=side, type="limit",
-                price=(mid + offset) * market.tick,
-                quantity=rng.randint(1, 20) * market.min_quantity,
-                time_in_force="IOC" if crossing and rng.random() < 0.5 else "GTC", ts=0,
-            )
-        )  # fmt: skip
-    return out
-
-
-def stamp(order: PlaceOrder) -> PlaceOrder:
-    """The order with the time it is handed to the producer, as the API stamps it."""
-    return msgspec.structs.replace(order, ts=_now_ms())
-
-
-def write_order_history(settings: Settings, orders: int) -> None:
-    """``orders`` lifetime orders on the state topics, each OPEN then FILLED (with a trade
-    and a balance every tenth), as the API's read model finds them after a restart.
-
-    The writer is ``loadtest.bench_api.write_state_log`` (one writer of that log for the
-    benchmarks and the start-up test); replace this function if its shape changes.
-    """
-    from loadtest.bench_api import write_state_log  # noqa: PLC0415 - only this phase
-
-    write_state_log(settings, 2 * orders)
-
-
-# --- the phases ------------------------------------------------------------------------------
 
 
 class Exchange:
@@ -394,7 +157,7 @@ def build_state(ex: Exchange, users: int, resting: int, orders: int) -> dict[str
     took: dict[str, float] = {}
     try:
         began = time.monotonic()
-        ts = _now_ms()
+        ts = now_ms()
         count = writer.send(fund((f"u{n}" for n in range(users)), {"USDT": 10**12}, ts))
         count += writer.send(
             fund((f"t{n}" for n in range(TRADERS)), {"USDT": 10**15, "BTC": 10**13}, ts)
@@ -405,7 +168,7 @@ def build_state(ex: Exchange, users: int, resting: int, orders: int) -> dict[str
         took["funding_s"] = time.monotonic() - began
         _say(f"  {users:,} idle users funded in {took['funding_s']:.1f} s")
         began = time.monotonic()
-        writer.send(resting_orders(resting, _now_ms()))
+        writer.send(resting_orders(resting, now_ms()))
         writer.flush()
         watcher.wait(
             lambda: sum(k.startswith("rest-") for k in watcher.final) >= resting,
@@ -446,12 +209,12 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
                 writer.send(
                     [
                         Credit(
-                            user_id="probe", asset="USDT", amount=1, transfer_id=ident, ts=_now_ms()
+                            user_id="probe", asset="USDT", amount=1, transfer_id=ident, ts=now_ms()
                         )
                     ]
                 )
                 writer.producer.poll(0)
-                sent_at[ident + "@probe"] = (_now_ms(), now - began)
+                sent_at[ident + "@probe"] = (now_ms(), now - began)
                 n_probe += 1
             if now - last_say > 10:
                 _say(f"    ... {now - began:.0f}/{seconds:.0f} s, {i} orders sent")
@@ -514,7 +277,7 @@ def full_speed(ex: Exchange, count: int, tag: str) -> float:
     writer, watcher = Writer(ex.settings), Watcher(ex.settings)
     try:
         orders = trading_orders(count, random.Random(tag), tag)
-        began_ms = _now_ms()
+        began_ms = now_ms()
         writer.send(stamp(o) for o in orders)
         writer.flush()
         ids = [o.order_id for o in orders]
@@ -535,9 +298,9 @@ def wait_flowing(ex: Exchange, timeout: float = 300) -> float:
     writer, watcher = Writer(ex.settings), Watcher(ex.settings)
     began = time.monotonic()
     try:
-        ident = f"warm-{_now_ms()}"
+        ident = f"warm-{now_ms()}"
         writer.send(
-            [Credit(user_id="probe", asset="USDT", amount=1, transfer_id=ident, ts=_now_ms())]
+            [Credit(user_id="probe", asset="USDT", amount=1, transfer_id=ident, ts=now_ms())]
         )
         writer.flush()
 
