@@ -53,6 +53,7 @@ from crypton.cli import api_command, dataflow_children, ensure_recovery_store
 from crypton.config import Settings
 from crypton.domain.messages import Credit
 from crypton.process import Child, free_port, free_ports, settings_env
+from crypton.supervisor import Together
 from loadtest import report
 from loadtest.scale_log import (
     TRADERS,
@@ -68,6 +69,7 @@ from loadtest.scale_log import (
 from loadtest.scale_measure import (
     dir_bytes,
     histogram_quantile,
+    metric_sums,
     metrics_text,
     rss_mib,
     snapshot_metrics,
@@ -77,6 +79,7 @@ from loadtest.scale_measure import (
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-scale-admin-token"
 PROBE_EVERY_S = 0.020
+BYTEWAX_SNAPSHOT = "bytewax_snapshot_duration_seconds"
 
 
 def _say(line: str) -> None:
@@ -93,7 +96,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 class Exchange:
     """The broker, the dataflow (one or two processes) and API launches of one run."""
 
-    def __init__(self, settings: Settings, logs: Path) -> None:
+    def __init__(self, settings: Settings, logs: Path, bytewax_api: bool = False) -> None:
         self.settings = settings
         self.logs = logs
         self.env = settings_env(settings) | {
@@ -103,6 +106,9 @@ class Exchange:
         # Commands come straight from this benchmark, unsigned: nothing to enforce.
         self.env.pop("CRYPTON_API_SECRET", None)
         self.metrics_port = free_ports(2)
+        # Bytewax's own server (its snapshot_duration_seconds histograms) binds every
+        # interface, not only loopback: opt-in.
+        self.bytewax_port = free_ports(2) if bytewax_api else None
         self.flows: list[Child] = []
         self.recovery = ensure_recovery_store(settings, 2)
 
@@ -113,14 +119,29 @@ class Exchange:
             "CRYPTON_SINK_PARTS": str(processes),
         }
         self.flows = dataflow_children(self.settings, env, self.logs, processes=processes)
-        for child in self.flows:
+        for i, child in enumerate(self.flows):
             child.cwd = ROOT
+            if self.bytewax_port is not None and child.env is not None:
+                child.env["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
+                child.env["BYTEWAX_DATAFLOW_API_PORT"] = str(self.bytewax_port + i)
             child.start()
 
     def stop_dataflow(self) -> None:
-        for child in self.flows:
-            child.stop(15)
+        if self.flows:  # a Timely cluster stops as one
+            Together("dataflow", self.flows).stop(15)
         self.flows = []
+
+    def bytewax_snapshots(self) -> dict[str, dict[str, float]]:
+        """Bytewax's ``snapshot_duration_seconds`` of each keyed step, summed over the
+        processes: the time of the step's ``snapshot()`` calls (not the pickling and
+        the SQLite write that follow them on the same thread)."""
+        if self.bytewax_port is None:
+            return {}
+        texts = [metrics_text(self.bytewax_port + i) for i in range(len(self.flows))]
+        return {
+            step: metric_sums(texts, BYTEWAX_SNAPSHOT, f'step_id="crypton.{step}"')
+            for step in ("wallet", "book")
+        }
 
     def check_dataflow(self) -> None:
         for child in self.flows:
@@ -195,6 +216,7 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
     io0 = sum(written_bytes(p) for p in pids)
     dir0 = dir_bytes(ex.recovery)
     snap0 = snapshot_metrics(ex.flow_metrics())
+    bytewax0 = ex.bytewax_snapshots()
     began = time.monotonic()
     next_order, n_probe, last_say = began, 0, began
     try:
@@ -226,6 +248,7 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
         written = sum(written_bytes(p) for p in pids) - io0
         grown = dir_bytes(ex.recovery) - dir0
         snap1 = snapshot_metrics(ex.flow_metrics())
+        bytewax1 = ex.bytewax_snapshots()
         watcher.wait(lambda: all(k in watcher.transfers for k in sent_at), 60, "probes")
     finally:
         watcher.close()
@@ -241,6 +264,14 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
     for name in {k.split("_bucket{", 1)[0] for k in delta if "_bucket{" in k}:
         result[f"{name}_p50"] = histogram_quantile(delta, name, 0.5)
         result[f"{name}_p99"] = histogram_quantile(delta, name, 0.99)
+    for step, after in bytewax1.items():
+        before = bytewax0.get(step, {})
+        spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        result[f"bytewax_{step}_snapshot_seconds"] = {
+            "count": spent.get(BYTEWAX_SNAPSHOT + "_count", 0.0),
+            "p50_bucket": histogram_quantile(spent, BYTEWAX_SNAPSHOT, 0.5),
+            "p99_bucket": histogram_quantile(spent, BYTEWAX_SNAPSHOT, 0.99),
+        }
     if probe:
         result |= stall(sent_at, watcher.transfers, ex.settings.snapshot_seconds)
     return result
@@ -329,7 +360,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         broker.start().wait_ready(120)
         _say(f"bench_scale on {broker.ready_line()}; data in {data}")
         topics.ensure_topics(settings)
-        ex = Exchange(settings, logs)
+        ex = Exchange(settings, logs, args.bytewax_metrics)
         ex.start_dataflow(1)
         _say(f"dataflow (1 process) answers after {wait_flowing(ex):.1f} s")
         _say(f"building the state: {args.users:,} users, {args.orders:,} lifetime orders")
@@ -357,7 +388,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             f" max {probed['probe_latency_ms']['max']:.0f} ms"
         )
         for key, value in probed.items():
-            if key.startswith("crypton_dataflow_snapshot"):
+            if key.startswith(("crypton_dataflow_snapshot", "bytewax_")):
                 _say(f"  {key} (dataflow metric): {value}")
         results["dataflow_rss_mib"] = [rss_mib(p) for p in ex.flow_pids]
         _say(f"  dataflow RSS {results['dataflow_rss_mib'][0]:.0f} MiB")
@@ -414,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--throughput-orders", type=int, default=5_000, help="orders per throughput run"
     )
+    parser.add_argument(
+        "--bytewax-metrics", action="store_true",
+        help="also read Bytewax's snapshot_duration_seconds (its server binds 0.0.0.0)",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     report.add_arguments(parser)
     args = parser.parse_args(argv)

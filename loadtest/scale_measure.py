@@ -11,6 +11,7 @@ from pathlib import Path
 __all__ = [
     "dir_bytes",
     "histogram_quantile",
+    "metric_sums",
     "metrics_text",
     "rss_mib",
     "snapshot_metrics",
@@ -64,27 +65,33 @@ def metrics_text(port: int) -> str:
         return ""
 
 
-def snapshot_metrics(texts: Iterable[str]) -> dict[str, float]:
-    """Sums of every ``crypton_dataflow_snapshot_*`` sample over labels and processes
-    (buckets kept apart by ``le``); empty when the dataflow exports none."""
+def metric_sums(texts: Iterable[str], prefix: str, where: str = "") -> dict[str, float]:
+    """Sums of every sample whose name starts with ``prefix`` (and whose line holds
+    ``where``, e.g. a label) over labels and processes, buckets kept apart by ``le``;
+    empty when no process exports such a metric."""
     sums: dict[str, float] = {}
     for text in texts:
         for line in text.splitlines():
-            if not line.startswith("crypton_dataflow_snapshot_"):
+            if not line.startswith(prefix) or where not in line:
                 continue
             name, _, value = line.rpartition(" ")
             metric = name.split("{", 1)[0]
-            if "le=" in name:
+            if 'le="' in name:
                 metric += "{le=" + name.split('le="', 1)[1].split('"', 1)[0] + "}"
             with contextlib.suppress(ValueError):
                 sums[metric] = sums.get(metric, 0.0) + float(value)
     return sums
 
 
+def snapshot_metrics(texts: Iterable[str]) -> dict[str, float]:
+    """The ``crypton_dataflow_snapshot_*`` samples, summed (see :func:`metric_sums`)."""
+    return metric_sums(texts, "crypton_dataflow_snapshot_")
+
+
 def histogram_quantile(sums: dict[str, float], prefix: str, q: float) -> float | None:
     """The upper bound of the bucket holding quantile ``q`` of a summed histogram."""
     buckets = sorted(
-        (float(k.split("{le=", 1)[1].rstrip("}")), v)
+        (float(k.split("{le=", 1)[1].rstrip("}").replace("+Inf", "inf")), v)
         for k, v in sums.items()
         if k.startswith(prefix + "_bucket{le=")
     )
