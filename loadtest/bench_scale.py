@@ -19,8 +19,9 @@ the state topics as the API's read model would find them. Then it prints:
   the dataflow serves them, are printed too;
 - **bytes written per minute** by the dataflow at ~10 orders/s with every idle user
   present: the growth of ``write_bytes`` in ``/proc/<pid>/io`` (what the process handed
-  to the disk: the recovery store's SQLite pages and WAL, its log file) and of the
-  recovery directory's files;
+  to the disk: the recovery store's SQLite WAL and the checkpoints that copy it into
+  the database, and its log file), and the growth of the recovery directory's files (a
+  lower bound: once checkpointed, SQLite writes its WAL file again from the start);
 - **resident memory** (VmRSS) of the dataflow and of the API;
 - **API ready time** after a restart: launch until ``/ready`` answers 200;
 - **orders/s** to final state, one dataflow process and then two (``-i 0/1 -a``) on
@@ -372,9 +373,10 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         results["paced"] = paced
         _say(
             f"  dataflow wrote {paced['dataflow_write_bytes_per_min'] / 1e6:.2f} MB/min"
-            f" (/proc/<pid>/io write_bytes); recovery directory grew"
-            f" {paced['recovery_dir_growth_bytes_per_min'] / 1e6:.2f} MB/min"
-            f" at {paced['orders_per_s']:.1f} orders/s"
+            f" (/proc/<pid>/io write_bytes) at {paced['orders_per_s']:.1f} orders/s;"
+            f" the recovery directory's files grew"
+            f" {paced['recovery_dir_growth_bytes_per_min'] / 1e6:.2f} MB/min (a lower bound:"
+            f" SQLite reuses its WAL file after a checkpoint)"
         )
         _say(f"probing every {PROBE_EVERY_S * 1000:.0f} ms for {args.probe_seconds:g} s (stall)")
         probed = trade_paced(ex, args.rate, args.probe_seconds, "probed", probe=True)
