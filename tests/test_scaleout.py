@@ -170,7 +170,9 @@ def test_two_dataflow_processes_and_two_api_replicas_trade_and_audit_clean(
     mark = len(cluster.output())
     os.kill(pids[1], signal.SIGKILL)  # a whole cluster restarts from its last snapshot
     cluster.wait_output("dataflow restarted", 60, after=mark)
-    assert "dataflow exited with code -9" in cluster.output()[mark:]
+    # Whichever process the supervisor finds ended first: the killed one (-9), or its
+    # peer, which panics when the connection drops (code 1).
+    assert "dataflow exited with code" in cluster.output()[mark:]
     trade_round(1)
 
     deadline = time.monotonic() + 120
