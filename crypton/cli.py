@@ -12,9 +12,11 @@ import dataclasses
 import importlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,12 +74,25 @@ def ensure_recovery_store(settings: Settings, partitions: int = RECOVERY_PARTITI
     store = (settings.data_dir / "recovery").absolute()
     if store.is_dir() and any(store.iterdir()):
         return store
-    store.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "bytewax.recovery", str(store), str(partitions)]
+    # Made aside, then renamed into place: processes of one cluster started together
+    # (`crypton dataflow -i 0` and `-i 1`) must not both fill the same directory.
+    store.parent.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(prefix=".recovery-", dir=store.parent))
+    argv = [sys.executable, "-m", "bytewax.recovery", str(made), str(partitions)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
+        shutil.rmtree(made, ignore_errors=True)
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CliError(f"cannot create the recovery store in {store}: {last}")
+    try:
+        if store.is_dir():
+            store.rmdir()  # empty, or another process filled it first
+        made.rename(store)
+    except OSError:
+        shutil.rmtree(made, ignore_errors=True)
+        if store.is_dir() and any(store.iterdir()):
+            return store
+        raise
     say(f"created recovery store {store} ({partitions} partition{'s' * (partitions > 1)})")
     return store
 
@@ -229,10 +244,21 @@ def cmd_dataflow(settings: Settings, args: argparse.Namespace) -> int:
     """Replace this process by the Bytewax dataflow, so signals reach it directly."""
     wait_for_kafka(settings, args.kafka_timeout)
     _provision(settings)
-    ensure_recovery_store(settings)
+    ensure_recovery_store(settings, max(RECOVERY_PARTITIONS, len(_addresses(args.extra))))
     argv = dataflow_command(settings, args.extra)
     say("exec " + " ".join(argv[1:]))
     os.execve(sys.executable, argv, settings_env(settings))
+
+
+def _addresses(extra: Sequence[str]) -> list[str]:
+    """The peers given to Bytewax with ``-a``/``--addresses`` among the passed-through
+    options (``-a "h:p;h:p"``, ``--addresses "h:p;h:p"``, ``--addresses=h:p;h:p``)."""
+    for i, word in enumerate(extra):
+        if word in ("-a", "--addresses") and i + 1 < len(extra):
+            return extra[i + 1].split(";")
+        if word.startswith("--addresses="):
+            return word.removeprefix("--addresses=").split(";")
+    return []
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
