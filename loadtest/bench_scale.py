@@ -121,7 +121,8 @@ class Exchange:
         }
         self.flows = dataflow_children(self.settings, env, self.logs, processes=processes)
         for i, child in enumerate(self.flows):
-            child.cwd = ROOT
+            # In the temporary directory: Bytewax's API server writes dataflow.json there.
+            child.cwd = self.settings.data_dir
             if self.bytewax_port is not None and child.env is not None:
                 child.env["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
                 child.env["BYTEWAX_DATAFLOW_API_PORT"] = str(self.bytewax_port + i)
