@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe-seconds", type=float, default=30, help="probed phase (stall)")
     parser.add_argument("--snapshot-seconds", type=int, default=2, help="epoch interval")
     parser.add_argument(
-        "--throughput-orders", type=int, default=5_000, help="orders per throughput run"
+        "--throughput-orders", type=int, default=20_000, help="orders per throughput run"
     )
     parser.add_argument(
         "--bytewax-metrics", action="store_true",
