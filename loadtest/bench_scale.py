@@ -230,14 +230,7 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
                 next_order += 1 / rate
             if probe:
                 ident = f"probe-{tag}-{n_probe}"
-                writer.send(
-                    [
-                        Credit(
-                            user_id="probe", asset="USDT", amount=1, transfer_id=ident, ts=now_ms()
-                        )
-                    ]
-                )
-                writer.producer.poll(0)
+                writer.send([probe_credit(ident)])
                 sent_at[ident + "@probe"] = (now_ms(), now - began)
                 n_probe += 1
             if now - last_say > 10:
@@ -277,6 +270,11 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
     if probe:
         result |= stall(sent_at, watcher.transfers, ex.settings.snapshot_seconds)
     return result
+
+
+def probe_credit(transfer_id: str) -> Credit:
+    """The probe: one unit of USDT to the ``probe`` user, a transfer record when applied."""
+    return Credit(user_id="probe", asset="USDT", amount=1, transfer_id=transfer_id, ts=now_ms())
 
 
 def stall(
@@ -332,9 +330,7 @@ def wait_flowing(ex: Exchange, timeout: float = 300) -> float:
     began = time.monotonic()
     try:
         ident = f"warm-{now_ms()}"
-        writer.send(
-            [Credit(user_id="probe", asset="USDT", amount=1, transfer_id=ident, ts=now_ms())]
-        )
+        writer.send([probe_credit(ident)])
         writer.flush()
 
         def done() -> bool:
