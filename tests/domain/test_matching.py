@@ -125,7 +125,7 @@ def test_fok_without_enough_liquidity_has_no_side_effects(ex: AuditedExchange) -
     ex.submit(limit("bob", "s1", "sell", P, btc("0.01")))
     ex.submit(limit("carol", "s2", "sell", usdt("50010"), btc("0.02")))
     ex.submit(limit("alice", "own", "sell", usdt("50020"), btc("1")))
-    before = (ex.books["BTC-USDT"].snapshot()[5], ex.depth("BTC-USDT").asks)
+    before = (ex.books["BTC-USDT"].snapshot()[-1], ex.depth("BTC-USDT").asks)
     for price, stp in ((usdt("50010"), "expire_taker"), (usdt("50020"), "expire_both")):
         # Not enough below 50010; at 50020 only alice's own order, which STP would not take.
         cmd = limit("alice", f"b{price}", "buy", price, btc("0.04"), time_in_force="FOK", stp=stp)
@@ -137,7 +137,7 @@ def test_fok_without_enough_liquidity_has_no_side_effects(ex: AuditedExchange) -
             "FOK: not enough liquidity to fill in full",
         )
         assert [s.order_id for s in only(out, OrderState)] == [cmd.order_id] * 2
-    assert (ex.books["BTC-USDT"].snapshot()[5], ex.depth("BTC-USDT").asks) == before
+    assert (ex.books["BTC-USDT"].snapshot()[-1], ex.depth("BTC-USDT").asks) == before
     assert balances(ex, "alice") == ((START_USDT, 0), (START_BTC - btc("1"), btc("1")))
 
 

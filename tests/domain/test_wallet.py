@@ -58,12 +58,13 @@ def trade(seq: int = 1, **fields: object) -> Trade:
 
 
 def settle(user: str, seq: int, t: Trade) -> Settle:
-    return Settle(user_id=user, src=t.market, seq=seq, trade=t)
+    """The book's ``seq``-th message, to this wallet only (so ``prev`` is ``seq - 1``)."""
+    return Settle(user_id=user, src=t.market, seq=seq, trade=t, prev=seq - 1)
 
 
 def release(user: str, seq: int, order_id: str) -> Release:
     return Release(user_id=user, src="BTC-USDT", seq=seq, order_id=order_id, status="CANCELED",
-                   ts=0)  # fmt: skip
+                   ts=0, prev=seq - 1)  # fmt: skip
 
 
 # --- transfers ------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_place_holds_exactly_hold_for() -> None:
     assert isinstance(state, OrderState) and state.status == "NEW" and state.version == 1
     assert isinstance(book_order, BookOrder)
     assert book_order == BookOrder(market="BTC-USDT", src="alice", seq=1, order=cmd,
-                                   hold=usdt("501"))  # fmt: skip
+                                   hold=usdt("501"), prev=0)  # fmt: skip
     assert w.balance("USDT") == (usdt("499"), usdt("501"))
     w.handle(limit("alice", "s", "sell", PRICE, btc("0.25")))
     assert w.balance("BTC") == (btc("0.75"), btc("0.25"))
@@ -166,7 +167,7 @@ def test_place_holds_exactly_hold_for() -> None:
         oid("alice", "s"): ("BTC", btc("0.25")),
         oid("alice", "m"): ("USDT", usdt("100")),
     }
-    assert w.outbound.sent == {"BTC-USDT": 3}
+    assert (w.outbound.count, w.outbound.last.current) == (3, {"BTC-USDT": 3})
 
 
 def test_duplicate_order_id_is_ignored() -> None:
@@ -215,7 +216,7 @@ def test_cancel_forwards_to_the_book_and_releases_nothing_itself() -> None:
     w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
     out = w.handle(cancel("alice", "b", ts=9))
     assert out == [BookCancel(market="BTC-USDT", src="alice", seq=2, order_id=oid("alice", "b"),
-                              ts=9)]  # fmt: skip
+                              ts=9, prev=1)]  # fmt: skip
     assert w.balance("USDT") == (usdt("499"), usdt("501"))
     # Until the book answers, a second cancel is forwarded too (the book rejects it).
     assert len(only(w.handle(cancel("alice", "b")), BookCancel)) == 1
@@ -251,8 +252,9 @@ def test_cancel_all_cancels_open_orders_in_placement_order() -> None:
         w.handle(limit("alice", cid, "buy", PRICE, btc("0.01")))
     w.handle(limit("alice", "e", "buy", usdt("2000"), btc("0.01"), market="ETH-USDT"))
     out = w.handle(cancel_all("alice", "BTC-USDT"))
-    assert [(m.order_id, m.seq) for m in only(out, BookCancel)] == [
-        (oid("alice", "b1"), 4), (oid("alice", "b2"), 5), (oid("alice", "b3"), 6)
+    # One counter per sender: the ETH-USDT order took 4; each links to the one before.
+    assert [(m.order_id, m.seq, m.prev) for m in only(out, BookCancel)] == [
+        (oid("alice", "b1"), 5, 3), (oid("alice", "b2"), 6, 5), (oid("alice", "b3"), 7, 6)
     ]  # fmt: skip
     out = w.handle(cancel_all("alice"))
     assert [m.market for m in only(out, BookCancel)] == ["BTC-USDT"] * 3 + ["ETH-USDT"]
