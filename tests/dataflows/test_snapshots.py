@@ -27,7 +27,7 @@ def test_wallet_snapshot_survives_packing() -> None:
     )  # fmt: skip
     # An early arrival (seq 2 before 1) is parked and must survive the snapshot.
     wallet.handle(
-        Release(user_id="u", src="BTC-USDT", seq=2, order_id="o", status="CANCELED", ts=3)
+        Release(user_id="u", src="BTC-USDT", seq=2, order_id="o", status="CANCELED", ts=3, prev=1)
     )
     restored = WalletMachine.restore(_roundtrip(WalletLogic, wallet.snapshot()), MARKETS)  # type: ignore[arg-type]
     assert restored.snapshot() == wallet.snapshot()
@@ -41,8 +41,10 @@ def test_book_snapshot_survives_packing() -> None:
         cmd = PlaceOrder(user_id="u", order_id=f"o{seq}", client_order_id=f"c{seq}",
                          market="BTC-USDT", side=side, type="limit", price=price * 10**6,
                          quantity=10_000, ts=seq)  # fmt: skip
-        book.handle(BookOrder(market="BTC-USDT", src="u", seq=seq, order=cmd, hold=1))
-    book.handle(BookCancel(market="BTC-USDT", src="u", seq=5, order_id="o1", ts=9))  # parked
+        book.handle(BookOrder(market="BTC-USDT", src="u", seq=seq, order=cmd, hold=1, prev=seq - 1))
+    book.handle(
+        BookCancel(market="BTC-USDT", src="u", seq=5, order_id="o1", ts=9, prev=4)
+    )  # parked
     restored = BookMachine.restore(_roundtrip(BookLogic, book.snapshot()), BTC)  # type: ignore[arg-type]
     assert restored.snapshot() == book.snapshot()
     assert restored.book.depth(5) == book.book.depth(5)

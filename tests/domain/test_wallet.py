@@ -343,3 +343,89 @@ def test_snapshot_restore_gives_identical_outputs() -> None:
     assert msgspec.json.encode(first) == msgspec.json.encode(second)
     assert w.snapshot() == restored.snapshot()
     assert len(first) > 8
+
+
+# --- the bounded dedupe window --------------------------------------------------------
+
+T0 = 1_700_000_000_000
+
+
+def test_a_wallet_stays_bounded_over_100k_orders() -> None:
+    """An order every 100 ms for 10,000 s (about 17 windows), each closed by its book:
+    the wallet keeps its open orders and at most two windows of ids, not its history."""
+    w = wallet(USDT=usdt("1000000"))
+    step, out = 100, []
+    sizes = []
+    for i in range(100_000):
+        cmd = limit("alice", f"o{i}", "buy", PRICE, btc("0.01"), ts=T0 + i * step)
+        w.apply(cmd, out.append, out.append)
+        w.apply(Release(user_id="alice", src="BTC-USDT", seq=i + 1, order_id=cmd.order_id,
+                        status="CANCELED", ts=cmd.ts, prev=i), out.append, out.append)  # fmt: skip
+        if i % 1000 == 999:
+            w.flush(out.append)
+            sizes.append(len(msgspec.msgpack.encode(w.snapshot())))
+            out.clear()
+    assert w.holds == {} and w.balance("USDT") == (usdt("1000000"), 0)
+    assert len(w.orders_seen) <= 2 * 600_000 // step
+    assert len(w.orders_seen) >= 600_000 // step  # never less than a window
+    assert w.outbound.count == 100_000
+    assert max(sizes[20:]) < 2 * min(sizes[20:])  # flat once the window is full
+    assert max(sizes) < 1_000_000
+
+
+def test_a_repeat_inside_the_window_is_ignored() -> None:
+    w = wallet(USDT=usdt("1000"))
+    first = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0)
+    w.handle(first)
+    w.handle(credit("alice", "USDT", 1, tid="later", ts=T0 + 590_000))  # the clock moves on
+    assert w.handle(first) == []
+    assert w.handle(credit("alice", "USDT", 1, tid="later", ts=T0 + 590_000)) == []
+    assert w.balance("USDT") == (usdt("499") + 1, usdt("501"))
+
+
+def _age(w: WalletMachine, until: int) -> None:
+    """Move the user's clock on to ``until`` with harmless credits, a minute apart."""
+    ts = w.clock
+    while ts < until:
+        ts += 60_000
+        w.handle(credit(w.user_id, "BTC", 1, tid=f"age-{ts}", ts=ts))
+
+
+def test_a_stale_repeat_is_refused_with_a_rejection_and_no_state_record() -> None:
+    w = wallet(USDT=usdt("1000"))
+    order = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0)
+    transfer = credit("alice", "USDT", usdt("1"), tid="t1", ts=T0)
+    w.handle(order)
+    w.handle(transfer)
+    _age(w, T0 + 3 * 600_000)
+    assert order.order_id not in w.orders_seen and "t1" not in w.transfers_seen
+    before = w.snapshot()
+    out = w.handle(order) + w.handle(transfer)
+    assert out == [
+        Rejection(user_id="alice", command="place_order", ref=order.order_id,
+                  reason=out[0].reason, reason_code="stale", ts=T0),  # type: ignore[attr-defined]
+        Rejection(user_id="alice", command="credit", ref="t1",
+                  reason=out[0].reason, reason_code="stale", ts=T0),  # type: ignore[attr-defined]
+    ]  # fmt: skip
+    assert "stale" in out[0].reason  # type: ignore[attr-defined]
+    assert w.snapshot() == before  # nothing held, credited or remembered
+
+
+def test_an_idle_users_next_command_is_not_stale() -> None:
+    w = wallet(USDT=usdt("1000"))
+    w.handle(limit("alice", "a", "buy", PRICE, btc("0.01"), ts=T0))
+    w.handle(release("alice", 1, oid("alice", "a")))
+    later = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0 + 10 * 600_000)
+    assert [type(m) for m in w.handle(later)] == [OrderState, BookOrder, BalanceState]
+    # The clock jumped, but the old order's id is still remembered for a window.
+    assert w.handle(limit("alice", "a", "buy", PRICE, btc("0.01"), ts=T0)) == []
+
+
+def test_reports_from_the_books_do_not_age_the_users_commands() -> None:
+    w = wallet(USDT=usdt("1000"))
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0))
+    w.handle(Release(user_id="alice", src="BTC-USDT", seq=1, order_id=oid("alice", "b"),
+                     status="CANCELED", ts=T0 + 10 * 600_000))  # fmt: skip
+    assert w.clock == T0
+    out = w.handle(credit("alice", "USDT", 1, tid="t", ts=T0 + 1))
+    assert [m.status for m in only(out, TransferState)] == ["ACCEPTED"]
