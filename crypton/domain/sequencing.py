@@ -60,6 +60,7 @@ messages is never forgotten; a sender forgets a destination only after W
 without sending to it, and the receiver's gap check starts again with the
 new chain.
 
+>>> W = DEDUPE_WINDOW_MS
 >>> book: Inbound[str] = Inbound(forgets=True)
 >>> book.tick(0); book.accept("alice", 5, 0, "order", ts=0)
 ['order']
@@ -79,11 +80,10 @@ from __future__ import annotations
 
 from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["DEDUPE_WINDOW_MS", "W", "Inbound", "Outbound", "Recent"]
+__all__ = ["DEDUPE_WINDOW_MS", "Inbound", "Outbound", "Recent"]
 
 DEDUPE_WINDOW_MS: Final = 10 * 60 * 1000
 """W: how long (of message time) a machine remembers an id or a peer it has not used."""
-W: Final = DEDUPE_WINDOW_MS
 
 M = TypeVar("M")
 V = TypeVar("V")
