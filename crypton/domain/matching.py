@@ -48,7 +48,7 @@ from crypton.domain.messages import (
 )
 from crypton.domain.money import BPS, fee_ceil
 from crypton.domain.orders import order_state
-from crypton.domain.sequencing import Inbound, Outbound
+from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound
 
 __all__ = ["BookMachine"]
 
@@ -95,12 +95,15 @@ class BookMachine:
         """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
         kind = type(msg)
         ts = msg.ts if kind is BookCancel else msg.order.ts  # type: ignore[union-attr]
+        inbound = self.inbound
         if ts > self.clock:
             self.clock = ts
-            self.inbound.tick(ts)
-            self.outbound.last.tick(ts)
+            # Both maps swap generations together (at the same clock), checked here
+            # rather than by two calls per message.
+            if ts - inbound.applied.since >= DEDUPE_WINDOW_MS:
+                inbound.tick(ts)
+                self.outbound.last.tick(ts)
         # The in-line check of ``Inbound.accept``, inlined: once per order and cancel.
-        inbound = self.inbound
         applied = inbound.applied.current
         src = msg.src
         seq = msg.seq
@@ -311,16 +314,33 @@ class BookMachine:
         emit(trade)
         # Both wallets, and the fee account if there are fees, settle from this trade.
         # Settle is (user_id, src, seq, trade, prev), built positionally on this hot path.
+        # ``Outbound.link``, inlined for each wallet: the previous message's number is
+        # in the current generation unless the user was quiet for a while.
         symbol, outbound = self.symbol, self.outbound
+        last = outbound.last.current
+        seq = outbound.count
         user = maker.user_id
-        prev = outbound.link(user)
-        send(Settle(user, symbol, outbound.count, trade, prev))
+        prev = last.get(user)
+        if prev is None:
+            prev = outbound.last.previous.pop(user, 0)
+        seq += 1
+        last[user] = seq
+        send(Settle(user, symbol, seq, trade, prev))
         user = taker.user_id
-        prev = outbound.link(user)
-        send(Settle(user, symbol, outbound.count, trade, prev))
+        prev = last.get(user)
+        if prev is None:
+            prev = outbound.last.previous.pop(user, 0)
+        seq += 1
+        last[user] = seq
+        send(Settle(user, symbol, seq, trade, prev))
         if maker_fee or taker_fee:
-            prev = outbound.link(FEE_ACCOUNT)
-            send(Settle(FEE_ACCOUNT, symbol, outbound.count, trade, prev))
+            prev = last.get(FEE_ACCOUNT)
+            if prev is None:
+                prev = outbound.last.previous.pop(FEE_ACCOUNT, 0)
+            seq += 1
+            last[FEE_ACCOUNT] = seq
+            send(Settle(FEE_ACCOUNT, symbol, seq, trade, prev))
+        outbound.count = seq
         if maker.remaining == 0:
             self._close(maker, FILLED, None, ts, send)
         else:

@@ -66,7 +66,7 @@ from crypton.domain.messages import (
 )
 from crypton.domain.money import MAX_UNITS, to_text
 from crypton.domain.orders import Problem, check, hold_for, order_state
-from crypton.domain.sequencing import Inbound, Outbound, Recent
+from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound, Recent
 
 __all__ = ["WALLET_HANDLERS", "InvariantBreach", "WalletMachine"]
 
@@ -165,8 +165,12 @@ class WalletMachine:
     def _admit(self, seen: Recent[None], key: str, ts: int, command: str, emit: Emit) -> bool:
         """Whether the command ``key`` is new: a repeat inside the window is ignored, a
         stale command refused (see the module docstring); a new one is remembered."""
-        self._tick(ts)
-        if key in seen:
+        if ts > self.clock:  # ``_tick``, inlined: once per order
+            self.clock = ts
+            if ts - self.orders_seen.since >= DEDUPE_WINDOW_MS:
+                self.orders_seen.tick(ts)
+                self.transfers_seen.tick(ts)
+        if key in seen.current or key in seen.previous:
             return False  # a retry of a command we already have: the original stands
         if ts < seen.horizon:
             emit(
@@ -188,6 +192,7 @@ class WalletMachine:
         """A command's time: move the user's clock (and the window) forward."""
         if ts > self.clock:
             self.clock = ts
+            # Both windows swap generations together, at the same clock.
             if self.orders_seen.tick(ts):
                 self.transfers_seen.tick(ts)
 
