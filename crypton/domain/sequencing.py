@@ -159,10 +159,6 @@ class Recent(Generic[V]):
     def __len__(self) -> int:
         return len(self.current) + len(self.previous)
 
-    def keys(self) -> list[str]:
-        """Every remembered key, the previous generation first."""
-        return [*self.previous, *self.current]
-
     def snapshot(self) -> tuple[int, int, dict[str, V], dict[str, V]]:
         return self.since, self.horizon, dict(self.current), dict(self.previous)
 

@@ -10,14 +10,14 @@ never on the cancel request itself, so a cancel can never release twice.
 
 Bounded dedupe. A wallet remembers the order ids and transfer ids of its
 user's recent commands only: a ``Recent`` window (``crypton.domain.sequencing``)
-that forgets an id after ``DEDUPE_WINDOW_MS`` (W, ten minutes) to two W of the
+keeps an id for one to two ``DEDUPE_WINDOW_MS`` (W, ten minutes) of the
 wallet's clock, the largest ``ts`` of its user's commands (message time, never
 the wall clock; reports from the books do not move it, so another user's clock
 can never age this user's commands). A place, credit or debit whose ``ts`` is
-older than every id the wallet may have forgotten (``Recent.horizon``: at
+older than every id the window may have forgotten (``Recent.horizon``, at
 least W behind the clock) is *stale*: refused with a ``Rejection``
 (``reason_code="stale"``), never with an order or transfer record, which would
-replace the original's in the compacted topic. So a repeat of a command is
+replace the original's in the compacted topic. A repeat of a command is thus
 either still in the window (ignored) or stale (refused): never applied twice.
 A wallet's state is its balances, its open orders, the window, and one
 sequence entry per market.
