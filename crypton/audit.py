@@ -27,7 +27,7 @@ import argparse
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +135,20 @@ def _chain_problems(prevs: dict[LinkKey, int]) -> list[str]:
                 f"{key}: prev {prev}, but the message before it on the link is {before}"
             )
         last[link] = key[2]
+    return problems
+
+
+def _applied_problems(books: dict[str, BookMachine], received: Iterable[LinkKey]) -> list[str]:
+    """Each book must have applied every distinct message it received exactly once (or
+    hold it parked): a message dropped as stale that was not a repeat is lost."""
+    distinct = Counter(key[0] for key in set(received))
+    problems = []
+    for market, machine in sorted(books.items()):
+        if machine.seq + machine.inbound.gaps != distinct[market]:
+            problems.append(
+                f"{market}: {distinct[market]} distinct messages received, {machine.seq} "
+                f"applied and {machine.inbound.gaps} waiting ({machine.inbound.stale} stale)"
+            )
     return problems
 
 
@@ -259,14 +273,7 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
     link_problems += replay.failures
     sent_total = sum(len(s) for s in replay.sent.values())
     report.check("inbox loop", link_problems, f"{sent_total} messages between machines")
-    applied_problems = []
-    for market, machine in sorted(replay.books.items()):
-        distinct = sum(1 for key in received[topics.BOOK_INBOX] if key[0] == market)
-        if machine.seq + machine.inbound.gaps != distinct:
-            applied_problems.append(
-                f"{market}: {distinct} distinct messages received, {machine.seq} applied and "
-                f"{machine.inbound.gaps} waiting ({machine.inbound.stale} stale drops)"
-            )
+    applied_problems = _applied_problems(replay.books, received[topics.BOOK_INBOX].keys())
     stale = sum(b.inbound.stale for b in replay.books.values())
     report.check("applied once", applied_problems, f"{stale} stale repeats dropped")
 
