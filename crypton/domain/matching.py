@@ -363,10 +363,16 @@ class BookMachine:
         order.reason = reason
         order.updated_at = ts
         self.changed[order] = None
-        outbound = self.outbound
-        prev = outbound.link(order.user_id)
+        # ``Outbound.link``, inlined: once per order.
+        outbound, user = self.outbound, order.user_id
+        seq = outbound.count = outbound.count + 1
+        links = outbound.last.current
+        prev = links.get(user)
+        if prev is None:
+            prev = outbound.last.previous.pop(user, 0)
+        links[user] = seq
         # (user_id, src, seq, order_id, status, ts, prev)
-        send(Release(order.user_id, self.symbol, outbound.count, order.order_id, status, ts, prev))
+        send(Release(user, self.symbol, seq, order.order_id, status, ts, prev))
 
     def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
         """A new state of ``order``, published at the next ``flush``."""

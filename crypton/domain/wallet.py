@@ -173,20 +173,21 @@ class WalletMachine:
         if key in seen.current or key in seen.previous:
             return False  # a retry of a command we already have: the original stands
         if ts < seen.horizon:
-            emit(
-                Rejection(
-                    user_id=self.user_id,
-                    command=command,
-                    ref=key,
-                    reason="stale: older than the dedupe window, so it may repeat a "
-                    "command already decided",
-                    reason_code="stale",
-                    ts=ts,
-                )
-            )
+            emit(self._stale(command, key, ts))
             return False
         seen.current[key] = None
         return True
+
+    def _stale(self, command: str, ref: str, ts: int) -> Rejection:
+        return Rejection(
+            user_id=self.user_id,
+            command=command,
+            ref=ref,
+            reason="stale: older than the dedupe window, so it may repeat a command "
+            "already decided",
+            reason_code="stale",
+            ts=ts,
+        )
 
     def _tick(self, ts: int) -> None:
         """A command's time: move the user's clock (and the window) forward."""
@@ -238,8 +239,19 @@ class WalletMachine:
                 self._changed(due.ts)  # type: ignore[union-attr]
 
     def _place(self, cmd: PlaceOrder, send: Emit, emit: Emit) -> None:
-        if not self._admit(self.orders_seen, cmd.order_id, cmd.ts, "place_order", emit):
+        # ``_admit``, inlined: the clock, then the window, once per order.
+        ts, order_id, seen = cmd.ts, cmd.order_id, self.orders_seen
+        if ts > self.clock:
+            self.clock = ts
+            if ts - seen.since >= DEDUPE_WINDOW_MS:
+                seen.tick(ts)
+                self.transfers_seen.tick(ts)
+        if order_id in seen.current or order_id in seen.previous:
+            return  # a retry of an order we already have: the original stands
+        if ts < seen.horizon:
+            emit(self._stale("place_order", order_id, ts))
             return
+        seen.current[order_id] = None
         if self.reserved:
             # Reserved accounts never trade: the fee account settles a trade by
             # collecting its fees only, so an order of its own would create or
@@ -270,10 +282,15 @@ class WalletMachine:
         self.version += 1
         self.changed_at = cmd.ts
         emit(order_state(cmd, NEW, None, version=1, updated_at=cmd.ts))
+        # ``Outbound.link``, inlined; a wallet never forgets a market, so its links are
+        # all in the current generation.
         outbound = self.outbound
-        prev = outbound.link(cmd.market)
+        seq = outbound.count = outbound.count + 1
+        links = outbound.last.current
+        prev = links.get(cmd.market, 0)
+        links[cmd.market] = seq
         # (market, src, seq, order, hold, prev): positional, as every message of the hot path
-        send(BookOrder(cmd.market, self.user_id, outbound.count, cmd, amount, prev))
+        send(BookOrder(cmd.market, self.user_id, seq, cmd, amount, prev))
 
     def _cancel(self, cmd: CancelOrder, send: Emit, emit: Emit) -> None:
         self._tick(cmd.ts)
