@@ -165,12 +165,8 @@ class WalletMachine:
     def _admit(self, seen: Recent[None], key: str, ts: int, command: str, emit: Emit) -> bool:
         """Whether the command ``key`` is new: a repeat inside the window is ignored, a
         stale command refused (see the module docstring); a new one is remembered."""
-        if ts > self.clock:  # ``_tick``, inlined: once per order
-            self.clock = ts
-            if ts - self.orders_seen.since >= DEDUPE_WINDOW_MS:
-                self.orders_seen.tick(ts)
-                self.transfers_seen.tick(ts)
-        if key in seen.current or key in seen.previous:
+        self._tick(ts)
+        if key in seen:
             return False  # a retry of a command we already have: the original stands
         if ts < seen.horizon:
             emit(self._stale(command, key, ts))
@@ -239,7 +235,7 @@ class WalletMachine:
                 self._changed(due.ts)  # type: ignore[union-attr]
 
     def _place(self, cmd: PlaceOrder, send: Emit, emit: Emit) -> None:
-        # ``_admit``, inlined: the clock, then the window, once per order.
+        # ``_admit`` (and ``_tick``), inlined: once per order.
         ts, order_id, seen = cmd.ts, cmd.order_id, self.orders_seen
         if ts > self.clock:
             self.clock = ts
