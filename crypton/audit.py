@@ -9,7 +9,12 @@ checks, and exits non-zero on any discrepancy, that:
   their latest versions equal what the replay emits;
 * what each machine sent the other is in the other's inbox, byte for byte,
   and nothing else is (duplicates from at-least-once writes are fine when
-  identical);
+  identical); each link (origin to destination) is one chain, every message's
+  ``prev`` naming the one before it on that link (0 only where the sender had
+  forgotten the destination, after a window without writing to it);
+* every book applied each distinct message it received exactly once: none
+  dropped as stale that had not been applied before (``Inbound.stale`` counts
+  repeats and losses alike; this tells them apart);
 * trade sequences are contiguous per market with no duplicate in effect;
 * funds are conserved per asset (all balances, fee account included, equal
   accepted credits minus accepted debits), none is negative, every held
@@ -22,7 +27,7 @@ import argparse
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +46,7 @@ __all__ = ["AuditReport", "audit", "main"]
 _MAX_SHOWN = 10
 _STATE_TOPICS = (topics.ORDERS, topics.BALANCES, topics.TRADES, topics.TRANSFERS, topics.DEPTH)
 
-LinkKey = tuple[str, str, int]  # (destination key, origin, sequence)
+LinkKey = tuple[str, str, int]  # (destination key, origin, the origin's output seq)
 
 
 @dataclass
@@ -77,6 +82,7 @@ class _Replay:
             topics.WALLET_INBOX: {},
             topics.BOOK_INBOX: {},
         }
+        self.prevs: dict[LinkKey, int] = {}  # the ``prev`` of each message sent
         self.failures: list[str] = []
 
     def wallet(self, msg: Any) -> list[Message]:
@@ -101,11 +107,49 @@ class _Replay:
             if isinstance(item, Settle | Release):
                 key = (item.user_id, item.src, item.seq)
                 self.sent[topics.WALLET_INBOX][key] = schema.WALLET_INBOX.encode(item)
+                self.prevs[key] = item.prev
             elif isinstance(item, BookOrder | BookCancel):
                 key = (item.market, item.src, item.seq)
                 self.sent[topics.BOOK_INBOX][key] = schema.BOOK_INBOX.encode(item)
+                self.prevs[key] = item.prev
             else:
                 self.view.apply(item)
+
+
+def _chain_problems(prevs: dict[LinkKey, int]) -> list[str]:
+    """Each link's messages, in ``seq`` order, must each name the one before as ``prev``
+    (or 0: the sender starts a new chain, having forgotten the destination).
+
+    >>> _chain_problems({("u", "M", 3): 0, ("u", "M", 7): 3, ("v", "M", 5): 0})
+    []
+    >>> _chain_problems({("u", "M", 3): 0, ("u", "M", 7): 4})
+    ["('u', 'M', 7): prev 4, but the message before it on the link is 3"]
+    """
+    problems = []
+    last: dict[tuple[str, str], int] = {}
+    for key in sorted(prevs, key=lambda k: (k[0], k[1], k[2])):
+        link = (key[0], key[1])
+        prev, before = prevs[key], last.get(link, 0)
+        if prev not in (0, before):
+            problems.append(
+                f"{key}: prev {prev}, but the message before it on the link is {before}"
+            )
+        last[link] = key[2]
+    return problems
+
+
+def _applied_problems(books: dict[str, BookMachine], received: Iterable[LinkKey]) -> list[str]:
+    """Each book must have applied every distinct message it received exactly once (or
+    hold it parked): a message dropped as stale that was not a repeat is lost."""
+    distinct = Counter(key[0] for key in set(received))
+    problems = []
+    for market, machine in sorted(books.items()):
+        if machine.seq + machine.inbound.gaps != distinct[market]:
+            problems.append(
+                f"{market}: {distinct[market]} distinct messages received, {machine.seq} "
+                f"applied and {machine.inbound.gaps} waiting ({machine.inbound.stale} stale)"
+            )
+    return problems
 
 
 def _compare(name: str, expected: dict[Any, Any], actual: dict[Any, Any]) -> list[str]:
@@ -225,9 +269,13 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
                 link_problems.append(f"{logical} {key} was sent but never arrived")
             elif copies != {sent[key]}:
                 link_problems.append(f"{logical} {key} arrived with other contents")
+    link_problems += _chain_problems(replay.prevs)
     link_problems += replay.failures
     sent_total = sum(len(s) for s in replay.sent.values())
     report.check("inbox loop", link_problems, f"{sent_total} messages between machines")
+    applied_problems = _applied_problems(replay.books, received[topics.BOOK_INBOX].keys())
+    stale = sum(b.inbound.stale for b in replay.books.values())
+    report.check("applied once", applied_problems, f"{stale} stale repeats dropped")
 
     balances = actual.balance_table()
     net = invariants.net_transfers(actual.transfers.values())

@@ -60,18 +60,30 @@ WalletSnapshot = tuple[
     str,
     dict[str, tuple[int, int]],
     dict[str, tuple[str, str, int]],
-    tuple[str, ...],
-    tuple[str, ...],
+    tuple[
+        int,
+        tuple[int, int, tuple[str, ...], tuple[str, ...]],
+        tuple[int, int, tuple[str, ...], tuple[str, ...]],
+    ],
     int,
-    tuple[dict[str, int], dict[str, dict[int, Settle | Release]]],
-    dict[str, int],
+    tuple[
+        tuple[int, int, dict[str, int], dict[str, int]],
+        dict[str, dict[int, tuple[int, Settle | Release]]],
+        int,
+    ],
+    tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
 ]
 BookSnapshot = tuple[
     str,
     int,
     int,
-    tuple[dict[str, int], dict[str, dict[int, BookOrder | BookCancel]]],
-    dict[str, int],
+    int,
+    tuple[
+        tuple[int, int, dict[str, int], dict[str, int]],
+        dict[str, dict[int, tuple[int, BookOrder | BookCancel]]],
+        int,
+    ],
+    tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
     list[tuple[tuple[Any, ...], int, int, int, int, int, int, int, int]],
 ]
 

@@ -7,6 +7,13 @@ filled twice. Each trade is one event carrying both sides; it is delivered to
 the maker's, the taker's and the fee account's wallets, which all settle from
 that same event. Every order the book closes is reported to its wallet with a
 ``Release`` so the wallet frees what is left of the hold, exactly once.
+
+A book hears from, and reports to, every user who trades on its market, so
+its sequencing state forgets the users idle for a while: its clock is the
+largest command ``ts`` it has seen, and a user not heard from (or not sent
+to) for ``DEDUPE_WINDOW_MS`` of that clock is forgotten. Its state is its
+resting orders plus the users active in the last window or two, never its
+history; ``crypton.domain.sequencing`` proves no message is applied twice.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from crypton.domain.messages import (
 )
 from crypton.domain.money import BPS, fee_ceil
 from crypton.domain.orders import order_state
-from crypton.domain.sequencing import Inbound, Outbound
+from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound
 
 __all__ = ["BookMachine"]
 
@@ -70,7 +77,8 @@ class BookMachine:
         self.book = OrderBook()
         self.seq = 0  # inbox messages applied: the book's version
         self.trade_seq = 0
-        self.inbound: Inbound[BookOrder | BookCancel] = Inbound()
+        self.clock = 0  # the largest command ``ts`` seen: message time, never the wall clock
+        self.inbound: Inbound[BookOrder | BookCancel] = Inbound(forgets=True)
         self.outbound = Outbound()
         # Orders whose latest state is not yet emitted (by identity: a stray duplicate
         # id must not hide the state of the order it tried to shadow).
@@ -85,17 +93,27 @@ class BookMachine:
 
     def apply(self, msg: BookInbox, send: Emit, emit: Emit) -> None:
         """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
-        # ``Inbound.in_line``, inlined: once per order and cancel.
+        kind = type(msg)
+        ts = msg.ts if kind is BookCancel else msg.order.ts  # type: ignore[union-attr]
         inbound = self.inbound
-        applied = inbound.applied
+        if ts > self.clock:
+            self.clock = ts
+            # Both maps swap generations together (at the same clock), checked here
+            # rather than by two calls per message.
+            if ts - inbound.applied.since >= DEDUPE_WINDOW_MS:
+                inbound.tick(ts)
+                self.outbound.last.tick(ts)
+        # The in-line check of ``Inbound.accept``, inlined: once per order and cancel.
+        applied = inbound.applied.current
         src = msg.src
         seq = msg.seq
-        if not inbound.parked and seq == applied.get(src, 0) + 1:
+        last = applied.get(src)
+        if last is not None and not inbound.parked and msg.prev <= last < seq:
             applied[src] = seq
             self.seq += 1
-            _HANDLERS[type(msg)](self, msg, send, emit)
+            _HANDLERS[kind](self, msg, send, emit)
             return
-        for due in self.inbound.accept(msg.src, msg.seq, msg):
+        for due in inbound.accept(src, seq, msg.prev, msg, ts):
             self.seq += 1
             _HANDLERS[type(due)](self, due, send, emit)
 
@@ -295,18 +313,34 @@ class BookMachine:
         )
         emit(trade)
         # Both wallets, and the fee account if there are fees, settle from this trade.
-        # Settle is (user_id, src, seq, trade), built positionally on this hot path.
-        # ``Outbound.next``, inlined for each wallet.
-        symbol, sent = self.symbol, self.outbound.sent
+        # Settle is (user_id, src, seq, trade, prev), built positionally on this hot path.
+        # ``Outbound.link``, inlined for each wallet: the previous message's number is
+        # in the current generation unless the user was quiet for a while.
+        symbol, outbound = self.symbol, self.outbound
+        last = outbound.last.current
+        seq = outbound.count
         user = maker.user_id
-        seq = sent[user] = sent.get(user, 0) + 1
-        send(Settle(user, symbol, seq, trade))
+        prev = last.get(user)
+        if prev is None:
+            prev = outbound.last.previous.pop(user, 0)
+        seq += 1
+        last[user] = seq
+        send(Settle(user, symbol, seq, trade, prev))
         user = taker.user_id
-        seq = sent[user] = sent.get(user, 0) + 1
-        send(Settle(user, symbol, seq, trade))
+        prev = last.get(user)
+        if prev is None:
+            prev = outbound.last.previous.pop(user, 0)
+        seq += 1
+        last[user] = seq
+        send(Settle(user, symbol, seq, trade, prev))
         if maker_fee or taker_fee:
-            seq = sent[FEE_ACCOUNT] = sent.get(FEE_ACCOUNT, 0) + 1
-            send(Settle(FEE_ACCOUNT, symbol, seq, trade))
+            prev = last.get(FEE_ACCOUNT)
+            if prev is None:
+                prev = outbound.last.previous.pop(FEE_ACCOUNT, 0)
+            seq += 1
+            last[FEE_ACCOUNT] = seq
+            send(Settle(FEE_ACCOUNT, symbol, seq, trade, prev))
+        outbound.count = seq
         if maker.remaining == 0:
             self._close(maker, FILLED, None, ts, send)
         else:
@@ -329,10 +363,16 @@ class BookMachine:
         order.reason = reason
         order.updated_at = ts
         self.changed[order] = None
-        sent, user = self.outbound.sent, order.user_id
-        seq = sent[user] = sent.get(user, 0) + 1
-        # (user_id, src, seq, order_id, status, ts)
-        send(Release(user, self.symbol, seq, order.order_id, status, ts))
+        # ``Outbound.link``, inlined: once per order.
+        outbound, user = self.outbound, order.user_id
+        seq = outbound.count = outbound.count + 1
+        links = outbound.last.current
+        prev = links.get(user)
+        if prev is None:
+            prev = outbound.last.previous.pop(user, 0)
+        links[user] = seq
+        # (user_id, src, seq, order_id, status, ts, prev)
+        send(Release(user, self.symbol, seq, order.order_id, status, ts, prev))
 
     def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
         """A new state of ``order``, published at the next ``flush``."""
@@ -366,19 +406,19 @@ class BookMachine:
             self.market.symbol,
             self.seq,
             self.trade_seq,
+            self.clock,
             self.inbound.snapshot(),
-            dict(self.outbound.sent),
+            self.outbound.snapshot(),
             resting,
         )
 
     @classmethod
     def restore(cls, snapshot: tuple[Any, ...], market: Market) -> BookMachine:
-        _symbol, seq, trade_seq, inbound, sent, resting = snapshot
+        _symbol, seq, trade_seq, clock, inbound, outbound, resting = snapshot
         machine = cls(market)
-        machine.seq, machine.trade_seq = seq, trade_seq
-        applied, parked = inbound
-        machine.inbound = Inbound(dict(applied), {s: dict(w) for s, w in parked.items()})
-        machine.outbound = Outbound(dict(sent))
+        machine.seq, machine.trade_seq, machine.clock = seq, trade_seq, clock
+        machine.inbound = Inbound.restore(inbound, forgets=True)
+        machine.outbound = Outbound.restore(outbound)
         for values, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version in resting:
             cmd = PlaceOrder(**dict(zip(_PLACE_FIELDS, values, strict=True)))
             order = RestingOrder(cmd, hold)

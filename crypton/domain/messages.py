@@ -7,10 +7,12 @@ Times are milliseconds since the epoch, stamped by the API on the command:
 the dataflow never reads a clock, so a replay produces the same bytes.
 
 Inbox messages passed between the two keyed state machines carry their
-origin (``src``) and a sequence number that grows by one per (origin,
-destination) pair; the receiver applies sequence ``n`` only after ``n - 1``
-and ignores anything it has already applied, which makes the dataflow's
-at-least-once delivery effectively-once.
+origin (``src``), the sender's own output counter (``seq``, one per sender)
+and the ``seq`` of the sender's previous message to the same destination
+(``prev``, 0 when it starts a new chain); the receiver drops anything at or
+below what it has applied and parks a message until its ``prev`` is applied,
+which makes the dataflow's at-least-once delivery effectively-once in bounded
+memory (``crypton.domain.sequencing``).
 """
 
 from __future__ import annotations
@@ -173,7 +175,10 @@ class Settle(Message, tag="settle"):
     user_id: str
     src: str
     seq: int
+    """The book's output counter (see ``crypton.domain.sequencing``)."""
     trade: Trade
+    prev: int = 0
+    """The book's previous ``seq`` to this wallet; 0 if none it remembers."""
 
 
 class Release(Message, tag="release"):
@@ -185,6 +190,7 @@ class Release(Message, tag="release"):
     order_id: str
     status: OrderStatus
     ts: int
+    prev: int = 0
 
 
 WalletInbox = PlaceOrder | CancelOrder | CancelAll | Credit | Debit | Settle | Release
@@ -199,8 +205,11 @@ class BookOrder(Message, tag="book_order"):
     market: str
     src: str
     seq: int
+    """The wallet's output counter (see ``crypton.domain.sequencing``)."""
     order: PlaceOrder
     hold: int
+    prev: int = 0
+    """The wallet's previous ``seq`` to this book; 0 for its first."""
 
 
 class BookCancel(Message, tag="book_cancel"):
@@ -209,6 +218,7 @@ class BookCancel(Message, tag="book_cancel"):
     seq: int
     order_id: str
     ts: int
+    prev: int = 0
 
 
 BookInbox = BookOrder | BookCancel

@@ -64,6 +64,8 @@ ReasonCode = Literal[
     "unknown_order",
     "unknown_asset",
     "balance_limit",
+    # a command older than the wallet's dedupe window: maybe a repeat, never applied
+    "stale",
 ]
 """Why an order, cancel or transfer was refused or ended: stable identifiers a program
 can branch on. Every REJECTED order and refused transfer carries one beside its reason."""

@@ -8,6 +8,25 @@ credits and debits. It is the only writer of a user's balances.
 Funds are released only when the book reports the order closed (``Release``),
 never on the cancel request itself, so a cancel can never release twice.
 
+Bounded dedupe. A wallet remembers the order ids and transfer ids of its
+user's recent commands only: a ``Recent`` window (``crypton.domain.sequencing``)
+keeps an id for one to two ``DEDUPE_WINDOW_MS`` (W, ten minutes) of the
+wallet's clock, the largest ``ts`` of its user's commands (message time, never
+the wall clock; reports from the books do not move it, so another user's clock
+can never age this user's commands). A place, credit or debit whose ``ts`` is
+older than every id the window may have forgotten (``Recent.horizon``, at
+least W behind the clock) is *stale*: refused with a ``Rejection``
+(``reason_code="stale"``), never with an order or transfer record, which would
+replace the original's in the compacted topic. A repeat of a command is thus
+either still in the window (ignored) or stale (refused): never applied twice.
+A wallet's state is its balances, its open orders, the window, and one
+sequence entry per market.
+
+A request retried from outside the window is harmless too: the API derives the
+order id from (user, client_order_id) and answers an order whose record it
+already has (or a 409 for other terms) instead of writing the command again,
+and a transfer likewise by (user, transfer_id).
+
 >>> from crypton.config import load_markets
 >>> wallet = WalletMachine("alice", load_markets())
 >>> out = wallet.handle(Credit(user_id="alice", asset="USDT", amount=100, transfer_id="t1", ts=1))
@@ -47,7 +66,7 @@ from crypton.domain.messages import (
 )
 from crypton.domain.money import MAX_UNITS, to_text
 from crypton.domain.orders import Problem, check, hold_for, order_state
-from crypton.domain.sequencing import Inbound, Outbound
+from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound, Recent
 
 __all__ = ["WALLET_HANDLERS", "InvariantBreach", "WalletMachine"]
 
@@ -85,8 +104,10 @@ class WalletMachine:
         # asset -> [available, held]; a new asset starts at [0, 0]
         self.balances: defaultdict[str, list[int]] = defaultdict(_zero_row)
         self.holds: dict[str, _Hold] = {}  # open order id -> what it holds
-        self.orders_seen: dict[str, None] = {}  # every order id ever placed (dedupe)
-        self.transfers_seen: dict[str, None] = {}
+        # Ids of the user's recent orders and transfers (dedupe), and the user's clock.
+        self.orders_seen: Recent[None] = Recent()
+        self.transfers_seen: Recent[None] = Recent()
+        self.clock = 0
         self.version = 0  # balance changes so far
         self.changed_at: int | None = None  # time of the last change not yet flushed
         self.inbound: Inbound[Settle | Release] = Inbound()
@@ -141,14 +162,47 @@ class WalletMachine:
         self.version += 1
         self.changed_at = ts
 
+    def _admit(self, seen: Recent[None], key: str, ts: int, command: str, emit: Emit) -> bool:
+        """Whether the command ``key`` is new: a repeat inside the window is ignored, a
+        stale command refused (see the module docstring); a new one is remembered."""
+        self._tick(ts)
+        if key in seen:
+            return False  # a retry of a command we already have: the original stands
+        if ts < seen.horizon:
+            emit(self._stale(command, key, ts))
+            return False
+        seen.current[key] = None
+        return True
+
+    def _stale(self, command: str, ref: str, ts: int) -> Rejection:
+        return Rejection(
+            user_id=self.user_id,
+            command=command,
+            ref=ref,
+            reason="stale: older than the dedupe window, so it may repeat a command "
+            "already decided",
+            reason_code="stale",
+            ts=ts,
+        )
+
+    def _tick(self, ts: int) -> None:
+        """A command's time: move the user's clock (and the window) forward."""
+        if ts > self.clock:
+            self.clock = ts
+            # Both windows swap generations together, at the same clock.
+            if self.orders_seen.tick(ts):
+                self.transfers_seen.tick(ts)
+
     def _on_settle(self, msg: Settle, send: Emit, emit: Emit) -> None:
-        # The sequence check of ``Inbound.in_line``, inlined: this runs for every
-        # trade on each of its two or three wallets.
+        # The in-line check of ``Inbound.accept``, inlined: this runs for every trade
+        # on each of its two or three wallets. A wallet never forgets a market, so its
+        # whole ``applied`` map is the current generation.
         inbound = self.inbound
-        applied = inbound.applied
+        applied = inbound.applied.current
         src = msg.src
         seq = msg.seq
-        if inbound.parked or seq != applied.get(src, 0) + 1:
+        last = applied.get(src)
+        if inbound.parked or last is None or not msg.prev <= last < seq:
             self._catch_up(msg)
             return
         applied[src] = seq
@@ -159,10 +213,11 @@ class WalletMachine:
 
     def _on_release(self, msg: Release, send: Emit, emit: Emit) -> None:
         inbound = self.inbound
-        applied = inbound.applied
+        applied = inbound.applied.current
         src = msg.src
         seq = msg.seq
-        if inbound.parked or seq != applied.get(src, 0) + 1:
+        last = applied.get(src)
+        if inbound.parked or last is None or not msg.prev <= last < seq:
             self._catch_up(msg)
             return
         applied[src] = seq
@@ -172,7 +227,7 @@ class WalletMachine:
 
     def _catch_up(self, msg: Settle | Release) -> None:
         """A report out of line: apply whatever is now due, in sequence order."""
-        for due in self.inbound.accept(msg.src, msg.seq, msg):
+        for due in self.inbound.accept(msg.src, msg.seq, msg.prev, msg):
             if type(due) is Settle:
                 self._settle(due.trade)
                 self._changed(due.trade.time)
@@ -180,9 +235,19 @@ class WalletMachine:
                 self._changed(due.ts)  # type: ignore[union-attr]
 
     def _place(self, cmd: PlaceOrder, send: Emit, emit: Emit) -> None:
-        if cmd.order_id in self.orders_seen:
+        # ``_admit`` (and ``_tick``), inlined: once per order.
+        ts, order_id, seen = cmd.ts, cmd.order_id, self.orders_seen
+        if ts > self.clock:
+            self.clock = ts
+            if ts - seen.since >= DEDUPE_WINDOW_MS:
+                seen.tick(ts)
+                self.transfers_seen.tick(ts)
+        if order_id in seen.current or order_id in seen.previous:
             return  # a retry of an order we already have: the original stands
-        self.orders_seen[cmd.order_id] = None
+        if ts < seen.horizon:
+            emit(self._stale("place_order", order_id, ts))
+            return
+        seen.current[order_id] = None
         if self.reserved:
             # Reserved accounts never trade: the fee account settles a trade by
             # collecting its fees only, so an order of its own would create or
@@ -213,12 +278,18 @@ class WalletMachine:
         self.version += 1
         self.changed_at = cmd.ts
         emit(order_state(cmd, NEW, None, version=1, updated_at=cmd.ts))
-        sent = self.outbound.sent
-        seq = sent[cmd.market] = sent.get(cmd.market, 0) + 1  # Outbound.next, inlined
-        # (market, src, seq, order, hold): positional, as every message of the hot path
-        send(BookOrder(cmd.market, self.user_id, seq, cmd, amount))
+        # ``Outbound.link``, inlined; a wallet never forgets a market, so its links are
+        # all in the current generation.
+        outbound = self.outbound
+        seq = outbound.count = outbound.count + 1
+        links = outbound.last.current
+        prev = links.get(cmd.market, 0)
+        links[cmd.market] = seq
+        # (market, src, seq, order, hold, prev): positional, as every message of the hot path
+        send(BookOrder(cmd.market, self.user_id, seq, cmd, amount, prev))
 
     def _cancel(self, cmd: CancelOrder, send: Emit, emit: Emit) -> None:
+        self._tick(cmd.ts)
         hold = self.holds.get(cmd.order_id)
         if hold is not None:
             send(self._book_cancel(hold.market, cmd.order_id, cmd.ts))
@@ -229,6 +300,7 @@ class WalletMachine:
                 user_id=self.user_id,
                 command="cancel_order",
                 ref=cmd.order_id,
+                # An order out of the window is "unknown" here; the API knows it by its record.
                 reason="order is not open" if seen else "unknown order",
                 reason_code="order_not_open" if seen else "unknown_order",
                 ts=cmd.ts,
@@ -236,17 +308,21 @@ class WalletMachine:
         )
 
     def _cancel_all(self, cmd: CancelAll, send: Emit, emit: Emit) -> None:
+        self._tick(cmd.ts)
         for order_id, hold in list(self.holds.items()):
             if cmd.market is None or hold.market == cmd.market:
                 send(self._book_cancel(hold.market, order_id, cmd.ts))
 
     def _book_cancel(self, market: str, order_id: str, ts: int) -> BookCancel:
+        outbound = self.outbound
+        prev = outbound.link(market)
         return BookCancel(
             market=market,
             src=self.user_id,
-            seq=self.outbound.next(market),
+            seq=outbound.count,
             order_id=order_id,
             ts=ts,
+            prev=prev,
         )
 
     def _credit(self, cmd: Credit, send: Emit, emit: Emit) -> None:
@@ -259,9 +335,8 @@ class WalletMachine:
         self, cmd: Credit | Debit, direction: Literal["credit", "debit"], emit: Emit
     ) -> None:
         key = cmd.transfer_id
-        if key in self.transfers_seen:
+        if not self._admit(self.transfers_seen, key, cmd.ts, direction, emit):
             return
-        self.transfers_seen[key] = None
         problem: Problem | None = None
         if self.user_id.startswith("_") and self.user_id != FEE_ACCOUNT:
             problem = Problem("reserved_account", "reserved account")
@@ -350,30 +425,32 @@ class WalletMachine:
     # --- recovery ------------------------------------------------------------------
 
     def snapshot(self) -> tuple[Any, ...]:
-        """A compact, immutable copy of the state for Bytewax recovery."""
+        """A compact, immutable copy of the state for Bytewax recovery. The dedupe
+        window is its clock and two tuples of ids, current generation first: a
+        hot wallet's snapshot is its open orders plus at most two windows of ids."""
+        orders, transfers = self.orders_seen, self.transfers_seen
         return (
             self.user_id,
             {asset: (row[0], row[1]) for asset, row in self.balances.items()},
             {oid: (h.market, h.asset, h.amount) for oid, h in self.holds.items()},
-            tuple(self.orders_seen),
-            tuple(self.transfers_seen),
+            (self.clock, orders.snapshot_keys(), transfers.snapshot_keys()),
             self.version,
             self.inbound.snapshot(),
-            dict(self.outbound.sent),
-        )
+            self.outbound.snapshot(),
+        )  # fmt: skip
 
     @classmethod
     def restore(cls, snapshot: tuple[Any, ...], markets: Markets) -> WalletMachine:
-        user_id, balances, holds, orders, transfers, version, inbound, sent = snapshot
+        user_id, balances, holds, window, version, inbound, outbound = snapshot
         wallet = cls(user_id, markets)
         wallet.balances.update((asset, [a, h]) for asset, (a, h) in balances.items())
         wallet.holds = {oid: _Hold(*spec) for oid, spec in holds.items()}
-        wallet.orders_seen = dict.fromkeys(orders)
-        wallet.transfers_seen = dict.fromkeys(transfers)
+        wallet.clock, orders, transfers = window
+        wallet.orders_seen = Recent.restore_keys(orders)
+        wallet.transfers_seen = Recent.restore_keys(transfers)
         wallet.version = version
-        applied, parked = inbound
-        wallet.inbound = Inbound(dict(applied), {s: dict(w) for s, w in parked.items()})
-        wallet.outbound = Outbound(dict(sent))
+        wallet.inbound = Inbound.restore(inbound)
+        wallet.outbound = Outbound.restore(outbound)
         return wallet
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections import deque
+import pickle
+from collections import defaultdict, deque
+from typing import Any
 
 import msgspec
 import pytest
@@ -18,6 +20,7 @@ from crypton.domain.messages import (
     BookOrder,
     Message,
     OrderState,
+    PlaceOrder,
     Rejection,
     Trade,
     WalletInbox,
@@ -218,3 +221,134 @@ def test_batches_publish_the_latest_state_of_everything_they_change(size: int) -
                 order.status, order.version, order.filled_quantity,
             )  # fmt: skip
     assert len(view.trades) == len(only(out, Trade)) >= 4
+
+
+# --- determinism with bounded state ---------------------------------------------------
+
+T0 = 1_700_000_000_000
+Machine = WalletMachine | BookMachine
+
+
+def _long_session() -> list[WalletInbox]:
+    """Two hours of trading (twelve windows) by users who come and go, with client
+    retries inside the window and stale repeats from long before it."""
+    commands: list[WalletInbox] = []
+    users = [f"u{i}" for i in range(12)]
+    for user in users:
+        commands += [credit(user, "USDT", usdt("100000"), tid=f"{user}-q", ts=T0),
+                     credit(user, "BTC", btc("10"), tid=f"{user}-b", ts=T0)]  # fmt: skip
+    for i in range(2400):
+        ts = T0 + i * 3_000
+        user = users[(i // 150 + i % 3) % len(users)]  # a shifting set of active users
+        side = "buy" if i % 2 else "sell"
+        price = P + (i % 5 - 2) * usdt("10")
+        tif = "IOC" if i % 4 == 3 else "GTC"
+        order = limit(user, f"o{i}", side, price, btc("0.01"), ts=ts, time_in_force=tif)  # type: ignore[arg-type]
+        commands.append(order)
+        if i % 7 == 6:
+            commands.append(cancel(user, f"o{i - 6}", ts=ts))
+        if i % 50 == 49:
+            commands.append(commands[-30])  # a retry inside the window
+        if i % 300 == 299:
+            commands.append(commands[len(users) * 2 + 10])  # a repeat from hours ago
+    return commands
+
+
+def _run_logged(commands: list[WalletInbox]) -> tuple[Exchange, dict[str, list[Any]]]:
+    """Run FIFO like ``Exchange``, delivering every fifth message between machines
+    twice (at-least-once), and log each machine's inbox in arrival order."""
+    ex = Exchange(MARKETS)
+    inboxes: dict[str, list[Any]] = defaultdict(list)
+    queue: deque[Any] = deque()
+    internal = 0
+
+    def send(msg: Message) -> None:
+        nonlocal internal
+        internal += 1
+        queue.append(msg)
+        if internal % 5 == 0:
+            queue.append(msg)
+
+    for command in commands:
+        queue.append(command)
+        touched: dict[Machine, None] = {}
+        while queue:
+            msg = queue.popleft()
+            machine: Machine
+            if isinstance(msg, BookOrder | BookCancel):
+                key, machine = f"book:{msg.market}", ex.books[msg.market]
+            else:
+                key, machine = f"wallet:{msg.user_id}", ex.wallet(msg.user_id)
+            inboxes[key].append(msg)
+            touched[machine] = None
+            machine.apply(msg, send, lambda m: None)
+        for machine in touched:
+            machine.flush(lambda m: None)
+    return ex, inboxes
+
+
+def _replay(key: str, inbox: list[Any], batch: int, cut: int) -> tuple[list[bytes], Any, Any]:
+    """One machine fed its inbox in batches of ``batch``, restored from a pickled
+    snapshot after message ``cut``: what it sent, the state it published, its snapshot."""
+    kind, name = key.split(":")
+
+    def fresh() -> Machine:
+        if kind == "book":
+            return BookMachine(MARKETS.market(name))
+        return WalletMachine(name, MARKETS)
+
+    def restore(snapshot: Any) -> Machine:
+        if kind == "book":
+            return BookMachine.restore(snapshot, MARKETS.market(name))
+        return WalletMachine.restore(snapshot, MARKETS)
+
+    machine = fresh()
+    sent: list[bytes] = []
+    view = View()
+    events: list[bytes] = []
+
+    def emit(msg: Message) -> None:
+        view.apply(msg)
+        if not isinstance(msg, OrderState | BalanceState):
+            events.append(msgspec.json.encode(msg))
+
+    for i, msg in enumerate(inbox):
+        if i == cut:
+            machine.flush(emit)
+            machine = restore(pickle.loads(pickle.dumps(machine.snapshot())))
+        machine.apply(msg, lambda m: sent.append(msgspec.json.encode(m)), emit)
+        if i % batch == batch - 1:
+            machine.flush(emit)
+    machine.flush(emit)
+    published = (view.orders, view.balances, view.transfers, events)
+    return sent, published, machine.snapshot()
+
+
+def test_the_same_log_gives_the_same_outputs_and_snapshots_whatever_the_batching() -> None:
+    ex, inboxes = _run_logged(_long_session())
+    assert sum(b.inbound.stale for b in ex.books.values()) == 0  # nothing old reached a book
+    assert sum(len(inbox) for inbox in inboxes.values()) > 5000
+    for key, inbox in sorted(inboxes.items()):
+        runs = [_replay(key, inbox, batch, cut) for batch, cut in
+                ((1, len(inbox)), (7, len(inbox) // 3), (10_000, len(inbox) // 2))]  # fmt: skip
+        assert runs[0] == runs[1] == runs[2], key
+        machine = ex.books[key[5:]] if key.startswith("book:") else ex.wallets[key[7:]]
+        assert runs[0][2] == machine.snapshot(), key
+    # The books forgot the users idle for a while, and still applied everything once.
+    for book in ex.books.values():
+        assert len(book.inbound.applied) < 12
+
+
+def test_stale_repeats_are_refused_and_bounded_state_holds_the_invariants() -> None:
+    ex = AuditedExchange()  # checks every invariant after every command
+    session = _long_session()
+    out = [m for cmd in session for m in ex.submit(cmd)]
+    old = session[12 * 2 + 10]
+    assert isinstance(old, PlaceOrder)
+    # Repeated eight times over two hours: ignored while remembered, then refused as
+    # stale; never a second order.
+    stale = [m for m in only(out, Rejection) if m.reason_code == "stale"]
+    assert 0 < len(stale) <= 8 and {m.ref for m in stale} == {old.order_id}
+    assert [s.version for s in only(out, OrderState) if s.order_id == old.order_id][:1] == [1]
+    assert sum(s.version == 1 for s in only(out, OrderState) if s.order_id == old.order_id) == 1
+    assert all(len(w.orders_seen) < 500 for w in ex.wallets.values())

@@ -127,7 +127,9 @@ def test_every_hold_has_its_resting_order(ex: AuditedExchange) -> None:
 
 def test_gaps_are_problems(ex: AuditedExchange) -> None:
     ex.wallet("bob").handle(
-        Release(user_id="bob", src="BTC-USDT", seq=99, order_id="x", status="CANCELED", ts=0)
+        Release(
+            user_id="bob", src="BTC-USDT", seq=99, order_id="x", status="CANCELED", ts=0, prev=98
+        )
     )
     assert exchange_problems(ex, SUPPLY) == ["bob: 1 messages wait on a gap"]
 

@@ -22,6 +22,7 @@ from crypton.domain.messages import (
     PlaceOrder,
     Rejection,
     Release,
+    Settle,
     Trade,
 )
 
@@ -125,7 +126,7 @@ def test_fok_without_enough_liquidity_has_no_side_effects(ex: AuditedExchange) -
     ex.submit(limit("bob", "s1", "sell", P, btc("0.01")))
     ex.submit(limit("carol", "s2", "sell", usdt("50010"), btc("0.02")))
     ex.submit(limit("alice", "own", "sell", usdt("50020"), btc("1")))
-    before = (ex.books["BTC-USDT"].snapshot()[5], ex.depth("BTC-USDT").asks)
+    before = (ex.books["BTC-USDT"].snapshot()[-1], ex.depth("BTC-USDT").asks)
     for price, stp in ((usdt("50010"), "expire_taker"), (usdt("50020"), "expire_both")):
         # Not enough below 50010; at 50020 only alice's own order, which STP would not take.
         cmd = limit("alice", f"b{price}", "buy", price, btc("0.04"), time_in_force="FOK", stp=stp)
@@ -137,7 +138,7 @@ def test_fok_without_enough_liquidity_has_no_side_effects(ex: AuditedExchange) -
             "FOK: not enough liquidity to fill in full",
         )
         assert [s.order_id for s in only(out, OrderState)] == [cmd.order_id] * 2
-    assert (ex.books["BTC-USDT"].snapshot()[5], ex.depth("BTC-USDT").asks) == before
+    assert (ex.books["BTC-USDT"].snapshot()[-1], ex.depth("BTC-USDT").asks) == before
     assert balances(ex, "alice") == ((START_USDT, 0), (START_BTC - btc("1"), btc("1")))
 
 
@@ -461,3 +462,64 @@ def test_a_second_order_with_a_resting_order_id_is_rejected_and_released() -> No
     assert isinstance(release, Release) and release.user_id == "b"
     assert machine.book.orders["same"].user_id == "a"
     assert machine.book.best_bid() == 40_000 * 10**6
+
+
+# --- bounded sequencing: the book forgets idle users ------------------------------------
+
+T0 = 1_700_000_000_000
+WINDOW = 600_000
+
+
+def _ioc(user: str, cid: str, ts: int, seq: int, prev: int, side: str = "buy") -> BookOrder:
+    """A wallet's ``seq``-th message: an IOC order with nothing to meet, so it expires."""
+    cmd = limit(user, cid, side, P, btc("0.01"), ts=ts, time_in_force="IOC")  # type: ignore[arg-type]
+    return BookOrder(market="BTC-USDT", src=user, seq=seq, order=cmd, hold=usdt("501"), prev=prev)
+
+
+def test_the_book_forgets_idle_users_and_still_drops_their_old_messages() -> None:
+    book = BookMachine(BTC_USDT)
+    old = _ioc("u", "a", T0, seq=1, prev=0)
+    (release,) = only(book.handle(old), Release)
+    assert (release.seq, release.prev) == (1, 0)
+    for i in range(1, 40):  # other users trade for 39 minutes; u is quiet
+        book.handle(_ioc(f"x{i}", "o", T0 + i * 60_000, seq=1, prev=0))
+    assert "u" not in book.inbound.applied and "u" not in book.outbound.last
+    snapshot = book.snapshot()
+    assert book.handle(old) == []  # a replay of u's old order: stale, never matched again
+    assert book.inbound.stale == 1
+    assert book.snapshot()[:4] == snapshot[:4]  # nothing applied
+    # u comes back: the wallet links to its last message; the book starts a new chain.
+    back = _ioc("u", "b", T0 + 40 * 60_000, seq=7, prev=1)
+    (release,) = only(book.handle(back), Release)
+    assert release.prev == 0 and release.seq == book.outbound.count
+    assert book.handle(back) == []  # and a repeat of it is dropped as such
+    assert book.inbound.stale == 1
+
+
+def test_a_gap_still_parks_until_filled() -> None:
+    book = BookMachine(BTC_USDT)
+    book.handle(_ioc("u", "a", T0, seq=1, prev=0))
+    assert book.handle(_ioc("u", "c", T0 + 2, seq=5, prev=3)) == []  # 3 is missing
+    assert book.inbound.gaps == 1
+    out = book.handle(_ioc("u", "b", T0 + 1, seq=3, prev=1))
+    assert [r.order_id for r in only(out, Release)] == [oid("u", "b"), oid("u", "c")]
+    assert book.inbound.gaps == 0
+
+
+def test_a_books_sequencing_state_is_bounded_by_its_active_users() -> None:
+    """100,000 users, one order each, 100 ms apart: the book remembers at most the
+    users of the last two windows (here a maker's sells meet every buy)."""
+    book = BookMachine(BTC_USDT)
+    book.handle(BookOrder(market="BTC-USDT", src="maker", seq=1, hold=btc("2000"), prev=0,
+                          order=limit("maker", "m", "sell", P, btc("2000"), ts=T0)))  # fmt: skip
+    out: list[Message] = []
+    most = 0
+    for i in range(100_000):
+        book.apply(_ioc(f"u{i}", "o", T0 + i * 100, seq=1, prev=0), out.append, out.append)
+        most = max(most, len(book.inbound.applied), len(book.outbound.last))
+        if i % 1000 == 0:
+            book.flush(out.append)
+            out.clear()
+    assert most <= 2 * WINDOW // 100 + 2
+    assert len(only(out, Settle)) > 0
+    assert book.trade_seq == 100_000

@@ -58,12 +58,13 @@ def trade(seq: int = 1, **fields: object) -> Trade:
 
 
 def settle(user: str, seq: int, t: Trade) -> Settle:
-    return Settle(user_id=user, src=t.market, seq=seq, trade=t)
+    """The book's ``seq``-th message, to this wallet only (so ``prev`` is ``seq - 1``)."""
+    return Settle(user_id=user, src=t.market, seq=seq, trade=t, prev=seq - 1)
 
 
 def release(user: str, seq: int, order_id: str) -> Release:
     return Release(user_id=user, src="BTC-USDT", seq=seq, order_id=order_id, status="CANCELED",
-                   ts=0)  # fmt: skip
+                   ts=0, prev=seq - 1)  # fmt: skip
 
 
 # --- transfers ------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_place_holds_exactly_hold_for() -> None:
     assert isinstance(state, OrderState) and state.status == "NEW" and state.version == 1
     assert isinstance(book_order, BookOrder)
     assert book_order == BookOrder(market="BTC-USDT", src="alice", seq=1, order=cmd,
-                                   hold=usdt("501"))  # fmt: skip
+                                   hold=usdt("501"), prev=0)  # fmt: skip
     assert w.balance("USDT") == (usdt("499"), usdt("501"))
     w.handle(limit("alice", "s", "sell", PRICE, btc("0.25")))
     assert w.balance("BTC") == (btc("0.75"), btc("0.25"))
@@ -166,7 +167,7 @@ def test_place_holds_exactly_hold_for() -> None:
         oid("alice", "s"): ("BTC", btc("0.25")),
         oid("alice", "m"): ("USDT", usdt("100")),
     }
-    assert w.outbound.sent == {"BTC-USDT": 3}
+    assert (w.outbound.count, w.outbound.last.current) == (3, {"BTC-USDT": 3})
 
 
 def test_duplicate_order_id_is_ignored() -> None:
@@ -215,7 +216,7 @@ def test_cancel_forwards_to_the_book_and_releases_nothing_itself() -> None:
     w.handle(limit("alice", "b", "buy", PRICE, btc("0.01")))
     out = w.handle(cancel("alice", "b", ts=9))
     assert out == [BookCancel(market="BTC-USDT", src="alice", seq=2, order_id=oid("alice", "b"),
-                              ts=9)]  # fmt: skip
+                              ts=9, prev=1)]  # fmt: skip
     assert w.balance("USDT") == (usdt("499"), usdt("501"))
     # Until the book answers, a second cancel is forwarded too (the book rejects it).
     assert len(only(w.handle(cancel("alice", "b")), BookCancel)) == 1
@@ -251,8 +252,9 @@ def test_cancel_all_cancels_open_orders_in_placement_order() -> None:
         w.handle(limit("alice", cid, "buy", PRICE, btc("0.01")))
     w.handle(limit("alice", "e", "buy", usdt("2000"), btc("0.01"), market="ETH-USDT"))
     out = w.handle(cancel_all("alice", "BTC-USDT"))
-    assert [(m.order_id, m.seq) for m in only(out, BookCancel)] == [
-        (oid("alice", "b1"), 4), (oid("alice", "b2"), 5), (oid("alice", "b3"), 6)
+    # One counter per sender: the ETH-USDT order took 4; each links to the one before.
+    assert [(m.order_id, m.seq, m.prev) for m in only(out, BookCancel)] == [
+        (oid("alice", "b1"), 5, 3), (oid("alice", "b2"), 6, 5), (oid("alice", "b3"), 7, 6)
     ]  # fmt: skip
     out = w.handle(cancel_all("alice"))
     assert [m.market for m in only(out, BookCancel)] == ["BTC-USDT"] * 3 + ["ETH-USDT"]
@@ -341,3 +343,89 @@ def test_snapshot_restore_gives_identical_outputs() -> None:
     assert msgspec.json.encode(first) == msgspec.json.encode(second)
     assert w.snapshot() == restored.snapshot()
     assert len(first) > 8
+
+
+# --- the bounded dedupe window --------------------------------------------------------
+
+T0 = 1_700_000_000_000
+
+
+def test_a_wallet_stays_bounded_over_100k_orders() -> None:
+    """An order every 100 ms for 10,000 s (about 17 windows), each closed by its book:
+    the wallet keeps its open orders and at most two windows of ids, not its history."""
+    w = wallet(USDT=usdt("1000000"))
+    step, out = 100, []
+    sizes = []
+    for i in range(100_000):
+        cmd = limit("alice", f"o{i}", "buy", PRICE, btc("0.01"), ts=T0 + i * step)
+        w.apply(cmd, out.append, out.append)
+        w.apply(Release(user_id="alice", src="BTC-USDT", seq=i + 1, order_id=cmd.order_id,
+                        status="CANCELED", ts=cmd.ts, prev=i), out.append, out.append)  # fmt: skip
+        if i % 1000 == 999:
+            w.flush(out.append)
+            sizes.append(len(msgspec.msgpack.encode(w.snapshot())))
+            out.clear()
+    assert w.holds == {} and w.balance("USDT") == (usdt("1000000"), 0)
+    assert len(w.orders_seen) <= 2 * 600_000 // step
+    assert len(w.orders_seen) >= 600_000 // step  # never less than a window
+    assert w.outbound.count == 100_000
+    assert max(sizes[20:]) < 2 * min(sizes[20:])  # flat once the window is full
+    assert max(sizes) < 1_000_000
+
+
+def test_a_repeat_inside_the_window_is_ignored() -> None:
+    w = wallet(USDT=usdt("1000"))
+    first = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0)
+    w.handle(first)
+    w.handle(credit("alice", "USDT", 1, tid="later", ts=T0 + 590_000))  # the clock moves on
+    assert w.handle(first) == []
+    assert w.handle(credit("alice", "USDT", 1, tid="later", ts=T0 + 590_000)) == []
+    assert w.balance("USDT") == (usdt("499") + 1, usdt("501"))
+
+
+def _age(w: WalletMachine, until: int) -> None:
+    """Move the user's clock on to ``until`` with harmless credits, a minute apart."""
+    ts = w.clock
+    while ts < until:
+        ts += 60_000
+        w.handle(credit(w.user_id, "BTC", 1, tid=f"age-{ts}", ts=ts))
+
+
+def test_a_stale_repeat_is_refused_with_a_rejection_and_no_state_record() -> None:
+    w = wallet(USDT=usdt("1000"))
+    order = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0)
+    transfer = credit("alice", "USDT", usdt("1"), tid="t1", ts=T0)
+    w.handle(order)
+    w.handle(transfer)
+    _age(w, T0 + 3 * 600_000)
+    assert order.order_id not in w.orders_seen and "t1" not in w.transfers_seen
+    before = w.snapshot()
+    out = w.handle(order) + w.handle(transfer)
+    assert out == [
+        Rejection(user_id="alice", command="place_order", ref=order.order_id,
+                  reason=out[0].reason, reason_code="stale", ts=T0),  # type: ignore[attr-defined]
+        Rejection(user_id="alice", command="credit", ref="t1",
+                  reason=out[0].reason, reason_code="stale", ts=T0),  # type: ignore[attr-defined]
+    ]  # fmt: skip
+    assert "stale" in out[0].reason  # type: ignore[attr-defined]
+    assert w.snapshot() == before  # nothing held, credited or remembered
+
+
+def test_an_idle_users_next_command_is_not_stale() -> None:
+    w = wallet(USDT=usdt("1000"))
+    w.handle(limit("alice", "a", "buy", PRICE, btc("0.01"), ts=T0))
+    w.handle(release("alice", 1, oid("alice", "a")))
+    later = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0 + 10 * 600_000)
+    assert [type(m) for m in w.handle(later)] == [OrderState, BookOrder, BalanceState]
+    # The clock jumped, but the old order's id is still remembered for a window.
+    assert w.handle(limit("alice", "a", "buy", PRICE, btc("0.01"), ts=T0)) == []
+
+
+def test_reports_from_the_books_do_not_age_the_users_commands() -> None:
+    w = wallet(USDT=usdt("1000"))
+    w.handle(limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0))
+    w.handle(Release(user_id="alice", src="BTC-USDT", seq=1, order_id=oid("alice", "b"),
+                     status="CANCELED", ts=T0 + 10 * 600_000))  # fmt: skip
+    assert w.clock == T0
+    out = w.handle(credit("alice", "USDT", 1, tid="t", ts=T0 + 1))
+    assert [m.status for m in only(out, TransferState)] == ["ACCEPTED"]

@@ -1,0 +1,46 @@
+"""The audit's checks of the links between the inboxes, without a broker."""
+
+from __future__ import annotations
+
+from crypton.audit import _applied_problems, _chain_problems
+from crypton.config import load_markets
+from crypton.domain.matching import BookMachine
+from crypton.domain.messages import BookOrder, PlaceOrder
+
+MARKETS = load_markets()
+T0 = 1_700_000_000_000
+WINDOW = 600_000
+
+
+def _order(user: str, ts: int, seq: int, prev: int) -> BookOrder:
+    cmd = PlaceOrder(user_id=user, order_id=f"{user}-{seq}", client_order_id=str(seq),
+                     market="BTC-USDT", side="buy", type="limit", price=50_000 * 10**6,
+                     quantity=10_000, time_in_force="IOC", ts=ts)  # fmt: skip
+    return BookOrder(market="BTC-USDT", src=user, seq=seq, order=cmd, hold=10**9, prev=prev)
+
+
+def test_a_broken_chain_is_a_problem() -> None:
+    assert _chain_problems({("M", "u", 1): 0, ("M", "u", 4): 1, ("M", "u", 9): 0}) == []
+    assert _chain_problems({("M", "u", 1): 0, ("M", "u", 4): 2}) == [
+        "('M', 'u', 4): prev 2, but the message before it on the link is 1"
+    ]
+
+
+def test_a_stale_drop_is_clean_when_a_repeat_and_a_problem_when_a_loss() -> None:
+    book = BookMachine(MARKETS.market("BTC-USDT"))
+    old = _order("u", T0, 1, 0)
+    received = [("BTC-USDT", "u", 1)]
+    book.handle(old)
+    for i in range(1, 40):
+        book.handle(_order(f"x{i}", T0 + i * 60_000, 1, 0))
+        received.append(("BTC-USDT", f"x{i}", 1))
+    book.handle(old)  # a repeat, stale: nothing lost
+    assert book.inbound.stale == 1
+    assert _applied_problems({"BTC-USDT": book}, received) == []
+    late = _order("u", T0 + 1, 2, 1)  # a new message, but far behind the others
+    book.handle(late)
+    assert book.inbound.stale == 2
+    received.append(("BTC-USDT", "u", 2))
+    assert _applied_problems({"BTC-USDT": book}, received) == [
+        "BTC-USDT: 41 distinct messages received, 40 applied and 0 waiting (2 stale)"
+    ]
