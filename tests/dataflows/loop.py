@@ -9,9 +9,9 @@ next round; rounds go on until the flow writes nothing more to either inbox.
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 from datetime import timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,6 @@ from crypton import schema, topics
 from crypton.domain.markets import Markets
 from crypton.domain.messages import Message
 from dataflows.exchange import build_flow
-
-
-def _part(key: str, partitions: int = 3) -> str:
-    """The inbox partition of ``key``, stable like Kafka's partitioner."""
-    return str(zlib.crc32(key.encode()) % partitions)
 
 
 class Loop:
@@ -60,8 +55,11 @@ class Loop:
         out: list[Any] = []
         flow = build_flow(
             self.markets,
-            TestingSource([(_part(m.user_id), [m]) for m in self.wallet_log], batch_size=7),
-            TestingSource([(_part(m.market), [m]) for m in self.book_log], batch_size=7),
+            # Keyed by user and by market, each message with its offset in its log.
+            TestingSource(
+                [(m.user_id, (i, m)) for i, m in enumerate(self.wallet_log)], batch_size=7
+            ),
+            TestingSource([(m.market, (i, m)) for i, m in enumerate(self.book_log)], batch_size=7),
             TestingSink(out),
         )
         config = RecoveryConfig(str(self.recovery))
@@ -78,8 +76,9 @@ class Loop:
             )
         self.rounds += 1
         more = False
-        records = [record for _part_key, batch in out for record in batch]
-        for topic, _key, value in records:
+        # In offset order, as the Kafka sink writes a batch (a round is one batch here).
+        tagged = sorted((t for _key, batch in out for t in batch), key=itemgetter(0))
+        for _offset, (topic, _key, value) in tagged:
             logical = topic.removeprefix("crypton.")
             message = schema.BY_LOGICAL[logical].decode(value)
             if logical == topics.WALLET_INBOX:
