@@ -175,7 +175,7 @@ class _Steps:
         return step
 
 
-class _KeyLogic(StatefulBatchLogic[Inbound, list[Tagged], bytes]):
+class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     """The machine of one key (a user's wallet, a market's book), fed in log order.
 
     Its Bytewax state is the machine's snapshot packed with msgpack (ten times
@@ -209,7 +209,7 @@ class _KeyLogic(StatefulBatchLogic[Inbound, list[Tagged], bytes]):
     def finish(self, machine: Any, last: Message, emit: Callable[[Message], None]) -> None:
         """Called after each batch that reached the machine, with its last message."""
 
-    def on_batch(self, values: list[Inbound]) -> tuple[list[list[Tagged]], bool]:
+    def on_batch(self, values: list[list[Inbound]]) -> tuple[list[list[Tagged]], bool]:
         step = self.step
         if step.snapped is not None:  # the first batch after an epoch close
             metrics.EPOCH_SNAPSHOT.labels(self.name).observe(step.snapped)
@@ -226,20 +226,23 @@ class _KeyLogic(StatefulBatchLogic[Inbound, list[Tagged], bytes]):
         done = 0
         tag = -1
         last: Message | None = None
-        for tag, msg in values:
-            if type(msg) is DeadLetter:  # undecodable input, kept as it came
-                emit(msg)
-            else:
-                try:
-                    if machine is None:
-                        machine = self._wake(msg)
-                    last = msg
-                    machine.apply(msg, emit, emit)
-                except Exception as exc:
-                    emit(_failed(self.name, msg, exc))
-            if len(out) > done:
-                tagged += [(tag, encode(m)) for m in out[done:]]
-                done = len(out)
+        processed = 0
+        for batch in values:
+            processed += len(batch)
+            for tag, msg in batch:
+                if type(msg) is DeadLetter:  # undecodable input, kept as it came
+                    emit(msg)
+                else:
+                    try:
+                        if machine is None:
+                            machine = self._wake(msg)
+                        last = msg
+                        machine.apply(msg, emit, emit)
+                    except Exception as exc:
+                        emit(_failed(self.name, msg, exc))
+                if len(out) > done:
+                    tagged += [(tag, encode(m)) for m in out[done:]]
+                    done = len(out)
         if last is not None:
             # One state record per balance and order the batch changed, not one per change.
             machine.flush(emit)
@@ -247,7 +250,7 @@ class _KeyLogic(StatefulBatchLogic[Inbound, list[Tagged], bytes]):
             self.stale = True
             if len(out) > done:
                 tagged += [(tag, encode(m)) for m in out[done:]]
-        step.counts.count(len(values), out)
+        step.counts.count(processed, out)
         # A key that never got a machine (dead letters, a market that does not exist)
         # leaves no state behind.
         stateless = machine is None and self.packed is None
@@ -335,8 +338,8 @@ class BookLogic(_KeyLogic):
 
 def build_flow(
     markets: Markets,
-    wallet_inbox: Source[tuple[str, Inbound]],
-    book_inbox: Source[tuple[str, Inbound]],
+    wallet_inbox: Source[tuple[str, list[Inbound]]],
+    book_inbox: Source[tuple[str, list[Inbound]]],
     sink: Sink[tuple[str, list[Tagged]]],
     *,
     prefix: str = "",
@@ -345,8 +348,8 @@ def build_flow(
 ) -> Dataflow:
     """The exchange flow over any sources and sink (Kafka in production, in-memory in tests).
 
-    The sources yield ``(key, (offset, message))``: user ids from the wallet inbox,
-    markets from the book inbox (dead letters under any key); the sink receives
+    The sources yield ``(key, [(offset, message), ...])``: user ids from the wallet
+    inbox, markets from the book inbox (dead letters under any key); the sink receives
     ``(key, [(offset, record), ...])``.
     """
     flow = Dataflow("crypton")

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     began = time.perf_counter()
     logics = {user: build(None) for user in users}
     for offset, (user, logic) in enumerate(logics.items()):
-        logic.on_batch([(offset, _credit(user, "fund"))])
+        logic.on_batch([[(offset, _credit(user, "fund"))]])
     first, pickled, size = _epoch(list(logics.values()))
     print(
         f"built {args.users:,} wallets in {time.perf_counter() - began:.1f} s"
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for epoch in range(args.epochs):
         awoken = [logics[users[(epoch + i * step) % args.users]] for i in range(args.changed)]
         for i, logic in enumerate(awoken):
-            logic.on_batch([(i, _credit(users[(epoch + i * step) % args.users], f"e{epoch}"))])
+            logic.on_batch([[(i, _credit(users[(epoch + i * step) % args.users], f"e{epoch}"))]])
         snapped, pickled, size = _epoch(awoken)
         snaps.append(snapped)
         stalls.append(snapped + pickled)
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     sample = restored[: min(len(restored), args.live)]
     for offset, logic in enumerate(sample):
-        logic.on_batch([(offset, _credit(users[offset], "wake"))])
+        logic.on_batch([[(offset, _credit(users[offset], "wake"))]])
         logic.snapshot()
     live, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -57,9 +57,11 @@ class Loop:
             self.markets,
             # Keyed by user and by market, each message with its offset in its log.
             TestingSource(
-                [(m.user_id, (i, m)) for i, m in enumerate(self.wallet_log)], batch_size=7
+                [(m.user_id, [(i, m)]) for i, m in enumerate(self.wallet_log)], batch_size=7
             ),
-            TestingSource([(m.market, (i, m)) for i, m in enumerate(self.book_log)], batch_size=7),
+            TestingSource(
+                [(m.market, [(i, m)]) for i, m in enumerate(self.book_log)], batch_size=7
+            ),
             TestingSink(out),
         )
         config = RecoveryConfig(str(self.recovery))

@@ -81,7 +81,7 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
     users = [f"u{i}" for i in range(300)]
     later = [_credit("u7", "t2"), _credit("u42", "t2"), _credit("u42", "t3")]
     messages = [_credit(user, "t1") for user in users] + later
-    items: list[Any] = [(m.user_id, (i, m)) for i, m in enumerate(messages)]
+    items: list[Any] = [(m.user_id, [(i, m)]) for i, m in enumerate(messages)]
     # The first run funds every user and ends (EOF, which awakes every key); the second
     # resumes, runs three epochs and is aborted, as a crash would stop it.
     items.insert(len(users), TestingSource.EOF())
@@ -126,7 +126,7 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
 
 
 def _feed(logic: WalletLogic, *messages: Any) -> list[Any]:
-    (tagged,) = logic.on_batch(list(enumerate(messages)))[0]
+    (tagged,) = logic.on_batch([list(enumerate(messages))])[0]
     return [record for _offset, record in tagged]
 
 
