@@ -66,8 +66,10 @@ from crypton.domain.messages import (
     BookOrder,
     DeadLetter,
     Message,
+    OrderState,
     Release,
     Settle,
+    Trade,
 )
 from crypton.domain.wallet import WalletMachine
 from dataflows import metrics
@@ -217,40 +219,51 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         machine = self.machine
         if machine is not None:
             step.live.move_to_end(self)
-        encode = step.encode
-        out: list[Message] = []
+        out: list[Any] = []
         emit = out.append  # messages for the other step and events all go to the sink
-        # Each output carries the offset of the message that caused it: the sink writes
-        # in offset order what Bytewax handed it grouped by key (module docstring).
-        tagged: list[Tagged] = []
-        done = 0
-        tag = -1
         last: Message | None = None
         processed = 0
         for batch in values:
             processed += len(batch)
             for tag, msg in batch:
+                # Each output carries the offset of the message that caused it (marked
+                # here by the offset itself): the sink writes in offset order what Bytewax
+                # hands it grouped by key (module docstring).
+                emit(tag)
                 if type(msg) is DeadLetter:  # undecodable input, kept as it came
                     emit(msg)
-                else:
-                    try:
-                        if machine is None:
-                            machine = self._wake(msg)
-                        last = msg
-                        machine.apply(msg, emit, emit)
-                    except Exception as exc:
-                        emit(_failed(self.name, msg, exc))
-                if len(out) > done:
-                    tagged += [(tag, encode(m)) for m in out[done:]]
-                    done = len(out)
+                    continue
+                try:
+                    if machine is None:
+                        machine = self._wake(msg)
+                    last = msg
+                    machine.apply(msg, emit, emit)
+                except Exception as exc:
+                    emit(_failed(self.name, msg, exc))
         if last is not None:
             # One state record per balance and order the batch changed, not one per change.
             machine.flush(emit)
             self.finish(machine, last, emit)
             self.stale = True
-            if len(out) > done:
-                tagged += [(tag, encode(m)) for m in out[done:]]
-        step.counts.count(processed, out)
+        # One pass over the outputs: encode, tag and count.
+        encode = step.encode
+        tagged: list[Tagged] = []
+        add = tagged.append
+        tag = trades = dead = 0
+        stamps: list[int] = []
+        for message in out:
+            kind = message.__class__
+            if kind is int:
+                tag = message
+                continue
+            if kind is OrderState:
+                stamps.append(message.updated_at)
+            elif kind is Trade:
+                trades += 1
+            elif kind is DeadLetter:
+                dead += 1
+            add((tag, encode(message)))
+        step.counts.add(processed, len(tagged), trades, dead, stamps)
         # A key that never got a machine (dead letters, a market that does not exist)
         # leaves no state behind.
         stateless = machine is None and self.packed is None

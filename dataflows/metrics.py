@@ -24,14 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from crypton.domain.messages import DeadLetter, Message, OrderState, Trade
 
 __all__ = ["EPOCH_SNAPSHOT", "StepCounts", "observe_lag", "serve"]
 
@@ -42,12 +41,8 @@ CONSUMER_LAG = Gauge(
     "Records of an inbox partition not read yet",
     ["topic", "partition"],
 )
-COMMAND_STATE = Histogram(
-    "crypton_dataflow_command_state_seconds",
-    "From the API's stamp on a command to a step emitting the order state it caused",
-    ["step"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
+COMMAND_STATE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+"""Upper bounds (seconds) of ``crypton_dataflow_command_state_seconds``."""
 EPOCH_SNAPSHOT = Histogram(
     "crypton_dataflow_epoch_snapshot_seconds",
     "Time of one epoch close in a step's snapshot() calls (observed at its next batch)",
@@ -60,37 +55,49 @@ _lag_checked: dict[tuple[str, int], float] = {}
 
 
 class StepCounts:
-    """The counters of one step on one worker: plain integers, read at scrape time."""
+    """The counters of one step on one worker: plain numbers, read at scrape time."""
 
-    __slots__ = ("dead", "emitted", "messages", "snapshot_bytes", "snapshot_s", "step", "trades")
+    __slots__ = (
+        "dead",
+        "emitted",
+        "latency_buckets",
+        "latency_sum",
+        "messages",
+        "snapshot_bytes",
+        "snapshot_s",
+        "step",
+        "trades",
+    )
 
     def __init__(self, step: str) -> None:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
-        self.snapshot_s = 0.0
+        self.snapshot_s = self.latency_sum = 0.0
+        self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
 
-    def count(self, processed: int, out: list[Message]) -> None:
-        """``processed`` inbox messages caused ``out``."""
+    def add(self, processed: int, emitted: int, trades: int, dead: int, stamps: list[int]) -> None:
+        """``processed`` inbox messages caused ``emitted`` messages, ``trades`` trades and
+        ``dead`` dead letters, and order states for commands the API stamped at ``stamps``
+        (milliseconds)."""
         self.messages += processed
-        self.emitted += len(out)
-        now_ms = 0.0
-        for message in out:
-            kind = type(message)
-            if kind is OrderState:
-                now_ms = now_ms or time.time() * 1000
-                stamped = cast(OrderState, message).updated_at
-                COMMAND_STATE.labels(self.step).observe(max(0.0, now_ms - stamped) / 1000)
-            elif kind is Trade:
-                self.trades += 1
-            elif kind is DeadLetter:
-                self.dead += 1
+        self.emitted += emitted
+        self.trades += trades
+        self.dead += dead
+        if stamps:
+            now_ms = time.time() * 1000
+            buckets = self.latency_buckets
+            for stamped in stamps:
+                seconds = max(0.0, now_ms - stamped) / 1000
+                buckets[bisect_left(COMMAND_STATE_BUCKETS, seconds)] += 1
+                self.latency_sum += seconds
 
 
 class _Counts(Collector):
     all: ClassVar[list[StepCounts]] = []
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
+        steps = list(self.all)
         families = {
             "messages": ("crypton_dataflow_messages", "Inbox messages processed"),
             "emitted": ("crypton_dataflow_emitted", "Messages emitted"),
@@ -104,17 +111,33 @@ class _Counts(Collector):
                 "Seconds spent in the steps' snapshot() at epoch closes",
             ),
         }
+        names = sorted({counts.step for counts in steps})
         for attribute, (name, doc) in families.items():
             family = CounterMetricFamily(name, doc, labels=["step"])
-            totals: dict[str, float] = {}
-            for counts in list(self.all):
-                totals[counts.step] = totals.get(counts.step, 0) + getattr(counts, attribute)
-            for step, total in sorted(totals.items()):
+            for step in names:
+                total = sum(getattr(c, attribute) for c in steps if c.step == step)
                 family.add_metric([step], total)
             yield family
         trades = CounterMetricFamily("crypton_dataflow_trades", "Trades executed")
-        trades.add_metric([], sum(c.trades for c in list(self.all)))
+        trades.add_metric([], sum(c.trades for c in steps))
         yield trades
+        latency = HistogramMetricFamily(
+            "crypton_dataflow_command_state_seconds",
+            "From the API's stamp on a command to a step emitting the order state it caused",
+            labels=["step"],
+        )
+        for step in names:
+            mine = [c for c in steps if c.step == step]
+            counts = [
+                sum(c.latency_buckets[i] for c in mine)
+                for i in range(len(COMMAND_STATE_BUCKETS) + 1)
+            ]
+            cumulative, buckets = 0, []
+            for bound, count in zip((*COMMAND_STATE_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            latency.add_metric([step], buckets, sum(c.latency_sum for c in mine))
+        yield latency
 
 
 REGISTRY.register(_Counts())
