@@ -113,6 +113,11 @@ BookSnapshot = tuple[
 ]
 
 
+_RETAIN = StatefulBatchLogic.RETAIN
+_DISCARD = StatefulBatchLogic.DISCARD
+_NOTHING: list[list[Tagged]] = []
+
+
 def _failed(step: str, msg: Message, exc: Exception) -> DeadLetter:
     """A message the domain could not process, kept with the reason instead of a crash."""
     log.error("%s could not process %r: %s", step, msg, exc)
@@ -191,6 +196,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
 
     name: ClassVar[str] = ""
     state: ClassVar[msgspec.msgpack.Decoder[Any]]
+    depth: ClassVar[bool] = False
+    """Whether ``finish`` publishes something after each batch."""
 
     def __init__(self, step: _Step, packed: bytes | None) -> None:
         self.step = step
@@ -243,34 +250,41 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         if last is not None:
             # One state record per balance and order the batch changed, not one per change.
             machine.flush(emit)
-            self.finish(machine, last, emit)
+            if self.depth:
+                self.finish(machine, last, emit)
             self.stale = True
         # One pass over the outputs: encode, tag and count.
         encode = step.encode
         tagged: list[Tagged] = []
         add = tagged.append
         tag = trades = dead = 0
-        stamps: list[int] = []
+        stamps: list[int] | None = None
         for message in out:
             kind = message.__class__
             if kind is int:
                 tag = message
                 continue
             if kind is OrderState:
+                if stamps is None:
+                    stamps = []
                 stamps.append(message.updated_at)
             elif kind is Trade:
                 trades += 1
             elif kind is DeadLetter:
                 dead += 1
             add((tag, encode(message)))
-        step.counts.add(processed, len(tagged), trades, dead, stamps)
-        # A key that never got a machine (dead letters, a market that does not exist)
-        # leaves no state behind.
-        stateless = machine is None and self.packed is None
-        keep = StatefulBatchLogic.DISCARD if stateless else StatefulBatchLogic.RETAIN
+        counts = step.counts
+        counts.messages += processed
+        counts.emitted += len(tagged)
+        if trades or dead or stamps:
+            counts.add(trades, dead, stamps)
         # One item of encoded records per key and batch: each Bytewax item costs the
         # flow's one Python thread, so outputs travel to the sink together.
-        return ([tagged] if tagged else []), keep
+        if machine is not None or self.packed is not None:
+            return ([tagged] if tagged else _NOTHING), _RETAIN
+        # A key that never got a machine (dead letters, a market that does not exist)
+        # leaves no state behind.
+        return ([tagged] if tagged else _NOTHING), _DISCARD
 
     def _wake(self, msg: Message) -> Any:
         key = self.key_of(msg)
@@ -333,6 +347,7 @@ class BookLogic(_KeyLogic):
 
     name = "book"
     state = msgspec.msgpack.Decoder(BookSnapshot)
+    depth = True
 
     def restore(self, key: str, snapshot: Any) -> BookMachine:
         return BookMachine.restore(snapshot, self.step.markets.market(key))

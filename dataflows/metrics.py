@@ -76,12 +76,9 @@ class StepCounts:
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
 
-    def add(self, processed: int, emitted: int, trades: int, dead: int, stamps: list[int]) -> None:
-        """``processed`` inbox messages caused ``emitted`` messages, ``trades`` trades and
-        ``dead`` dead letters, and order states for commands the API stamped at ``stamps``
-        (milliseconds)."""
-        self.messages += processed
-        self.emitted += emitted
+    def add(self, trades: int, dead: int, stamps: list[int] | None) -> None:
+        """Count ``trades``, ``dead`` letters and order states for commands the API
+        stamped at ``stamps`` (milliseconds); the steps count messages themselves."""
         self.trades += trades
         self.dead += dead
         if stamps:
