@@ -365,7 +365,12 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
 
 class LogSink(FixedPartitionedSink[list[Tagged], None]):
     """Writes lists of ``(offset, (topic, key, value))``, keyed by the user or market
-    whose machine emitted them: one key, one sink partition, one producer, one order."""
+    whose machine emitted them: one key, one sink partition, one producer, one order.
+
+    With one sink partition (``CRYPTON_SINK_PARTS``, default 1) and one worker, a batch
+    written in offset order keeps the inbox's order between keys as well; with more,
+    only each key's order is kept (exchange.py says why that is still correct).
+    """
 
     def __init__(
         self, settings: Settings, parts: int = 1, delivery_timeout_s: float = DELIVERY_TIMEOUT_S
