@@ -12,9 +12,11 @@ import dataclasses
 import importlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,12 +28,14 @@ from crypton.broker import KAFKA_VERSION, BrokerError, EmbeddedBroker, ensure_ka
 from crypton.config import ConfigError, Settings
 from crypton.kafka import KafkaUnavailableError, wait_for_kafka
 from crypton.monitor import DATAFLOW_METRICS_PORT, wait_http
-from crypton.process import Child, settings_env
-from crypton.supervisor import Managed, Supervisor
+from crypton.process import Child, free_ports, settings_env
+from crypton.supervisor import Managed, Supervisor, Together
 from crypton.topics import TOPICS, TopicError, ensure_topics
 
 __all__ = [
     "api_command",
+    "cluster_arguments",
+    "dataflow_children",
     "dataflow_command",
     "ensure_admin_token",
     "ensure_recovery_store",
@@ -59,19 +63,71 @@ def say(line: str) -> None:
 # --- what the processes are -----------------------------------------------------------
 
 
-def ensure_recovery_store(settings: Settings) -> Path:
-    """The Bytewax recovery directory, initialised with empty partitions on first use."""
+def ensure_recovery_store(settings: Settings, partitions: int = RECOVERY_PARTITIONS) -> Path:
+    """The Bytewax recovery directory, initialised with ``partitions`` empty partitions
+    on first use (an existing store keeps the count it was made with).
+
+    Processes of one dataflow on one machine share the directory: Bytewax makes one
+    worker the primary writer of each partition among all the workers that see it, so
+    one partition per process spreads the snapshot writes.
+    """
     store = (settings.data_dir / "recovery").absolute()
     if store.is_dir() and any(store.iterdir()):
         return store
-    store.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "bytewax.recovery", str(store), str(RECOVERY_PARTITIONS)]
+    # Made aside, then renamed into place: processes of one cluster started together
+    # (`crypton dataflow -i 0` and `-i 1`) must not both fill the same directory.
+    store.parent.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(prefix=".recovery-", dir=store.parent))
+    argv = [sys.executable, "-m", "bytewax.recovery", str(made), str(partitions)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
+        shutil.rmtree(made, ignore_errors=True)
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CliError(f"cannot create the recovery store in {store}: {last}")
-    say(f"created recovery store {store} ({RECOVERY_PARTITIONS} partition)")
+    try:
+        if store.is_dir():
+            store.rmdir()  # empty, or another process filled it first
+        made.rename(store)
+    except OSError:
+        shutil.rmtree(made, ignore_errors=True)
+        if store.is_dir() and any(store.iterdir()):
+            return store
+        raise
+    say(f"created recovery store {store} ({partitions} partition{'s' * (partitions > 1)})")
     return store
+
+
+def cluster_arguments(process_id: int, addresses: Sequence[str]) -> list[str]:
+    """``bytewax.run``'s ``-i ID -a "host:port;host:port"`` for one process of a cluster."""
+    return ["-i", str(process_id), "-a", ";".join(addresses)]
+
+
+def dataflow_children(
+    settings: Settings,
+    env: dict[str, str],
+    logs: Path,
+    *,
+    processes: int = 1,
+    workers: Sequence[str] = (),
+) -> list[Child]:
+    """The dataflow as ``processes`` Bytewax processes on 127.0.0.1 (one: no cluster).
+
+    Process ``i`` serves its metrics on ``CRYPTON_DATAFLOW_METRICS_PORT`` + ``i`` (when
+    set) and talks to its peers on free loopback ports picked here.
+    """
+    if processes == 1:
+        return [Child("dataflow", dataflow_command(settings, workers), logs / "dataflow.log", env)]
+    peers = free_ports(processes)
+    addresses = [f"127.0.0.1:{peers + i}" for i in range(processes)]
+    metrics = env.get("CRYPTON_DATAFLOW_METRICS_PORT")
+    children = []
+    for i in range(processes):
+        own = dict(env)
+        if metrics:
+            own["CRYPTON_DATAFLOW_METRICS_PORT"] = str(int(metrics) + i)
+        argv = dataflow_command(settings, [*workers, *cluster_arguments(i, addresses)])
+        children.append(Child(f"dataflow-{i}", argv, logs / f"dataflow-{i}.log", own))
+    return children
 
 
 def dataflow_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
@@ -188,10 +244,21 @@ def cmd_dataflow(settings: Settings, args: argparse.Namespace) -> int:
     """Replace this process by the Bytewax dataflow, so signals reach it directly."""
     wait_for_kafka(settings, args.kafka_timeout)
     _provision(settings)
-    ensure_recovery_store(settings)
+    ensure_recovery_store(settings, max(RECOVERY_PARTITIONS, len(_addresses(args.extra))))
     argv = dataflow_command(settings, args.extra)
     say("exec " + " ".join(argv[1:]))
     os.execve(sys.executable, argv, settings_env(settings))
+
+
+def _addresses(extra: Sequence[str]) -> list[str]:
+    """The peers given to Bytewax with ``-a``/``--addresses`` among the passed-through
+    options (``-a "h:p;h:p"``, ``--addresses "h:p;h:p"``, ``--addresses=h:p;h:p``)."""
+    for i, word in enumerate(extra):
+        if word in ("-a", "--addresses") and i + 1 < len(extra):
+            return extra[i + 1].split(";")
+        if word.startswith("--addresses="):
+            return word.removeprefix("--addresses=").split(";")
+    return []
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -205,6 +272,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Broker, topics, dataflow and API under one supervisor; Ctrl-C stops them all."""
+    if settings.partitions < args.total_workers:
+        # A worker without an inbox partition holds no wallet and no book: it only adds
+        # coordination (CRYPTON_PARTITIONS is fixed for the life of a log, see operations.md).
+        raise CliError(
+            f"{args.total_workers} dataflow workers need at least as many partitions;"
+            f" CRYPTON_PARTITIONS is {settings.partitions}"
+        )
     data_dir = settings.data_dir.absolute()
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -221,31 +295,48 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             # Each node on its own: a node that dies is restarted while the others serve.
             processes.extend(broker.nodes)
         _provision(settings)
-        ensure_recovery_store(settings)
+        ensure_recovery_store(settings, args.dataflow_processes)
         token = ensure_admin_token(settings)
         env = settings_env(settings)
         # `crypton monitor` scrapes the dataflow there; a busy port costs only the metrics.
         metrics_port = env.setdefault("CRYPTON_DATAFLOW_METRICS_PORT", str(DATAFLOW_METRICS_PORT))
-        dataflow = Child(
-            "dataflow", dataflow_command(settings, args.workers), logs / "dataflow.log", env
+        if args.dataflow_processes > 1:
+            # One sink partition (one producer) per process: Bytewax spreads them over
+            # the workers, so not all output travels to the process holding the only one.
+            env.setdefault("CRYPTON_SINK_PARTS", str(args.dataflow_processes))
+        flows = dataflow_children(
+            settings, env, logs, processes=args.dataflow_processes, workers=args.workers
         )
-        api = Child(
-            "api", api_command(settings), logs / "api.log", {**env, "CRYPTON_ADMIN_TOKEN": token}
-        )
-        processes += [dataflow, api]
+        # A Timely cluster lives and dies as one: restarted together from the snapshot.
+        dataflow: Managed = flows[0] if len(flows) == 1 else Together("dataflow", flows)
+        apis = [
+            Child(
+                "api" if args.api_replicas == 1 else f"api-{i}",
+                api_command(dataclasses.replace(settings, api_port=settings.api_port + i)),
+                logs / ("api.log" if args.api_replicas == 1 else f"api-{i}.log"),
+                {**env, "CRYPTON_ADMIN_TOKEN": token},
+            )
+            for i in range(args.api_replicas)
+        ]
+        processes += [*flows, *apis]
         # The nodes form one group: restarted one by one, stopped together (a cluster
         # stopped node by node loses its quorum and hangs until the grace runs out).
         nodes: list[Managed] = list(broker.nodes) if broker is not None else []
         supervised: list[Managed | list[Managed]] = [nodes] if nodes else []
-        supervisor = Supervisor([*supervised, dataflow, api], grace=args.grace)
+        supervisor = Supervisor([*supervised, dataflow, *apis], grace=args.grace)
         supervisor.start()
         if stop.event.is_set():
             supervisor.stop_all()
             return 0
-        url = f"http://{settings.api_host}:{settings.api_port}"
-        # "Up" means every part answered: the API caught up with the log and reached
-        # the broker (/ready), and the dataflow serves its metrics.
-        probes = [(api, f"{url}/ready"), (dataflow, f"http://127.0.0.1:{metrics_port}/metrics")]
+        urls = [f"http://{settings.api_host}:{settings.api_port + i}" for i in range(len(apis))]
+        url = urls[0]
+        # "Up" means every part answered: each API caught up with the log and reached
+        # the broker (/ready), and each dataflow process serves its metrics.
+        probes = [(api, f"{u}/ready") for api, u in zip(apis, urls, strict=True)]
+        probes += [
+            (flow, f"http://127.0.0.1:{int(metrics_port) + i}/metrics")
+            for i, flow in enumerate(flows)
+        ]
         silent = [c for c, probe in probes if not wait_http(probe, 60, c, stop.event)]
         if silent:
             for child in silent:
@@ -253,6 +344,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             say(f"Crypton started, not every part answered. API {url} (docs at {url}/schema)")
         else:
             say(f"Crypton is up. API {url} (docs at {url}/schema), market page at {url}/")
+        for other in urls[1:]:
+            say(f"  API replica:  {other}")
         say(f"  Kafka:        {settings.bootstrap_servers}")
         say(f"  data dir:     {data_dir}")
         # Never the token itself: this output ends up in logs and CI output.
@@ -319,7 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("dataflow", "the Bytewax dataflow"), ("api", "the HTTP API")):
         sub.add_parser(name, parents=[common], help=f"run {what}; other options pass through")
     up = sub.add_parser("up", parents=[common, embedded], help="run everything, supervised")
-    up.add_argument("-w", "--workers", type=int, default=None, help="dataflow workers")
+    up.add_argument(
+        "-w", "--workers", type=int, default=None, help="dataflow workers (per process)"
+    )
+    up.add_argument(
+        "--dataflow-processes", type=int, default=1, metavar="N",
+        help="Bytewax processes of the dataflow, one Timely cluster on 127.0.0.1 (default 1)",
+    )  # fmt: skip
+    up.add_argument(
+        "--api-replicas", type=int, default=1, metavar="N",
+        help="API processes on consecutive ports from CRYPTON_API_PORT (default 1)",
+    )  # fmt: skip
     # A 3-node Kafka cluster takes 6-8 s to shut down cleanly on a small machine.
     up.add_argument("--grace", type=float, default=20.0, help="seconds before SIGKILL")
     for name, what in (
@@ -372,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     if args.command == "up":
+        for option in ("workers", "dataflow_processes", "api_replicas"):
+            value = getattr(args, option)
+            if value is not None and not 1 <= value <= 64:
+                flag = "--" + option.replace("_", "-")
+                parser.error(f"{flag} {value} must be between 1 and 64")
+        args.total_workers = (args.workers or 1) * args.dataflow_processes
         args.workers = ["-w", str(args.workers)] if args.workers else []
     try:
         return COMMANDS[args.command](_settings(args), args)

@@ -58,13 +58,17 @@ def dataflow_target() -> str:
 
 def prometheus_config(api: str, dataflow: str, rules: Path, interval: str = "5s") -> dict[str, Any]:
     """The configuration: both jobs named as in ``monitoring/prometheus.yml`` (the
-    alert rules select jobs by those names)."""
+    alert rules select jobs by those names). ``api`` and ``dataflow`` are
+    comma-separated ``host:port`` lists (replicas, processes of one dataflow)."""
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(rules)],
         "scrape_configs": [
-            {"job_name": "crypton-api", "static_configs": [{"targets": [api]}]},
-            {"job_name": "crypton-dataflow", "static_configs": [{"targets": [dataflow]}]},
+            {"job_name": "crypton-api", "static_configs": [{"targets": api.split(",")}]},
+            {
+                "job_name": "crypton-dataflow",
+                "static_configs": [{"targets": dataflow.split(",")}],
+            },
         ],
     }
 
@@ -97,12 +101,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument(
         "--api",
         default=f"{settings.api_host}:{settings.api_port}",
-        help="the API to scrape, host:port (default from CRYPTON_API_HOST/PORT)",
+        help="the APIs to scrape, host:port[,host:port...] (default from CRYPTON_API_HOST/PORT)",
     )
     parser.add_argument(
         "--dataflow",
         default=dataflow_target(),
-        help="the dataflow's metrics, host:port (default 127.0.0.1:"
+        help="the dataflow processes' metrics, host:port[,host:port...] (default 127.0.0.1:"
         "$CRYPTON_DATAFLOW_METRICS_PORT or 9100)",
     )
     parser.add_argument("--interval", default="5s", help="scrape interval (default 5s)")

@@ -13,6 +13,10 @@ they stop together. Stopped one by one, the last nodes of a three-node cluster
 lose their quorum and wait for it until the grace period ends (and controlled
 shutdown of a broker needs the controller quorum), so a group gets SIGTERM at
 once and shares one grace period.
+
+Processes that only work as a whole (the Bytewax processes of one dataflow: a Timely
+cluster connects its peers once, at start) are one :class:`Together`: when any member
+exits, the others are stopped and all of them start again, from the last snapshot.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-__all__ = ["Managed", "Supervisor"]
+__all__ = ["Managed", "Supervisor", "Together"]
 
 
 class Managed(Protocol):
@@ -45,6 +49,53 @@ class Managed(Protocol):
     def poll(self) -> int | None: ...
 
     def stop(self, grace: float = ...) -> int | None: ...
+
+
+class Together:
+    """Processes that live and die as one, supervised as a single :class:`Managed`.
+
+    A Timely cluster (``bytewax.run -i N -a ...``) makes its connections at start: a
+    process restarted alone finds its peers past their handshake, and the peers of a
+    dead process may wait for it forever. So the first member to exit is the exit code
+    of the whole; :meth:`start` stops any member still running before it starts them
+    all, and :meth:`stop` stops them together (SIGTERM to all, one grace period).
+    """
+
+    def __init__(self, name: str, members: Sequence[Managed]) -> None:
+        if not members:
+            raise ValueError("Together needs at least one member")
+        self.name = name
+        self.members = list(members)
+        self.log_path = self.members[0].log_path
+
+    @property
+    def running(self) -> bool:
+        return all(m.running for m in self.members)
+
+    def start(self) -> Together:
+        self.stop()
+        for member in self.members:
+            member.start()
+        return self
+
+    def poll(self) -> int | None:
+        """The exit code of the first member found ended, else ``None``."""
+        for member in self.members:
+            code = member.poll()
+            if code is not None:
+                self.log_path = member.log_path  # the log that says why
+                return code
+        return None
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """Stop every member at once; the code of the first member (``None``: never ran)."""
+        running = [m for m in self.members if m.running]
+        if len(running) > 1:
+            with ThreadPoolExecutor(len(running), f"{self.name}-stop") as pool:
+                list(pool.map(lambda m: m.stop(grace), running))
+        elif running:
+            running[0].stop(grace)
+        return self.members[0].poll()
 
 
 @dataclass

@@ -174,3 +174,29 @@ def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_recovery_store_gets_a_partition_per_process(tmp_path: Path) -> None:
+    store = cli.ensure_recovery_store(Settings(data_dir=tmp_path), 2)
+    assert sorted(p.name for p in store.glob("*.sqlite3")) == ["part-0.sqlite3", "part-1.sqlite3"]
+    assert not list(tmp_path.glob(".recovery-*"))  # made aside, renamed into place
+    # Made once: a later call with another count keeps the store as it is.
+    cli.ensure_recovery_store(Settings(data_dir=tmp_path), 4)
+    assert len(list(store.glob("*.sqlite3"))) == 2
+
+
+def test_cluster_addresses_of_dataflow_options() -> None:
+    peers = "127.0.0.1:2101;127.0.0.1:2102"
+    assert cli._addresses(["-i", "1", "-a", peers]) == peers.split(";")
+    assert cli._addresses([f"--addresses={peers}"]) == peers.split(";")
+    assert cli._addresses(["-w", "2"]) == []
+    assert cli.cluster_arguments(0, peers.split(";")) == ["-i", "0", "-a", peers]
+
+
+def test_up_refuses_more_workers_than_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CRYPTON_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CRYPTON_PARTITIONS", "2")
+    assert cli.main(["up", "--dataflow-processes", "2", "-w", "2"]) == 2
+    assert "4 dataflow workers need at least as many partitions" in capsys.readouterr().err

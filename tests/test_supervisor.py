@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from crypton.process import Child
-from crypton.supervisor import Supervisor
+from crypton.supervisor import Supervisor, Together
 
 CRASH = [sys.executable, "-c", "raise SystemExit(3)"]
 SLEEP = ["sleep", "60"]
@@ -146,3 +146,29 @@ def test_a_group_restarts_member_by_member_and_stops_together(tmp_path: Path) ->
     stopped = [line.split()[0] for line in lines if " stopped (code" in line]
     assert stopped[0] == "app" and sorted(stopped[1:]) == ["node-1", "node-2", "node-3"]
     assert not any(n.running for n in nodes)
+
+
+def test_processes_together_restart_as_one(tmp_path: Path) -> None:
+    lines: list[str] = []
+    crasher = Child(
+        "flow-1", [sys.executable, "-c", "import time; time.sleep(0.3)"], tmp_path / "1.log"
+    )
+    sleeper = Child("flow-0", SLEEP, tmp_path / "0.log")
+    cluster = Together("dataflow", [sleeper, crasher])
+    supervisor = Supervisor([cluster], backoff=0.05, stable_after=60, say=lines.append)
+    try:
+        supervisor.start()
+        first = sleeper.pid
+        deadline = time.monotonic() + 5
+        while supervisor.restarts("dataflow") < 1 and time.monotonic() < deadline:
+            supervisor.check()
+            time.sleep(0.01)
+        # One member ended: the other was stopped and both started again.
+        assert supervisor.restarts("dataflow") >= 1
+        assert sleeper.running and sleeper.pid != first
+        assert lines[0].startswith(
+            f"dataflow exited with code 0; restarting in 0.05s (log: {tmp_path / '1.log'}"
+        )
+    finally:
+        supervisor.stop_all()
+    assert not sleeper.running and not crasher.running

@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal
 
 from litestar import Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from crypton import codec, topics
 from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
@@ -209,7 +209,7 @@ async def cancel_all(
     user: str,
     market: Annotated[str | None, Parameter(description="Cancel in this market only")] = None,
     everything: Annotated[
-        bool, Parameter(query="all", description="Cancel in every market (instead of `market`)")
+        bool, QueryParameter(name="all", description="Cancel in every market (instead of `market`)")
     ] = False,
 ) -> schemas.CancelAllResult:
     """Cancel every open order of the caller in one market (``market``) or in all of them

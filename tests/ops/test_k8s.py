@@ -344,3 +344,30 @@ def test_core_resources_validate_against_the_kubernetes_schemas() -> None:
         validate.validate(doc, "1.30.0", strict=True)
         checked += 1
     assert checked >= 8
+
+
+def test_the_scale_out_topology() -> None:
+    """Three Kafka nodes, two dataflow processes, two API replicas: what
+    ``crypton up --nodes 3 --dataflow-processes 2 --api-replicas 2`` runs on one machine."""
+    (pool,) = _kind("KafkaNodePool")
+    assert pool["spec"]["replicas"] == 3
+    api = _one("Deployment", "crypton-api")
+    assert api["spec"]["replicas"] == 2
+    assert _one("HorizontalPodAutoscaler", "crypton-api")["spec"]["minReplicas"] >= 2
+    sts = _one("StatefulSet", "crypton-dataflow")
+    replicas = sts["spec"]["replicas"]
+    assert replicas == 2
+    (main,) = sts["spec"]["template"]["spec"]["containers"]
+    command = main["command"][-1]
+    workers = int(command.split("-w ", 1)[1].split()[0]) if "-w " in command else 1
+    # A worker without an inbox partition holds nothing: partitions >= all the workers.
+    assert int(_settings()["CRYPTON_PARTITIONS"]) >= replicas * workers
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["CRYPTON_SINK_PARTS"] == str(replicas)
+    # Every pod its own volume (SQLite's WAL cannot be shared over a network file system).
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # The peers find each other by the headless Service's names before they are ready.
+    service = _one("Service", sts["spec"]["serviceName"])
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert {"name": "timely", "port": 2101} in service["spec"]["ports"]
