@@ -86,10 +86,10 @@ LIVE_MACHINES = int(os.environ.get("CRYPTON_LIVE_MACHINES", "10000"))
 """Machines kept decoded per step and worker (the most recently used); the others
 keep only their packed snapshot and are decoded again on their next message.
 
-Live machines are what Python's cyclic garbage collector walks: a full collection
-took 91 ms with 50,000 live wallets and 12 ms with 2,000, and bench_scale's epoch
-stall fell from p50 124-265 ms (50,000 live) to 42 ms (2,000 live) at 50,000 idle
-users. A message to a demoted wallet costs about 5 us more (decode, and pack the
+Live machines are what Python's cyclic garbage collector walks (a full collection
+took 91 ms with 50,000 live wallets, 12 ms with 2,000) and most of the resident
+memory (bench_scale, 50,000 idle users: 180-189 MiB with all live, 129 MiB with
+10,000). A message to a demoted wallet costs about 5 us more (decode, and pack the
 one it pushes out)."""
 
 
