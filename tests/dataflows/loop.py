@@ -27,12 +27,15 @@ from dataflows.exchange import build_flow
 class Loop:
     """The flow plus its two inbox logs and everything it wrote, by logical topic."""
 
-    def __init__(self, markets: Markets, recovery: Path, workers: int = 1) -> None:
+    def __init__(
+        self, markets: Markets, recovery: Path, workers: int = 1, live_machines: int | None = None
+    ) -> None:
         self.markets = markets
         self.recovery = recovery
         recovery.mkdir(parents=True, exist_ok=True)
         init_db_dir(recovery, 1)
         self.workers = workers
+        self.live_machines = live_machines
         self.wallet_log: list[Any] = []
         self.book_log: list[Any] = []
         self.written: dict[str, list[Message]] = defaultdict(list)
@@ -63,6 +66,7 @@ class Loop:
                 [(m.market, [(i, m)]) for i, m in enumerate(self.book_log)], batch_size=7
             ),
             TestingSink(out),
+            **({} if self.live_machines is None else {"live_machines": self.live_machines}),
         )
         config = RecoveryConfig(str(self.recovery))
         if self.workers == 1:
