@@ -7,7 +7,16 @@ Besides counters of what the steps process and emit:
   cached watermark, refreshed at most once a second per partition;
 - ``crypton_dataflow_command_state_seconds{step}``: from the time the API stamped a
   command to the moment a step emits an order state it caused (wall clock, for
-  operators only: nothing the steps decide reads it).
+  operators only: nothing the steps decide reads it);
+- ``crypton_dataflow_snapshot_bytes_total{step}`` and
+  ``crypton_dataflow_snapshot_seconds_total{step}``: what the steps hand Bytewax's
+  recovery store at epoch closes (the packed state of the keys awoken in the epoch)
+  and the time ``snapshot()`` took; their rates are the store's write rate and the
+  share of the flow's thread the epochs' snapshots cost.
+
+The steps call into these once per key and batch, so they count in plain integers
+(``StepCounts``) that a collector reads when Prometheus scrapes, rather than
+paying a locked Prometheus increment per call.
 """
 
 from __future__ import annotations
@@ -15,57 +24,120 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, cast
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from crypton.domain.messages import DeadLetter, Message, OrderState, Trade
-
-__all__ = ["count", "observe_lag", "serve"]
+__all__ = ["EPOCH_SNAPSHOT", "StepCounts", "observe_lag", "serve"]
 
 log = logging.getLogger("crypton.dataflow")
 
-MESSAGES = Counter("crypton_dataflow_messages_total", "Inbox messages processed", ["step"])
-EMITTED = Counter("crypton_dataflow_emitted_total", "Messages emitted", ["step"])
-TRADES = Counter("crypton_dataflow_trades_total", "Trades executed")
-DEAD_LETTERS = Counter(
-    "crypton_dataflow_dead_letters_total", "Messages sent to dead letters", ["step"]
-)
 CONSUMER_LAG = Gauge(
     "crypton_dataflow_consumer_lag",
     "Records of an inbox partition not read yet",
     ["topic", "partition"],
 )
-COMMAND_STATE = Histogram(
-    "crypton_dataflow_command_state_seconds",
-    "From the API's stamp on a command to a step emitting the order state it caused",
+COMMAND_STATE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+"""Upper bounds (seconds) of ``crypton_dataflow_command_state_seconds``."""
+EPOCH_SNAPSHOT = Histogram(
+    "crypton_dataflow_epoch_snapshot_seconds",
+    "Time of one epoch close in a step's snapshot() calls (observed at its next batch)",
     ["step"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
 
 _LAG_EVERY_S = 1.0
 _lag_checked: dict[tuple[str, int], float] = {}
 
 
-def count(step: str, processed: int, out: list[Message]) -> None:
-    MESSAGES.labels(step).inc(processed)
-    EMITTED.labels(step).inc(len(out))
-    trades = dead = 0
-    now_ms = 0.0
-    for message in out:
-        kind = type(message)
-        if kind is OrderState:
-            now_ms = now_ms or time.time() * 1000
-            stamped = cast(OrderState, message).updated_at
-            COMMAND_STATE.labels(step).observe(max(0.0, now_ms - stamped) / 1000)
-        elif kind is Trade:
-            trades += 1
-        elif kind is DeadLetter:
-            dead += 1
-    if trades:
-        TRADES.inc(trades)
-    if dead:
-        DEAD_LETTERS.labels(step).inc(dead)
+class StepCounts:
+    """The counters of one step on one worker: plain numbers, read at scrape time."""
+
+    __slots__ = (
+        "dead",
+        "emitted",
+        "latency_buckets",
+        "latency_sum",
+        "messages",
+        "snapshot_bytes",
+        "snapshot_s",
+        "step",
+        "trades",
+    )
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
+        self.snapshot_s = self.latency_sum = 0.0
+        self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
+        _Counts.all.append(self)
+
+    def add(self, trades: int, dead: int, stamps: list[int] | None) -> None:
+        """Count ``trades``, ``dead`` letters and order states for commands the API
+        stamped at ``stamps`` (milliseconds); the steps count messages themselves."""
+        self.trades += trades
+        self.dead += dead
+        if stamps:
+            now_ms = time.time() * 1000
+            buckets = self.latency_buckets
+            for stamped in stamps:
+                seconds = max(0.0, now_ms - stamped) / 1000
+                buckets[bisect_left(COMMAND_STATE_BUCKETS, seconds)] += 1
+                self.latency_sum += seconds
+
+
+class _Counts(Collector):
+    all: ClassVar[list[StepCounts]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        steps = list(self.all)
+        families = {
+            "messages": ("crypton_dataflow_messages", "Inbox messages processed"),
+            "emitted": ("crypton_dataflow_emitted", "Messages emitted"),
+            "dead": ("crypton_dataflow_dead_letters", "Messages sent to dead letters"),
+            "snapshot_bytes": (
+                "crypton_dataflow_snapshot_bytes",
+                "Bytes of state handed to the recovery store at epoch closes",
+            ),
+            "snapshot_s": (
+                "crypton_dataflow_snapshot_seconds",
+                "Seconds spent in the steps' snapshot() at epoch closes",
+            ),
+        }
+        names = sorted({counts.step for counts in steps})
+        for attribute, (name, doc) in families.items():
+            family = CounterMetricFamily(name, doc, labels=["step"])
+            for step in names:
+                total = sum(getattr(c, attribute) for c in steps if c.step == step)
+                family.add_metric([step], total)
+            yield family
+        trades = CounterMetricFamily("crypton_dataflow_trades", "Trades executed")
+        trades.add_metric([], sum(c.trades for c in steps))
+        yield trades
+        latency = HistogramMetricFamily(
+            "crypton_dataflow_command_state_seconds",
+            "From the API's stamp on a command to a step emitting the order state it caused",
+            labels=["step"],
+        )
+        for step in names:
+            mine = [c for c in steps if c.step == step]
+            counts = [
+                sum(c.latency_buckets[i] for c in mine)
+                for i in range(len(COMMAND_STATE_BUCKETS) + 1)
+            ]
+            cumulative, buckets = 0, []
+            for bound, count in zip((*COMMAND_STATE_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            latency.add_metric([step], buckets, sum(c.latency_sum for c in mine))
+        yield latency
+
+
+REGISTRY.register(_Counts())
 
 
 def observe_lag(consumer: Any, topic: str, partition: int, next_offset: int) -> None:

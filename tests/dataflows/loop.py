@@ -9,9 +9,9 @@ next round; rounds go on until the flow writes nothing more to either inbox.
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 from datetime import timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,18 @@ from crypton.domain.messages import Message
 from dataflows.exchange import build_flow
 
 
-def _part(key: str, partitions: int = 3) -> str:
-    """The inbox partition of ``key``, stable like Kafka's partitioner."""
-    return str(zlib.crc32(key.encode()) % partitions)
-
-
 class Loop:
     """The flow plus its two inbox logs and everything it wrote, by logical topic."""
 
-    def __init__(self, markets: Markets, recovery: Path, workers: int = 1) -> None:
+    def __init__(
+        self, markets: Markets, recovery: Path, workers: int = 1, live_machines: int | None = None
+    ) -> None:
         self.markets = markets
         self.recovery = recovery
         recovery.mkdir(parents=True, exist_ok=True)
         init_db_dir(recovery, 1)
         self.workers = workers
+        self.live_machines = live_machines
         self.wallet_log: list[Any] = []
         self.book_log: list[Any] = []
         self.written: dict[str, list[Message]] = defaultdict(list)
@@ -60,9 +58,15 @@ class Loop:
         out: list[Any] = []
         flow = build_flow(
             self.markets,
-            TestingSource([(_part(m.user_id), [m]) for m in self.wallet_log], batch_size=7),
-            TestingSource([(_part(m.market), [m]) for m in self.book_log], batch_size=7),
+            # Keyed by user and by market, each message with its offset in its log.
+            TestingSource(
+                [(m.user_id, [(i, m)]) for i, m in enumerate(self.wallet_log)], batch_size=7
+            ),
+            TestingSource(
+                [(m.market, [(i, m)]) for i, m in enumerate(self.book_log)], batch_size=7
+            ),
             TestingSink(out),
+            **({} if self.live_machines is None else {"live_machines": self.live_machines}),
         )
         config = RecoveryConfig(str(self.recovery))
         if self.workers == 1:
@@ -78,8 +82,9 @@ class Loop:
             )
         self.rounds += 1
         more = False
-        records = [record for _part_key, batch in out for record in batch]
-        for topic, _key, value in records:
+        # In offset order, as the Kafka sink writes a batch (a round is one batch here).
+        tagged = sorted((t for _key, batch in out for t in batch), key=itemgetter(0))
+        for _offset, (topic, _key, value) in tagged:
             logical = topic.removeprefix("crypton.")
             message = schema.BY_LOGICAL[logical].decode(value)
             if logical == topics.WALLET_INBOX:

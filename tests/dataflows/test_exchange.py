@@ -178,3 +178,21 @@ def test_unprocessable_input_goes_to_dead_letters(loop: Loop) -> None:
     assert isinstance(dead, DeadLetter)
     assert dead.topic == "book" and "XRP-USDT" in dead.reason
     assert flow_view(loop).balance_table() == {"u": {"USDT": (1, 0)}}  # the flow kept going
+
+
+def test_demoted_machines_give_the_results_of_live_ones(tmp_path: Path) -> None:
+    """With room for one live machine per step, every wallet is packed and dropped
+    between its messages and every round resumes from the store: same results."""
+    commands = funding(MARKETS) + trading(MARKETS, 300, seed=5)
+    views = []
+    for name, live in (("live", None), ("demoted", 1)):
+        loop = Loop(MARKETS, tmp_path / name, live_machines=live)
+        for start in range(0, len(commands), 50):
+            loop.send(*commands[start : start + 50])
+            loop.run()
+        views.append(flow_view(loop))
+    live_view, demoted_view = views
+    assert demoted_view.orders == live_view.orders
+    assert demoted_view.balances == live_view.balances
+    assert demoted_view.trades == live_view.trades
+    assert len(live_view.trades) >= 5

@@ -42,13 +42,18 @@ def test_orders_trade_and_settle_through_kafka(
     assert len(state_view(settings).trades) > 20
 
 
-def test_two_workers_and_two_processes_give_the_results_of_one(
+def test_two_workers_and_two_processes_are_each_proven_by_the_audit(
     settings: Settings, spawn: Callable[..., Child]
 ) -> None:
     """The same inbox through one worker, two workers in one process and two processes.
 
-    With one partition per inbox the whole run is a function of the inbox (every step
-    emits in log order), so the three final states must be identical, not merely valid.
+    State is keyed by user and by market, and Bytewax spreads the keys of one inbox
+    partition over the workers, so with several workers what different users send a
+    book may reach it in another order than with one (dataflows/exchange.py): the
+    results may differ where the order between users decides (which order fills
+    first), and each run is proven correct by the audit over its own log. What no
+    interleaving can change is the same in all three: the wallets' own decisions on
+    each command, and every asset's total (credits minus debits, fees included).
     """
     commands = funding(MARKETS) + trading(MARKETS, 400, seed=12)
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
@@ -73,12 +78,23 @@ def test_two_workers_and_two_processes_give_the_results_of_one(
         report = wait_clean_audit(run)
         assert report.clean, report.lines
         view = state_view(run)
-        finals[name] = (view.orders, view.balance_table(), view.trades)
+        totals: dict[str, int] = {}
+        for balances in view.balance_table().values():
+            for asset, (available, held) in balances.items():
+                totals[asset] = totals.get(asset, 0) + available + held
+        # The wallet's refusals (version 1); the book's (post-only) depend on the order.
+        rejected = {
+            oid: s.reason
+            for oid, s in view.orders.items()
+            if s.status == "REJECTED" and s.version == 1
+        }
+        transfers = {key: t.status for key, t in view.transfers.items()}
+        finals[name] = (totals, rejected, transfers, len(view.trades))
         for flow in flows:
             flow.stop()
-    assert finals["w2"] == finals["one"]
-    assert finals["procs"] == finals["one"]
-    assert len(finals["one"][2]) > 10
+    for name in ("w2", "procs"):
+        assert finals[name][:3] == finals["one"][:3], name
+    assert all(trades > 10 for *_, trades in finals.values())
 
 
 def test_garbage_goes_to_dead_letters_and_the_flow_keeps_going(

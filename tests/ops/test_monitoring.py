@@ -41,7 +41,7 @@ _SUFFIXES = {
 def exported_series() -> set[str]:
     """Every series name the API and the dataflow can export."""
     # The dataflow's metrics live in the global registry (dataflows/metrics.py).
-    assert dataflow_metrics.TRADES is not None
+    assert dataflow_metrics.StepCounts is not None
     families = list(Metrics().registry.collect()) + [
         f for f in prometheus_client.REGISTRY.collect() if f.name.startswith("crypton_dataflow")
     ]
