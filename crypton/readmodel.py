@@ -401,6 +401,7 @@ _HOT: Final[dict[type[Any], Callable[[ReadModel, Any], None]]] = {
 }
 """What a record that changed the view changes in memory (the rest lives in the store)."""
 
+
 def _rule(spec: schema.TopicSpec) -> schema.Fold:
     assert spec.fold is not None, f"{spec.logical} is not a state topic"
     return spec.fold
