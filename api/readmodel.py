@@ -45,6 +45,7 @@ _USER_KINDS: Final = frozenset({"order", "balance", "trade"})
 """What a user's stream carries (a trade as the user's fill): their offsets are its cursor."""
 _REFRESH_S: Final = 2.0
 _BATCH: Final = 5000
+_LIVE_BATCH: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,11 @@ class LiveReadModel:
     # --- the consuming thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        self._view = View.open(self.directory, self.settings.topic_prefix)
+        try:
+            self._view = View.open(self.directory, self.settings.topic_prefix)
+        except Exception:
+            log.exception("read model view %s cannot be opened", self.directory)
+            raise
         self.rebuilt = self._view.rebuilt
         consumer = Consumer(
             consumer_config(
@@ -157,7 +162,10 @@ class LiveReadModel:
                 if now >= next_refresh:
                     self._refresh(consumer)
                     next_refresh = now + _REFRESH_S
-                messages = consumer.consume(_BATCH, 0.1)
+                # Catching up, large batches (one transaction each); then small ones:
+                # queries wait for a batch's transaction, so it must stay short.
+                batch = _BATCH if not self.ready.is_set() else _LIVE_BATCH
+                messages = consumer.consume(batch, 0.1)
                 if messages:
                     self._apply(messages)
         except Exception:  # a dead read model must be loud: /ready turns false
@@ -169,7 +177,8 @@ class LiveReadModel:
             consumer.close()
             with self.lock:
                 self.model = ReadModel()
-                self._view.close()
+                if self._view is not None:
+                    self._view.close()
 
     def _open_view(self, consumer: Consumer, metadata: Any) -> bool:
         """Check the stored view against the cluster (discard it if it describes another
@@ -185,7 +194,7 @@ class LiveReadModel:
                     reason = f"{topic}[{partition}] no longer exists"
                     break
                 try:
-                    _, high = consumer.get_watermark_offsets(
+                    low, high = consumer.get_watermark_offsets(
                         TopicPartition(topic, partition), timeout=5
                     )
                 except KafkaException as exc:
@@ -195,6 +204,11 @@ class LiveReadModel:
                     # The topics were recreated (or belong to another cluster): the
                     # view is ahead of the log it claims to fold.
                     reason = f"{topic}[{partition}] ends at {high}, the view is at {nxt}"
+                    break
+                if nxt < low:
+                    # Records the view never saw were deleted (retention, not compaction,
+                    # which keeps the latest record of every key).
+                    reason = f"{topic}[{partition}] starts at {low}, the view is at {nxt}"
                     break
         if reason is not None:
             log.warning("read model view %s discarded (%s): rebuilding", view.path, reason)
