@@ -133,7 +133,10 @@ def test_a_kill_between_batches_neither_loses_nor_repeats_a_record(
     try:
 
         def partway() -> bool:
-            return path.exists() and _committed(path, topics.ORDERS, settings.topic_prefix) > 0
+            try:
+                return _committed(path, topics.ORDERS, settings.topic_prefix) > 0
+            except sqlite3.OperationalError:  # not created yet
+                return False
 
         wait_for(partway, timeout=60, interval=0.02)
         server.child.signal(signal.SIGKILL)
