@@ -37,9 +37,10 @@ from crypton.broker import EmbeddedBroker
 from crypton.config import Settings
 from crypton.domain.messages import Balance, BalanceState, OrderState, OrderStatus, Trade
 from crypton.kafka import producer_config
-from crypton.process import Child, free_ports
+from crypton.cli import api_command
+from crypton.process import Child, free_port, free_ports, settings_env
 from loadtest import report
-from loadtest.bench_api import TOKEN, _ms, _say, _start_api
+from loadtest.bench_api import TOKEN, _ms, _say
 
 BENCH_USER = "bench"
 """The user the latency is measured as: one order in a thousand is theirs."""
@@ -117,6 +118,31 @@ def write_scale_log(settings: Settings, users: int, orders: int) -> list[str]:
     return mine
 
 
+def _start_api(settings: Settings, logs: Path, timeout: float) -> tuple[Child, str, float]:
+    """Launch the API; return it, its URL and the seconds until ``/ready`` answered 200."""
+    env = settings_env(settings) | {"CRYPTON_ADMIN_TOKEN": TOKEN, "CRYPTON_RATE_LIMIT": "0"}
+    port = free_port()
+    child = Child(
+        "api", [*api_command(Settings(api_port=port)), "--log-level", "warning"],
+        logs / f"api-{port}.log", env=env,
+    ).start()  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with httpx.Client(base_url=url, timeout=2) as client:
+        while True:
+            if child.poll() is not None:
+                raise SystemExit(f"bench_readmodel: the API exited: {child.tail(3)}")
+            try:
+                if client.get("/ready").status_code == 200:
+                    return child, url, time.monotonic() - started
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - started > timeout:
+                child.stop(5)
+                raise SystemExit(f"bench_readmodel: the API was not ready within {timeout} s")
+            time.sleep(0.02)
+
+
 def _rss_mib(pid: int) -> float:
     """Resident memory of ``pid`` and its children (uvicorn runs the app in-process)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -147,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=16)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds an API start may take to be ready"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     report.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -161,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker.start().wait_ready(120)
         _say(f"bench_readmodel on {broker.ready_line()}")
         topics.ensure_topics(settings)
-        api, url, _ = _start_api(settings, data / "logs")
+        api, url, _ = _start_api(settings, data / "logs", 120)
         with httpx.Client(base_url=url, timeout=30) as admin:
             admin.headers["Authorization"] = f"Bearer {TOKEN}"
             made = admin.post("/v1/admin/users", json={"user_id": BENCH_USER})
@@ -173,10 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         mine = write_scale_log(settings, args.users, args.orders)
         produced = time.monotonic() - began
         shutil.rmtree(data / "readmodel")  # a cold build: no view yet
-        api, url, cold = _start_api(settings, data / "logs")
+        api, url, cold = _start_api(settings, data / "logs", args.timeout)
         _say(f"cold build: ready {cold:.2f}s after launch")
         api.stop(10)
-        api, url, restart = _start_api(settings, data / "logs")
+        api, url, restart = _start_api(settings, data / "logs", args.timeout)
         assert api.pid is not None
         rss = _rss_mib(api.pid)
         _say(f"restart: ready {restart:.2f}s after launch, rss {rss:.0f} MiB")
