@@ -34,10 +34,10 @@ from confluent_kafka import Producer
 
 from crypton import schema, topics
 from crypton.broker import EmbeddedBroker
+from crypton.cli import api_command
 from crypton.config import Settings
 from crypton.domain.messages import Balance, BalanceState, OrderState, OrderStatus, Trade
 from crypton.kafka import producer_config
-from crypton.cli import api_command
 from crypton.process import Child, free_port, free_ports, settings_env
 from loadtest import report
 from loadtest.bench_api import TOKEN, _ms, _say
