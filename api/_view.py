@@ -40,14 +40,10 @@ def view_path(directory: Path, topic_prefix: str) -> Path:
 class View:
     """The open view file, held under an exclusive lock until ``close``."""
 
-    def __init__(
-        self, path: Path, lock: IO[str] | None, temporary: Path | None, rebuilt: str | None
-    ) -> None:
+    def __init__(self, path: Path, lock: IO[str] | None, temporary: Path | None) -> None:
         self.path = path
         self._lock = lock
         self._temporary = temporary
-        self.rebuilt = rebuilt
-        """Why the file was discarded, if it was."""
         self.store = ViewStore(path)
 
     @classmethod
@@ -68,14 +64,12 @@ class View:
                 path, temporary,
             )  # fmt: skip
             path = temporary / path.name
-        rebuilt = None
         try:
             ViewStore(path).close()
         except ViewStoreError as exc:
-            rebuilt = str(exc)
             log.warning("read model view unusable (%s): rebuilding", exc)
             ViewStore.discard(path)
-        return cls(path, lock, temporary, rebuilt)
+        return cls(path, lock, temporary)
 
     def foreign(self, cluster_id: str | None) -> str | None:
         """Why the view belongs to another log than the cluster's, or ``None``."""

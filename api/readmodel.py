@@ -87,8 +87,6 @@ class LiveReadModel:
         self.ready = threading.Event()
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
-        self.rebuilt: str | None = None
-        """Why the view file was discarded at start, if it was."""
         self.on_changes: Callable[[list[Change]], None] = lambda _: None
         self.journals: dict[str, Journal] = defaultdict(Journal)
         self.journal_floor: dict[tuple[str, int], int] = {}
@@ -141,7 +139,6 @@ class LiveReadModel:
         except Exception:
             log.exception("read model view %s cannot be opened", self.directory)
             raise
-        self.rebuilt = self._view.rebuilt
         consumer = Consumer(
             consumer_config(
                 self.settings,
@@ -212,7 +209,6 @@ class LiveReadModel:
                     break
         if reason is not None:
             log.warning("read model view %s discarded (%s): rebuilding", view.path, reason)
-            self.rebuilt = reason
             view.rebuild()
             offsets = {}
         view.claim(metadata.cluster_id)

@@ -29,7 +29,6 @@ may lose or corrupt the file, which is then discarded and rebuilt from the log.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,8 +50,6 @@ from crypton.domain.messages import (
 from crypton.users import UserState, key_table
 
 __all__ = ["FORMAT", "TABLES", "Table", "ViewStore", "ViewStoreError"]
-
-log = logging.getLogger("crypton.viewstore")
 
 FORMAT: Final = "2"
 """The layout of the file; a file of another layout is discarded and rebuilt."""
@@ -231,9 +228,6 @@ class ViewStore:
         """Delete the file of a view (and its write-ahead log)."""
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self._db.execute(sql, params)
 
     class _Transaction:
         def __init__(self, db: sqlite3.Connection) -> None:
@@ -451,10 +445,6 @@ class ViewStore:
         sql += " AND start >= ? ORDER BY start LIMIT ?"
         params += [start, limit]
         return [_candle_decode(r[0]) for r in self._db.execute(sql, params)]
-
-    def count(self, table: str) -> int:
-        assert table in {t.name for t in TABLES} | {"candles", "user_keys"}
-        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 _decode_order: Callable[[bytes], OrderState] = schema.ORDERS.decoder.decode
