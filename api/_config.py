@@ -60,6 +60,9 @@ class ApiConfig:
     0 turns rate limiting off."""
     rate_burst: int = 100
     """Requests a client may send at once before the rate applies (the bucket size)."""
+    readmodel_dir: Path | None = None
+    """``CRYPTON_READMODEL_DIR``: where the read model's view file lives (a rebuildable
+    cache of the state topics); by default ``readmodel/`` in the data directory."""
 
     @classmethod
     def from_env(cls) -> ApiConfig:
@@ -74,6 +77,7 @@ class ApiConfig:
             header_timeout_s=_positive("CRYPTON_API_HEADER_TIMEOUT", 10.0),
             rate_limit=_count("CRYPTON_RATE_LIMIT", 50),
             rate_burst=_count("CRYPTON_RATE_BURST", 100, minimum=1),
+            readmodel_dir=Path(raw) if (raw := os.environ.get("CRYPTON_READMODEL_DIR")) else None,
         )
 
 

@@ -207,7 +207,7 @@ async def user_stream(
             journal = ctx.readmodel.journals.get(user_id)
             if resume is None:
                 cursor = dict(ctx.readmodel.positions)
-                balance = model.balances.get(user_id)
+                balance = model.balance(user_id)
                 if balance is not None:
                     snapshot.append(Change("balance", balance, -1, -1))
                 snapshot += [Change("order", o, -1, -1) for o in model.open_orders(user_id)]
@@ -215,7 +215,7 @@ async def user_stream(
             else:
                 cursor = resume
                 events = list(journal.events) if journal else []
-                evicted = journal.evicted if journal else {}
+                evicted = ctx.readmodel.evicted(user_id)
                 gap = any(cursor.get(k, -1) < off for k, off in evicted.items())
                 snapshot = [e for e in events if e.offset > cursor.get((e.kind, e.partition), -1)]
         if last_event_id and resume is None:

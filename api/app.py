@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
     settings = settings or Settings.from_env()
     config = config or ApiConfig.from_env()
     metrics = Metrics()
-    readmodel = LiveReadModel(settings, metrics)
+    readmodel = LiveReadModel(settings, metrics, config.readmodel_dir)
     hub = Hub()
     readmodel.on_changes = hub.post
     secret = api_secret(config, settings.data_dir)

@@ -26,7 +26,7 @@ from typing import Final
 
 from crypton.domain.messages import Trade
 
-__all__ = ["INTERVALS", "WEEK_ORIGIN", "Candle", "CandleSeries"]
+__all__ = ["INTERVALS", "WEEK_ORIGIN", "Candle", "CandleSeries", "candle_start"]
 
 _DAY: Final = 86_400_000
 INTERVALS: Final = {
@@ -42,6 +42,15 @@ INTERVALS: Final = {
 (UTC midnight for ``1d``), weeks on Mondays (``WEEK_ORIGIN``) as exchanges do."""
 WEEK_ORIGIN: Final = 4 * _DAY
 """1970-01-05, the first Monday of the epoch: where weekly candles start."""
+
+
+def candle_start(time: int, interval_ms: int, origin_ms: int = 0) -> int:
+    """The start of the candle of ``interval_ms`` that covers ``time``.
+
+    >>> candle_start(61_000, 60_000), candle_start(WEEK_ORIGIN + 1, INTERVALS["1w"], WEEK_ORIGIN)
+    (60000, 345600000)
+    """
+    return time - (time - origin_ms) % interval_ms
 
 
 @dataclass(slots=True)
@@ -97,7 +106,7 @@ class CandleSeries:
         self._candles: dict[int, Candle] = {}
 
     def add(self, trade: Trade) -> Candle:
-        start = trade.time - (trade.time - self.origin_ms) % self.interval_ms
+        start = candle_start(trade.time, self.interval_ms, self.origin_ms)
         candle = self._candles.get(start)
         if candle is None:
             candle = self._candles[start] = Candle.of(start, trade)

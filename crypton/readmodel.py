@@ -1,18 +1,20 @@
-"""The queryable view of the state topics: a pure, in-memory fold with no I/O.
+"""The queryable view of the state topics: hot state in memory, the rest in the store.
 
-Every API replica builds one by replaying ``crypton.orders``, ``balances``,
-``trades``, ``depth``, ``transfers`` and ``users`` from the beginning. The
-dataflow's sink is at-least-once and the embedded brokers never compact, so
-the fold must tolerate duplicates and stale records in any amount:
-
-each record is folded by its topic's rule, declared once in ``crypton.schema``
-and shared with ``crypton.views`` (the audit's fold):
+Every API replica folds ``crypton.orders``, ``balances``, ``trades``, ``depth``,
+``transfers`` and ``users`` into its view store (``crypton.viewstore``, SQLite),
+each record by its topic's rule, declared once in ``crypton.schema`` and
+shared with ``crypton.views`` (the audit's fold):
 
 * upserts keep the highest ``version`` per key (``seq`` for depth), so a
   replayed older state never overwrites a newer one;
-* trades are deduplicated by ``(market, seq)``: the first wins (a sequence
-  that has left the trade window counts as seen);
+* trades are deduplicated by ``(market, seq)``: the first wins;
 * a transfer's outcome is final: the first record for a key wins.
+
+The dataflow's sink is at-least-once and the embedded brokers never compact, so
+the fold tolerates duplicates and stale records in any amount. What the store
+accepted also updates the little that is kept in memory: open orders, the
+latest depth, a window of recent trades per market. Memory and start-up
+therefore follow what is live, not the length of the history.
 
 ``apply`` (or the ``apply_*`` of one type) returns whether the record changed
 the view, which is what push streams and waiters react to.
@@ -28,14 +30,14 @@ False
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from sortedcontainers import SortedList
 
 from crypton import schema
-from crypton.candles import INTERVALS, WEEK_ORIGIN, Candle, CandleSeries
+from crypton.candles import Candle
 from crypton.domain.messages import (
     TERMINAL,
     BalanceState,
@@ -45,14 +47,14 @@ from crypton.domain.messages import (
     Trade,
     TransferState,
 )
-from crypton.users import UserState, key_table
+from crypton.users import UserState
+from crypton.viewstore import Offsets, ViewStore
 
 __all__ = ["Fill", "Page", "ReadModel", "Ticker", "TradeLog"]
 
 TRADE_WINDOW: Final = 100_000
-"""Trades kept per market for listing and stream resume; candles cover all of them."""
-FILL_WINDOW: Final = 10_000
-"""Fills kept per user."""
+"""Trades kept in memory per market for listing and stream resume; candles and fills
+come from the store and cover every trade."""
 
 T = TypeVar("T")
 OrderKey = tuple[int, str]  # (created_at, order_id): newest-first listing, stable cursors
@@ -108,6 +110,17 @@ class TradeLog:
         """Every sequence at or below this has left the window."""
         self._seqs: deque[int] = deque()
         self._trades: dict[int, Trade] = {}
+
+    @classmethod
+    def restore(cls, trades: Iterable[Trade], window: int = TRADE_WINDOW) -> TradeLog:
+        """The window of the newest ``trades`` (oldest first), as after adding them all."""
+        log = cls(window)
+        for trade in trades:
+            log.add(trade)
+        if log._seqs:
+            # Older trades exist in the store, not here: a resume from before must resync.
+            log.evicted_through = max(log.evicted_through, log._seqs[0] - 1)
+        return log
 
     def add(self, trade: Trade) -> bool:
         seq = trade.seq
@@ -175,56 +188,63 @@ class TradeLog:
 
 
 class ReadModel:
-    """Orders, balances, transfers, depth, trades, fills, candles and users."""
+    """Orders, balances, transfers, depth, trades, fills, candles and users: what must be
+    hot in memory (open orders, depth, a window of recent trades per market), everything
+    else in the view's store (``crypton.viewstore``), which folds every record first and
+    decides whether it changed anything.
 
-    def __init__(self, *, trade_window: int = TRADE_WINDOW, fill_window: int = FILL_WINDOW):
+    Not thread-safe: the API's read model serialises every call with its lock.
+    """
+
+    def __init__(self, store: ViewStore | None = None, *, trade_window: int = TRADE_WINDOW):
+        self.store = store if store is not None else ViewStore.memory()
         self.trade_window = trade_window
-        self.fill_window = fill_window
-        self.orders: dict[str, OrderState] = {}
-        self._user_orders: dict[str, SortedList] = {}
+        self._open: dict[str, OrderState] = {}
+        """Orders not yet in a final status, by id."""
         self._user_open: dict[str, SortedList] = {}
-        self._client_ids: dict[tuple[str, str], str] = {}
-        self.balances: dict[str, BalanceState] = {}
-        self.transfers: dict[tuple[str, str], TransferState] = {}
         self.depth: dict[str, DepthState] = {}
         self.trades: dict[str, TradeLog] = {}
-        self._fills: dict[str, SortedList] = {}
-        self.candles: dict[tuple[str, str], CandleSeries] = {}
-        self.users: dict[str, UserState] = {}
-        self._key_owner: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def load(self) -> ReadModel:
+        """Bring what must be hot from the store into memory (after a restart)."""
+        for state in self.store.open_orders():
+            self._track(state)
+        self.depth = {d.market: d for d in self.store.depths()}
+        for market in self.store.trade_markets():
+            self.trades[market] = TradeLog.restore(
+                self.store.trades_newest(market, self.trade_window), self.trade_window
+            )
+        return self
 
     # --- folding ------------------------------------------------------------------
 
     def apply(self, record: Any) -> bool:
         """Fold one state record of any topic; return whether it changed the view."""
-        return _FOLDS[type(record)](self, record)
+        return self.apply_batch([record], {})[0]
 
-    def apply_order(self, state: OrderState) -> bool:
-        old = self.orders.get(state.order_id)
-        if not _ORDERS.accepts(old, state):
-            return False
-        self.orders[state.order_id] = state
-        user = state.user_id
-        key: OrderKey = (state.created_at, state.order_id)
-        was_open = False
+    apply_order = apply_balance = apply_transfer = apply_depth = apply_trade = apply_user = apply
+
+    def apply_batch(
+        self, records: Sequence[Any], offsets: Offsets, raws: Sequence[bytes | None] = ()
+    ) -> list[bool]:
+        """Fold ``records`` (in log order) and the consumed ``offsets`` into the store in
+        one transaction, then update what is hot; per record, whether it changed the view."""
+        changed = self.store.apply(records, offsets, raws)
+        for record, accepted in zip(records, changed, strict=True):
+            if accepted:
+                hot = _HOT.get(type(record))
+                if hot is not None:
+                    hot(self, record)
+        return changed
+
+    def _track(self, state: OrderState) -> None:
+        """Keep ``state`` in memory while the order is open, drop it when it closes."""
+        old = self._open.pop(state.order_id, None)
         if old is not None:
-            old_key: OrderKey = (old.created_at, old.order_id)
-            was_open = old.status not in TERMINAL
-            if old_key != key or old.user_id != user:  # never in practice; stay correct
-                self._user_orders[old.user_id].discard(old_key)
-                if was_open:
-                    self._user_open[old.user_id].discard(old_key)
-                old = None
-                was_open = False
-        if old is None:
-            self._index(self._user_orders, user).add(key)
-        is_open = state.status not in TERMINAL
-        if is_open and not was_open:
-            self._index(self._user_open, user).add(key)
-        elif was_open and not is_open:
-            self._user_open[user].discard(key)
-        self._client_ids[(user, state.client_order_id)] = state.order_id
-        return True
+            self._user_open[old.user_id].discard((old.created_at, old.order_id))
+        if state.status not in TERMINAL:
+            self._open[state.order_id] = state
+            self._index(self._user_open, state.user_id).add((state.created_at, state.order_id))
 
     @staticmethod
     def _index(indexes: dict[str, SortedList], user: str) -> SortedList:
@@ -233,85 +253,51 @@ class ReadModel:
             index = indexes[user] = SortedList()
         return index
 
-    def apply_balance(self, state: BalanceState) -> bool:
-        if not _BALANCES.accepts(self.balances.get(state.user_id), state):
-            return False
-        self.balances[state.user_id] = state
-        return True
-
-    def apply_transfer(self, state: TransferState) -> bool:
-        key = (state.user_id, state.transfer_id)
-        if not _TRANSFERS.accepts(self.transfers.get(key), state):
-            return False
-        self.transfers[key] = state
-        return True
-
-    def apply_depth(self, state: DepthState) -> bool:
-        if not _DEPTH.accepts(self.depth.get(state.market), state):
-            return False
-        self.depth[state.market] = state
-        return True
-
-    def apply_trade(self, trade: Trade) -> bool:
+    def _add_trade(self, trade: Trade) -> None:
         log = self.trades.get(trade.market)
         if log is None:
             log = self.trades[trade.market] = TradeLog(self.trade_window)
-        if not log.add(trade):
-            return False
-        for name, interval in INTERVALS.items():
-            series = self.candles.get((trade.market, name))
-            if series is None:
-                origin = WEEK_ORIGIN if name == "1w" else 0
-                series = self.candles[(trade.market, name)] = CandleSeries(interval, origin)
-            series.add(trade)
-        for fill in self.fills_of_trade(trade):
-            self._add_fill(fill)
-        return True
+        log.add(trade)
 
-    def _add_fill(self, fill: Fill) -> None:
-        fills = self._fills.get(fill.user_id)
-        if fills is None:
-            fills = self._fills[fill.user_id] = SortedList(key=lambda f: f.key)
-        fills.add(fill)
-        if len(fills) > self.fill_window:
-            del fills[0]
-
-    def apply_user(self, state: UserState) -> bool:
-        """Highest version wins; of two records with the same version (two replicas
-        creating one id at once) the first in the log wins."""
-        old = self.users.get(state.user_id)
-        if not _USERS.accepts(old, state):
-            return False
-        if old is not None:
-            for digest in key_table(old):
-                self._key_owner.pop(digest, None)
-        self.users[state.user_id] = state
-        for digest, key in key_table(state).items():
-            self._key_owner[digest] = (state.user_id, key.scopes)
-        return True
+    def _set_depth(self, state: DepthState) -> None:
+        self.depth[state.market] = state
 
     # --- queries ------------------------------------------------------------------
 
+    def user(self, user_id: str) -> UserState | None:
+        return self.store.user(user_id)
+
     def user_by_key_hash(self, digest: str) -> str | None:
-        owner = self._key_owner.get(digest)
+        owner = self.store.key(digest)
         return None if owner is None else owner[0]
 
     def key_by_hash(self, digest: str) -> tuple[str, tuple[str, ...]] | None:
         """The user and scopes of a valid key."""
-        return self._key_owner.get(digest)
+        return self.store.key(digest)
+
+    def balance(self, user_id: str) -> BalanceState | None:
+        return self.store.balance(user_id)
+
+    def transfer(self, user_id: str, transfer_id: str) -> TransferState | None:
+        """The outcome of a credit or debit, however old: what makes a retry harmless."""
+        return self.store.transfer(user_id, transfer_id)
+
+    def order(self, order_id: str) -> OrderState | None:
+        return self._open.get(order_id) or self.store.order(order_id)
 
     def order_of(self, user_id: str, order_id: str) -> OrderState | None:
         """The order if it exists *and* belongs to ``user_id``: other users' orders
         are indistinguishable from missing ones."""
-        state = self.orders.get(order_id)
+        state = self.order(order_id)
         return state if state is not None and state.user_id == user_id else None
 
     def order_by_client_id(self, user_id: str, client_order_id: str) -> OrderState | None:
-        order_id = self._client_ids.get((user_id, client_order_id))
-        return None if order_id is None else self.orders.get(order_id)
+        """The order of any age placed with this client order id: an idempotent retry
+        is answered from it however long ago the first attempt was."""
+        return self.store.order_by_client_id(user_id, client_order_id)
 
     def client_order_id(self, order_id: str) -> str | None:
-        state = self.orders.get(order_id)
+        state = self.order(order_id)
         return None if state is None else state.client_order_id
 
     def fills_of_trade(self, trade: Trade) -> list[Fill]:
@@ -326,7 +312,7 @@ class ReadModel:
 
     def open_orders(self, user_id: str, market: str | None = None) -> list[OrderState]:
         keys = self._user_open.get(user_id, ())
-        states = (self.orders[order_id] for _, order_id in keys)
+        states = (self._open[order_id] for _, order_id in keys)
         return [s for s in states if market is None or s.market == market]
 
     def list_orders(
@@ -338,45 +324,42 @@ class ReadModel:
         limit: int,
         cursor: OrderKey | None,
     ) -> Page[OrderState]:
-        """The user's orders, newest first, ``limit`` at a time after ``cursor``."""
-        index = (self._user_open if open_only else self._user_orders).get(user_id)
+        """The user's orders, newest first, ``limit`` at a time after ``cursor``: open
+        ones from memory, the whole history from the store."""
+        if open_only:
+            items = self._open_before(user_id, market, cursor, limit + 1)
+        else:
+            items = self.store.orders_before(user_id, market, cursor, limit + 1)
+        if len(items) <= limit:
+            return Page(items, None)
+        last = items[limit - 1]
+        return Page(items[:limit], f"{last.created_at}.{last.order_id}")
+
+    def _open_before(
+        self, user_id: str, market: str | None, cursor: OrderKey | None, limit: int
+    ) -> list[OrderState]:
+        index = self._user_open.get(user_id)
         if index is None:
-            return Page([], None)
-        stop = len(index) if cursor is None else index.bisect_left(cursor)
+            return []
+        position = (len(index) if cursor is None else index.bisect_left(cursor)) - 1
         items: list[OrderState] = []
-        last: OrderKey | None = None
-        position = stop - 1
         while position >= 0 and len(items) < limit:
-            key: OrderKey = index[position]
-            state = self.orders[key[1]]
+            state = self._open[index[position][1]]
             if market is None or state.market == market:
                 items.append(state)
-                last = key
             position -= 1
-        more = position >= 0 and last is not None
-        return Page(items, f"{last[0]}.{last[1]}" if more and last else None)
+        return items
 
     def fills(
         self, user_id: str, *, market: str | None, limit: int, cursor: tuple[int, str, int] | None
     ) -> Page[Fill]:
-        """The user's fills, newest first."""
-        index = self._fills.get(user_id)
-        if index is None:
-            return Page([], None)
-        stop = len(index) if cursor is None else index.bisect_key_left(cursor)
-        items: list[Fill] = []
-        position = stop - 1
-        while position >= 0 and len(items) < limit:
-            fill: Fill = index[position]
-            if market is None or fill.trade.market == market:
-                items.append(fill)
-            position -= 1
-        more = position >= 0 and bool(items)
-        nxt = None
-        if more:
-            t = items[-1].trade
-            nxt = f"{t.time}.{t.market}.{t.seq}"
-        return Page(items, nxt)
+        """The user's fills, newest first, from the whole trade history."""
+        rows = self.store.trades_of_user(user_id, market, cursor, limit + 1)
+        items = [self.fills_of_trade(trade)[role == "taker"] for role, trade in rows]
+        if len(items) <= limit:
+            return Page(items, None)
+        t = items[limit - 1].trade
+        return Page(items[:limit], f"{t.time}.{t.market}.{t.seq}")
 
     def trade_log(self, market: str) -> TradeLog:
         return self.trades.get(market) or TradeLog(self.trade_window)
@@ -391,15 +374,13 @@ class ReadModel:
         end: int | None = None,
     ) -> list[Candle]:
         """Candles of ``market`` starting in ``[start, end)``, oldest first (``between``)."""
-        series = self.candles.get((market, interval))
-        return [] if series is None else series.between(start, end, limit)
+        return self.store.candles(market, interval, start, end, limit)
 
     def ticker(self, market: str, now: int) -> Ticker:
         """The last 24 hours of ``market`` (``TICKER_WINDOW``), folded from its 1-minute
         candles: the window moves a minute at a time."""
-        series = self.candles.get((market, "1m"))
         # Every minute that overlaps the window: starts after now - window - 1 minute.
-        candles = [] if series is None else series.since(now - TICKER_WINDOW - 59_999)
+        candles = self.store.candles(market, "1m", now - TICKER_WINDOW - 59_999, None, 2_000)
         log = self.trades.get(market)
         last = log.newest() if log is not None else None
         return Ticker(
@@ -413,23 +394,17 @@ class ReadModel:
         )
 
 
+_HOT: Final[dict[type[Any], Callable[[ReadModel, Any], None]]] = {
+    OrderState: ReadModel._track,
+    Trade: ReadModel._add_trade,
+    DepthState: ReadModel._set_depth,
+}
+"""What a record that changed the view changes in memory (the rest lives in the store)."""
+
+
 def _rule(spec: schema.TopicSpec) -> schema.Fold:
     assert spec.fold is not None, f"{spec.logical} is not a state topic"
     return spec.fold
 
 
-_ORDERS = _rule(schema.ORDERS)
-_TRADES = _rule(schema.TRADES)
-_BALANCES = _rule(schema.BALANCES)
-_TRANSFERS = _rule(schema.TRANSFERS)
-_DEPTH = _rule(schema.DEPTH)
-_USERS = _rule(schema.USERS)
-
-_FOLDS: dict[type[Any], Callable[[ReadModel, Any], bool]] = {
-    OrderState: ReadModel.apply_order,
-    BalanceState: ReadModel.apply_balance,
-    Trade: ReadModel.apply_trade,
-    DepthState: ReadModel.apply_depth,
-    TransferState: ReadModel.apply_transfer,
-    UserState: ReadModel.apply_user,
-}
+_TRADES: Final = _rule(schema.TRADES)

@@ -22,7 +22,7 @@ _FILL_CURSOR = re.compile(r"(\d{1,19})\.([A-Z0-9]{1,16}-[A-Z0-9]{1,16})\.(\d{1,1
 async def get_balances(ctx: Context, user: str) -> dict[str, schemas.BalanceView]:
     """``{asset: {available, held}}`` for every asset; ``held`` backs open orders."""
     with ctx.readmodel.read() as model:
-        state = model.balances.get(user)
+        state = model.balance(user)
     return schemas.from_balances(state, ctx.precisions)
 
 

@@ -64,7 +64,7 @@ async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> sche
 
     def known() -> UserState | None:
         with ctx.readmodel.read() as model:
-            return model.users.get(user_id)
+            return model.user(user_id)
 
     if known() is not None:
         raise ApiError(409, "user_exists", f"user {user_id!r} already exists")
@@ -93,9 +93,9 @@ async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> sche
 async def user_balances(ctx: Context, user_id: str) -> dict[str, schemas.BalanceView]:
     """Any user's balances, including the fee account ``_fees``."""
     with ctx.readmodel.read() as model:
-        if user_id != FEE_ACCOUNT and user_id not in model.users:
+        if user_id != FEE_ACCOUNT and model.user(user_id) is None:
             raise not_found("user", user_id)
-        state = model.balances.get(user_id)
+        state = model.balance(user_id)
     return schemas.from_balances(state, ctx.precisions)
 
 
@@ -134,7 +134,7 @@ async def _transfer(
 
     def decided() -> TransferState | None:
         with ctx.readmodel.read() as model:
-            return model.transfers.get((user_id, body.transfer_id))
+            return model.transfer(user_id, body.transfer_id)
 
     def answer(state: TransferState) -> Response[schemas.TransferView]:
         # Never another transfer's outcome: the first transfer in the log with this id
@@ -144,7 +144,7 @@ async def _transfer(
         return Response(schemas.from_transfer(state, ctx.precisions[state.asset]), status_code=200)
 
     with ctx.readmodel.read() as model:
-        if user_id != FEE_ACCOUNT and user_id not in model.users:
+        if user_id != FEE_ACCOUNT and model.user(user_id) is None:
             raise not_found("user", user_id)
     known = decided()
     if known is not None:

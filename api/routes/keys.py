@@ -39,7 +39,7 @@ def _user(ctx: Context, user_id: str) -> UserState:
     if not ctx.readmodel.ready.is_set():
         raise unavailable("the API is still reading the log; retry shortly")
     with ctx.readmodel.read() as model:
-        state = model.users.get(user_id)
+        state = model.user(user_id)
     if state is None:
         raise not_found("user", user_id)
     return state
@@ -58,7 +58,7 @@ async def _update(ctx: Context, state: UserState, change: Callable[[UserState], 
 
     def folded() -> UserState | None:
         with ctx.readmodel.read() as model:
-            now = model.users.get(state.user_id)
+            now = model.user(state.user_id)
         return now if now is not None and now.version >= new.version else None
 
     winner = await ctx.hub.wait_for(("user", state.user_id), folded, ctx.config.wait_timeout_s)

@@ -24,7 +24,8 @@ def test_orders_keep_the_highest_version_whatever_the_arrival_order() -> None:
         model = ReadModel()
         for i in permutation:
             model.apply_order(states[i])
-        assert model.orders["o1"].version == 3
+        state = model.order("o1")
+        assert state is not None and state.version == 3
         assert model.open_orders("alice") == []
         assert [
             o.order_id
@@ -42,7 +43,8 @@ def test_repeated_record_is_not_a_change() -> None:
         BalanceState(user_id="a", version=1, balances={"BTC": Balance(5, 1)}, ts=0)
     )
     assert not model.apply_balance(BalanceState(user_id="a", version=1, balances={}, ts=0))
-    assert model.balances["a"].balances["BTC"] == Balance(5, 1)
+    balance = model.balance("a")
+    assert balance is not None and balance.balances["BTC"] == Balance(5, 1)
     assert model.apply_depth(DepthState(market="M", seq=4, bids=[(1, 1)], asks=[], ts=0))
     assert not model.apply_depth(DepthState(market="M", seq=3, bids=[], asks=[], ts=0))
     assert model.depth["M"].bids == [(1, 1)]
@@ -72,7 +74,8 @@ def test_transfer_outcome_is_final() -> None:
             ts=2,
         )
     )
-    assert model.transfers[("a", "t")].status == "REJECTED"
+    transfer = model.transfer("a", "t")
+    assert transfer is not None and transfer.status == "REJECTED"
 
 
 def test_trades_are_deduplicated_by_market_and_seq() -> None:
