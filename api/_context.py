@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from litestar.di import NamedDependency
 
 from crypton.config import Settings
 from crypton.domain.markets import Markets
@@ -40,3 +43,10 @@ class Context:
     def now_ms() -> int:
         """Commands carry the API's clock: the dataflow never reads one (see DESIGN.md)."""
         return time.time_ns() // 1_000_000
+
+
+Ctx: TypeAlias = NamedDependency[Context]
+"""A handler's ``ctx`` parameter: the app's ``Context``, injected by name."""
+
+User: TypeAlias = NamedDependency[str]
+"""A handler's ``user`` parameter: the authenticated user id (``api.auth.current_user``)."""

@@ -6,10 +6,10 @@ import re
 from typing import Annotated
 
 from litestar import get
-from litestar.params import Parameter
+from litestar.params import FromQuery, Parameter
 
 from .. import schemas
-from .._context import Context
+from .._context import Ctx, User
 from ..auth import SECURITY, USER
 from ..errors import error_responses, invalid
 from . import area
@@ -19,7 +19,7 @@ _FILL_CURSOR = re.compile(r"(\d{1,19})\.([A-Z0-9]{1,16}-[A-Z0-9]{1,16})\.(\d{1,1
 
 
 @get("/v1/balances", responses=error_responses(401))
-async def get_balances(ctx: Context, user: str) -> dict[str, schemas.BalanceView]:
+async def get_balances(ctx: Ctx, user: User) -> dict[str, schemas.BalanceView]:
     """``{asset: {available, held}}`` for every asset; ``held`` backs open orders."""
     with ctx.readmodel.read() as model:
         state = model.balance(user)
@@ -28,9 +28,9 @@ async def get_balances(ctx: Context, user: str) -> dict[str, schemas.BalanceView
 
 @get("/v1/fills", responses=error_responses(400, 401, 404))
 async def list_fills(
-    ctx: Context,
-    user: str,
-    market: str | None = None,
+    ctx: Ctx,
+    user: User,
+    market: FromQuery[str | None] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     cursor: Annotated[
         str | None,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from litestar import Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from crypton import codec, topics
 from crypton.domain.messages import FEE_ACCOUNT, Credit, Debit, TransferState
@@ -27,7 +27,7 @@ from crypton.users import (
 from .. import schemas
 from .._body import strict_json
 from .._claims import transfer_terms
-from .._context import Context
+from .._context import Ctx
 from ..errors import ApiError, error_responses, invalid, not_found, unavailable
 from ..validation import check_transfer
 
@@ -51,7 +51,9 @@ Wait = Annotated[
 
 @post("/v1/admin/users", **with_body(schemas.NewUser, optional=True), status_code=201,
       responses=error_responses(400, 401, 409, 413, 415, 503))  # fmt: skip
-async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> schemas.UserCreated:
+async def create_user(
+    ctx: Ctx, data: JSONBody[schemas.NewUser | None] = None
+) -> schemas.UserCreated:
     """Create a user and its API key. The key is in this response only: the log keeps
     its SHA-256."""
     user_id = (data.user_id if data else None) or new_user_id()
@@ -90,7 +92,7 @@ async def create_user(ctx: Context, data: schemas.NewUser | None = None) -> sche
 
 
 @get("/v1/admin/users/{user_id:str}/balances", responses=error_responses(401, 404))
-async def user_balances(ctx: Context, user_id: str) -> dict[str, schemas.BalanceView]:
+async def user_balances(ctx: Ctx, user_id: FromPath[str]) -> dict[str, schemas.BalanceView]:
     """Any user's balances, including the fee account ``_fees``."""
     with ctx.readmodel.read() as model:
         if user_id != FEE_ACCOUNT and model.user(user_id) is None:
@@ -108,7 +110,7 @@ _TRANSFER_RESPONSES = {
 @post("/v1/admin/users/{user_id:str}/credit", **with_body(schemas.TransferRequest),
       status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def credit(
-    ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
+    ctx: Ctx, user_id: FromPath[str], data: JSONBody[schemas.TransferRequest], wait: Wait = False
 ) -> Response[schemas.TransferView]:
     """Add to the user's available balance (a deposit)."""
     return await _transfer(ctx, user_id, "credit", data, wait)
@@ -117,7 +119,7 @@ async def credit(
 @post("/v1/admin/users/{user_id:str}/debit", **with_body(schemas.TransferRequest),
       status_code=202, responses=_TRANSFER_RESPONSES)  # fmt: skip
 async def debit(
-    ctx: Context, user_id: str, data: schemas.TransferRequest, wait: Wait = False
+    ctx: Ctx, user_id: FromPath[str], data: JSONBody[schemas.TransferRequest], wait: Wait = False
 ) -> Response[schemas.TransferView]:
     """Take from the user's available balance (a withdrawal); the wallet rejects a debit
     beyond what is available, with the reason."""
@@ -125,7 +127,7 @@ async def debit(
 
 
 async def _transfer(
-    ctx: Context, user_id: str, direction: str, body: schemas.TransferRequest, wait: bool
+    ctx: Ctx, user_id: str, direction: str, body: schemas.TransferRequest, wait: bool
 ) -> Response[schemas.TransferView]:
     command = check_transfer(ctx.markets, user_id, direction, body, ctx.now_ms())
     terms = transfer_terms(command)

@@ -6,7 +6,7 @@ from litestar import MediaType, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import schemas
-from .._context import Context
+from .._context import Ctx
 from ..auth import PUBLIC
 from ..errors import ApiError, error_responses
 from . import area
@@ -20,7 +20,7 @@ def health() -> schemas.Status:
 
 @get("/ready", responses=error_responses(503),
      sync_to_thread=False)  # fmt: skip
-def ready(ctx: Context) -> schemas.Status:
+def ready(ctx: Ctx) -> schemas.Status:
     """Caught up with the state topics as they were at start, and the broker reachable."""
     rm = ctx.readmodel
     if not rm.ready.is_set():
@@ -33,7 +33,7 @@ def ready(ctx: Context) -> schemas.Status:
 
 
 @get("/metrics", include_in_schema=False, sync_to_thread=False)
-def metrics(ctx: Context) -> Response[bytes]:
+def metrics(ctx: Ctx) -> Response[bytes]:
     return Response(
         generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST or MediaType.TEXT
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import msgspec
 from litestar import delete, get, post
+from litestar.params import FromPath, JSONBody
 
 from crypton import codec, topics
 from crypton.users import (
@@ -28,14 +29,14 @@ from crypton.users import (
 )
 
 from .. import schemas
-from .._context import Context
+from .._context import Ctx
 from ..auth import ADMIN_GUARDS, PUBLIC, SECURITY
 from ..errors import ApiError, error_responses, not_found, unavailable
 from . import admin, area
 from .admin import with_body
 
 
-def _user(ctx: Context, user_id: str) -> UserState:
+def _user(ctx: Ctx, user_id: str) -> UserState:
     if not ctx.readmodel.ready.is_set():
         raise unavailable("the API is still reading the log; retry shortly")
     with ctx.readmodel.read() as model:
@@ -50,7 +51,7 @@ def _views(state: UserState) -> list[schemas.KeyView]:
     return [schemas.KeyView(k.key_id, list(k.scopes), k.created_at) for k in keys]
 
 
-async def _update(ctx: Context, state: UserState, change: Callable[[UserState], UserState]) -> None:
+async def _update(ctx: Ctx, state: UserState, change: Callable[[UserState], UserState]) -> None:
     """Write ``change(state)`` as the next version and wait until this replica folded it."""
     new = change(state)
     topic = topics.topic_name(topics.USERS, ctx.settings.topic_prefix)
@@ -71,7 +72,7 @@ async def _update(ctx: Context, state: UserState, change: Callable[[UserState], 
 @post("/v1/admin/users/{user_id:str}/keys", **with_body(schemas.NewKey, optional=True),
       status_code=201, responses=error_responses(400, 401, 404, 409, 413, 415, 503))  # fmt: skip
 async def create_key(
-    ctx: Context, user_id: str, data: schemas.NewKey | None = None
+    ctx: Ctx, user_id: FromPath[str], data: JSONBody[schemas.NewKey | None] = None
 ) -> schemas.KeyCreated:
     """Issue another key for the user (rotation: issue, switch, revoke the old one).
     The secret is in this response only."""
@@ -95,14 +96,14 @@ async def create_key(
 
 
 @get("/v1/admin/users/{user_id:str}/keys", responses=error_responses(401, 404, 503))
-async def list_keys(ctx: Context, user_id: str) -> schemas.KeyPage:
+async def list_keys(ctx: Ctx, user_id: FromPath[str]) -> schemas.KeyPage:
     """The user's valid keys, oldest first; never their secrets."""
     return schemas.KeyPage(items=_views(_user(ctx, user_id)))
 
 
 @delete("/v1/admin/users/{user_id:str}/keys/{key_id:str}", status_code=204,
         responses=error_responses(401, 404, 409, 503))  # fmt: skip
-async def revoke_key(ctx: Context, user_id: str, key_id: str) -> None:
+async def revoke_key(ctx: Ctx, user_id: FromPath[str], key_id: FromPath[str]) -> None:
     """Revoke a key: from now on it is a 401, on every replica within a second."""
     state = _user(ctx, user_id)
     table = key_table(state)

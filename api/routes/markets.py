@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal, get_args
 
 from litestar import get
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 
 from crypton.candles import INTERVALS
 from crypton.domain.markets import Market
 
 from .. import schemas
-from .._context import Context
+from .._context import Ctx
 from ..auth import PUBLIC
 from ..errors import error_responses, not_found
 from . import area
@@ -26,7 +26,7 @@ Interval = Literal["1m", "5m", "15m", "1h", "4h", "1d", "1w"]
 assert set(get_args(Interval)) == set(INTERVALS), "the served intervals are the folded ones"
 
 
-def market_of(ctx: Context, symbol: str) -> Market:
+def market_of(ctx: Ctx, symbol: str) -> Market:
     market = ctx.markets.get(symbol)
     if market is None:
         raise not_found("market", symbol)
@@ -35,21 +35,21 @@ def market_of(ctx: Context, symbol: str) -> Market:
 
 @get("/v1/markets", responses=error_responses(),
      sync_to_thread=False)  # fmt: skip
-def list_markets(ctx: Context) -> schemas.MarketPage:
+def list_markets(ctx: Ctx) -> schemas.MarketPage:
     """Every market with its trading rules."""
     return schemas.MarketPage(items=[schemas.from_market(m) for m in ctx.markets])
 
 
 @get("/v1/time", responses=error_responses(),
      sync_to_thread=False)  # fmt: skip
-def server_time(ctx: Context) -> schemas.ServerTime:
+def server_time(ctx: Ctx) -> schemas.ServerTime:
     """The server's clock, in milliseconds since the epoch: what it stamps on orders."""
     return schemas.ServerTime(time=ctx.now_ms())
 
 
 @get("/v1/tickers", responses=error_responses(),
      sync_to_thread=False)  # fmt: skip
-def list_tickers(ctx: Context) -> schemas.TickerPage:
+def list_tickers(ctx: Ctx) -> schemas.TickerPage:
     """The ticker of every market."""
     now = ctx.now_ms()
     with ctx.readmodel.read() as model:
@@ -61,7 +61,7 @@ def list_tickers(ctx: Context) -> schemas.TickerPage:
 
 
 @get("/v1/markets/{market:str}/ticker", responses=error_responses(404), sync_to_thread=False)
-def get_ticker(ctx: Context, market: str) -> schemas.TickerView:
+def get_ticker(ctx: Ctx, market: FromPath[str]) -> schemas.TickerView:
     """Last price, best bid and ask, and open, high, low and volumes of the last 24 hours
     (to the minute); null where undefined."""
     m = market_of(ctx, market)
@@ -71,14 +71,14 @@ def get_ticker(ctx: Context, market: str) -> schemas.TickerView:
 
 
 @get("/v1/markets/{market:str}", responses=error_responses(404), sync_to_thread=False)
-def get_market(ctx: Context, market: str) -> schemas.MarketView:
+def get_market(ctx: Ctx, market: FromPath[str]) -> schemas.MarketView:
     return schemas.from_market(market_of(ctx, market))
 
 
 @get("/v1/markets/{market:str}/depth", responses=error_responses(400, 404), sync_to_thread=False)
 def get_depth(
-    ctx: Context,
-    market: str,
+    ctx: Ctx,
+    market: FromPath[str],
     levels: Annotated[int, Parameter(ge=1, le=1000, description="Levels per side")] = 50,
 ) -> schemas.DepthView:
     """Aggregated levels, best first, as of the book sequence ``seq``."""
@@ -90,8 +90,8 @@ def get_depth(
 
 @get("/v1/markets/{market:str}/trades", responses=error_responses(400, 404), sync_to_thread=False)
 def list_trades(
-    ctx: Context,
-    market: str,
+    ctx: Ctx,
+    market: FromPath[str],
     limit: Limit = 100,
     before_seq: Annotated[
         int | None, Parameter(ge=1, le=2**63 - 1, description="Trades before this sequence")
@@ -130,9 +130,9 @@ def list_trades(
 
 @get("/v1/markets/{market:str}/candles", responses=error_responses(400, 404), sync_to_thread=False)
 def list_candles(
-    ctx: Context,
-    market: str,
-    interval: Interval = "1m",
+    ctx: Ctx,
+    market: FromPath[str],
+    interval: FromQuery[Interval] = "1m",
     limit: Limit = 100,
     start: MillisParam = None,
     end: MillisParam = None,

@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal
 
 from litestar import Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter, QueryParameter
+from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 
 from crypton import codec, topics
 from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
@@ -20,7 +20,7 @@ from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
 from .. import schemas
 from .._body import strict_json
 from .._claims import order_terms
-from .._context import Context
+from .._context import Ctx, User
 from ..auth import SECURITY, TRADE, USER, user_guard
 from ..errors import ApiError, error_responses, invalid, not_found
 from ..validation import check_order, new_client_order_id
@@ -49,15 +49,15 @@ Cursor = Annotated[
 ]
 
 
-def _inbox(ctx: Context) -> str:
+def _inbox(ctx: Ctx) -> str:
     return topics.topic_name(topics.WALLET_INBOX, ctx.settings.topic_prefix)
 
 
-def _view(ctx: Context, state: OrderState) -> schemas.OrderView:
+def _view(ctx: Ctx, state: OrderState) -> schemas.OrderView:
     return schemas.from_order(ctx.markets.market(state.market), state)
 
 
-def _own_by_client_id(ctx: Context, user: str, client_order_id: str) -> OrderState:
+def _own_by_client_id(ctx: Ctx, user: User, client_order_id: str) -> OrderState:
     with ctx.readmodel.read() as model:
         state = model.order_by_client_id(user, client_order_id)
     if state is None:
@@ -65,7 +65,7 @@ def _own_by_client_id(ctx: Context, user: str, client_order_id: str) -> OrderSta
     return state
 
 
-def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
+def _own_order(ctx: Ctx, user: User, order_id: str) -> OrderState:
     with ctx.readmodel.read() as model:
         state = model.order_of(user, order_id)
     if state is None:
@@ -85,7 +85,7 @@ def _own_order(ctx: Context, user: str, order_id: str) -> OrderState:
     },
 )  # fmt: skip
 async def place_order(
-    ctx: Context, user: str, data: schemas.NewOrder, wait: Wait = False
+    ctx: Ctx, user: User, data: JSONBody[schemas.NewOrder], wait: Wait = False
 ) -> Response[schemas.OrderView]:
     """Place an order. The order id is derived from (user, client_order_id), so a retry
     with the same client_order_id names the same order and never places a second one.
@@ -142,7 +142,7 @@ _CANCEL_RESPONSES = {
 
 
 @get("/v1/orders/{order_id:str}", responses=error_responses(401, 404))
-async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.OrderView:
+async def get_order(ctx: Ctx, user: User, order_id: OrderId) -> schemas.OrderView:
     return _view(ctx, _own_order(ctx, user, order_id))
 
 
@@ -151,7 +151,7 @@ async def get_order(ctx: Context, user: str, order_id: OrderId) -> schemas.Order
     responses=_CANCEL_RESPONSES,
 )  # fmt: skip
 async def cancel_order(
-    ctx: Context, user: str, order_id: OrderId, wait: Wait = False
+    ctx: Ctx, user: User, order_id: OrderId, wait: Wait = False
 ) -> Response[schemas.OrderView]:
     """Request a cancel. An order that is already closed (filled, canceled, expired,
     rejected) answers 409 ``order_closed``; its state is at GET /v1/orders/{order_id}."""
@@ -160,7 +160,7 @@ async def cancel_order(
 
 @get("/v1/orders/by-client-id/{client_order_id:str}", responses=error_responses(401, 404))
 async def get_order_by_client_id(
-    ctx: Context, user: str, client_order_id: ClientOrderId
+    ctx: Ctx, user: User, client_order_id: ClientOrderId
 ) -> schemas.OrderView:
     """The caller's order placed with this client_order_id (another user's is a 404)."""
     return _view(ctx, _own_by_client_id(ctx, user, client_order_id))
@@ -171,7 +171,7 @@ async def get_order_by_client_id(
     responses=_CANCEL_RESPONSES,
 )  # fmt: skip
 async def cancel_order_by_client_id(
-    ctx: Context, user: str, client_order_id: ClientOrderId, wait: Wait = False
+    ctx: Ctx, user: User, client_order_id: ClientOrderId, wait: Wait = False
 ) -> Response[schemas.OrderView]:
     """Request the cancel of the caller's order placed with this client_order_id, as
     DELETE /v1/orders/{order_id} does."""
@@ -179,7 +179,7 @@ async def cancel_order_by_client_id(
 
 
 async def _cancel(
-    ctx: Context, user: str, state: OrderState, wait: bool
+    ctx: Ctx, user: User, state: OrderState, wait: bool
 ) -> Response[schemas.OrderView]:
     order_id = state.order_id
     if state.status in TERMINAL:
@@ -205,8 +205,8 @@ async def _cancel(
 @delete("/v1/orders", status_code=202,
         opt=TRADE, responses=error_responses(401, 403, 404, 503))  # fmt: skip
 async def cancel_all(
-    ctx: Context,
-    user: str,
+    ctx: Ctx,
+    user: User,
     market: Annotated[str | None, Parameter(description="Cancel in this market only")] = None,
     everything: Annotated[
         bool, QueryParameter(name="all", description="Cancel in every market (instead of `market`)")
@@ -229,10 +229,10 @@ async def cancel_all(
 @get("/v1/orders", responses=error_responses(400, 401, 404))
 async def list_orders(
     *,
-    ctx: Context,
-    user: str,
-    status: Literal["open", "all"] = "all",
-    market: str | None = None,
+    ctx: Ctx,
+    user: User,
+    status: FromQuery[Literal["open", "all"]] = "all",
+    market: FromQuery[str | None] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     cursor: Cursor = None,
 ) -> schemas.OrderPage:

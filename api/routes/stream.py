@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import get
-from litestar.params import HeaderParameter
+from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent
 
-from .._context import Context
+from .._context import Ctx, User
 from .._sse import market_stream, user_stream
 from ..auth import PUBLIC, SECURITY, USER_ONLY
 from ..errors import error_responses, too_many_streams
@@ -26,7 +26,7 @@ LastEventId = Annotated[
 
 @get("/v1/stream/markets/{market:str}", responses=error_responses(404))
 async def stream_market(
-    ctx: Context, market: str, last_event_id: LastEventId = None
+    ctx: Ctx, market: FromPath[str], last_event_id: LastEventId = None
 ) -> ServerSentEvent:
     """``trade`` and ``depth`` events of one market (``text/event-stream``)."""
     m = market_of(ctx, market)
@@ -35,7 +35,7 @@ async def stream_market(
 
 @get("/v1/stream/me", dependencies=USER_ONLY, security=SECURITY,
      responses=error_responses(401, 429, 503))  # fmt: skip
-async def stream_me(ctx: Context, user: str, last_event_id: LastEventId = None) -> ServerSentEvent:
+async def stream_me(ctx: Ctx, user: User, last_event_id: LastEventId = None) -> ServerSentEvent:
     """The caller's ``order`` and ``balance`` events. Without Last-Event-ID the stream
     starts with the current balances and open orders. A user may keep a few streams
     open at once (``CRYPTON_SSE_STREAMS_PER_USER``); one more is a 429."""
