@@ -183,6 +183,7 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
     ]
     signed = signing.required_secret()
     unsigned: list[str] = []
+    undecodable: list[str] = []
     for record in read_topics(settings, names):
         report.records += 1
         if progress is not None and report.records % 100_000 == 0:
@@ -213,12 +214,17 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
                 received[logical][(msg.market, msg.src, msg.seq)].add(record.value or b"")
             replay.feed(logical, msg, where)
             continue
-        state = schema.BY_LOGICAL[logical].decode(record.value or b"")
+        try:
+            state = schema.BY_LOGICAL[logical].decode(record.value or b"")
+        except Exception as exc:  # not the dataflow's: reported, and the audit goes on
+            undecodable.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
         if logical == topics.TRADES:
             trades_seen[(state.market, state.seq)].add(record.value or b"")
             trade_copies[(state.market, state.seq)] += 1
         actual.apply(state)
 
+    report.check("state records", undecodable, f"{len(undecodable)} undecodable state records")
     if signed is not None:
         report.check("signatures", unsigned, f"{len(unsigned)} unsigned commands")
     expected = replay.view
