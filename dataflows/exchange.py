@@ -158,7 +158,16 @@ class _Step:
     may do (Bytewax calls a key's logic on the worker that owns the key).
     """
 
-    __slots__ = ("counts", "depth_levels", "encode", "live", "live_max", "markets", "snapped")
+    __slots__ = (
+        "counts",
+        "depth_levels",
+        "encode",
+        "live",
+        "live_max",
+        "markets",
+        "snapped",
+        "stall",
+    )
 
     def __init__(
         self,
@@ -174,6 +183,7 @@ class _Step:
         self.live_max = max(1, live_max)
         self.depth_levels = depth_levels
         self.counts = metrics.StepCounts(name)
+        self.stall = metrics.EpochStall.here()
         self.snapped: float | None = None
         """Seconds of ``snapshot()`` since the current epoch close began, if one did."""
 
@@ -332,6 +342,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         packed = self.packed
         assert packed is not None, "a logic without state is discarded, never snapshotted"
         step = self.step
+        step.stall.mark()
         spent = time.perf_counter() - began
         step.snapped = (step.snapped or 0.0) + spent
         counts = step.counts
