@@ -115,6 +115,11 @@ WalletSnapshot = tuple[
     tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
 ]
 
+# A resting order in ``BookMachine.snapshot()`` (``crypton.domain.matching._pack_order``).
+_RestingRow = tuple[
+    str, Any, str, int, int, int, int, int, int, int, int, int, tuple[Any, ...] | None
+]
+
 # The shape of ``BookMachine.snapshot()``.
 BookSnapshot = tuple[
     str,
@@ -127,7 +132,9 @@ BookSnapshot = tuple[
         int,
     ],
     tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
-    list[tuple[tuple[Any, ...], int, int, int, int, int, int, int, int]],
+    # Bids and asks from the best: (price, [resting order row, ...]) per level; a row's
+    # order id is a str or 16 bytes (``Any`` keeps msgpack's str/bin apart).
+    tuple[list[tuple[int, list[_RestingRow]]], list[tuple[int, list[_RestingRow]]]],
 ]
 
 
