@@ -168,6 +168,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         self._awake: datetime | None = None
         self._quiet_since: float | None = None
         self._stall = metrics.EpochStall.here()
+        self._epochs = 0
 
     def next_batch(self) -> list[tuple[str, list[Inbound]]]:
         stall = self._stall
@@ -242,6 +243,8 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         return self._awake
 
     def snapshot(self) -> int:
+        self._epochs += 1
+        self._stall.epoch(self._epochs)
         return self._offset
 
     def close(self) -> None:

@@ -14,10 +14,10 @@ Besides counters of what the steps process and emit:
   and the time ``snapshot()`` took; their rates are the store's write rate and the
   share of the flow's thread the epochs' snapshots cost;
 - ``crypton_dataflow_epoch_stall_seconds``: how long the flow's thread was away
-  from the inboxes at each epoch close (``EpochStall``): the gap between the last
-  ``next_batch`` of the inbox partitions before the close and the first one after
-  it, which spans the steps' ``snapshot()``, the sink's flush and Bytewax writing
-  the epoch to the recovery store. A message that arrives then waits that long.
+  from the inboxes at each epoch close (``EpochStall``): per epoch, the longest gap
+  between two ``next_batch`` calls of the inbox partitions that spans the steps'
+  ``snapshot()``, the sink's flush or Bytewax writing and committing the epoch in
+  the recovery store. A message that arrives then waits that long.
 
 The steps call into these once per key and batch, so they count in plain integers
 (``StepCounts``) that a collector reads when Prometheus scrapes, rather than
@@ -113,30 +113,29 @@ class StepCounts:
 class EpochStall:
     """How long one worker thread is away from its inbox partitions at each epoch close.
 
-    Bytewax closes an epoch on the worker's one thread: the stateful steps'
-    ``snapshot()`` of the keys awoken in the epoch, the sinks' ``snapshot()`` (ours
-    flushes the producer), then the write of the epoch to the recovery store and its
-    commit, which garbage-collects superseded snapshots; only then is ``next_batch``
-    called again. The inbox partitions call ``enter``/``leave`` around ``next_batch``
-    and those ``snapshot()`` calls call ``mark``: a gap between two ``next_batch``
-    calls in which something was marked belongs to an epoch close. A run of such gaps
-    is one close: its longest gap is observed, once, at the first unmarked gap after
-    it (a message arriving during the close waits for the longest gap, not the sum).
-    The inputs' own ``snapshot()`` is not marked: it comes at once after a
-    ``next_batch``, sometimes an activation before the rest of the close, and would
-    split it into two observations. A worker with no sink partition and no awoken key
-    in an epoch marks nothing and observes nothing for it.
+    Bytewax closes an epoch on the worker's one thread, in steps between two
+    ``next_batch`` calls: each input closes on its own clock (the wallet inbox and the
+    book inbox some hundred milliseconds apart), with its partitions' ``snapshot()``
+    and then the ``snapshot()`` of the keys its step awoke; once the last input closed,
+    the sinks' ``snapshot()`` (ours flushes the producer), the write of the snapshots to
+    the recovery store and the commit of the epoch, which garbage-collects superseded
+    snapshots. The inbox partitions call ``enter``/``leave`` around ``next_batch``, the
+    steps' and the sinks' ``snapshot()`` call ``mark``: a gap between two ``next_batch``
+    calls in which something was marked is part of a close. Each partition counts its
+    own ``snapshot()`` calls and reports them with ``epoch``; the longest marked gap of
+    an epoch is observed, once, when the next epoch begins (a message that arrives
+    during a close waits for the longest gap, not for their sum).
 
     Plain numbers on the hot path (two clock reads per ``next_batch``), rendered at scrape.
 
     >>> stall = EpochStall()
-    >>> stall.leave(1.000); stall.mark(); stall.enter(1.030)  # a close held 30 ms
-    >>> stall.leave(1.031); stall.enter(1.032)  # a plain gap ends the close
-    >>> stall.count, round(stall.total, 3)
-    (1, 0.03)
+    >>> stall.epoch(1); stall.leave(1.000); stall.mark(); stall.enter(1.030)  # 30 ms
+    >>> stall.leave(1.031); stall.mark(); stall.enter(1.036)  # the same epoch, 5 ms
+    >>> stall.count, stall.epoch(2), stall.count, round(stall.total, 3)
+    (0, None, 1, 0.03)
     """
 
-    __slots__ = ("buckets", "count", "last", "marked", "total", "worst")
+    __slots__ = ("buckets", "count", "current", "last", "marked", "total", "worst")
 
     all: ClassVar[list[EpochStall]] = []
     _by_thread: ClassVar[dict[int, EpochStall]] = {}
@@ -145,8 +144,10 @@ class EpochStall:
         self.last: float | None = None
         """When the thread last left a ``next_batch`` (``time.perf_counter``)."""
         self.marked = False
+        self.current = 0
+        """The epoch under way, counted in ``snapshot()`` calls of a partition."""
         self.worst = 0.0
-        """The longest marked gap of the close under way (0: none under way)."""
+        """The longest marked gap of the epoch under way."""
         self.count = 0
         self.total = 0.0
         self.buckets = [0] * (len(EPOCH_STALL_BUCKETS) + 1)
@@ -171,15 +172,21 @@ class EpochStall:
             self.marked = False
             if self.last is not None and now - self.last > self.worst:
                 self.worst = now - self.last
-        elif self.worst:
-            worst = self.worst
+
+    def leave(self, now: float) -> None:
+        self.last = now
+
+    def epoch(self, closing: int) -> None:
+        """A partition closes its ``closing``-th epoch: the one before it is over."""
+        if closing <= self.current:
+            return
+        self.current = closing
+        worst = self.worst
+        if worst:
             self.worst = 0.0
             self.count += 1
             self.total += worst
             self.buckets[bisect_left(EPOCH_STALL_BUCKETS, worst)] += 1
-
-    def leave(self, now: float) -> None:
-        self.last = now
 
 
 def _histogram(

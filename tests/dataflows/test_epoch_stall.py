@@ -1,7 +1,8 @@
 """``crypton_dataflow_epoch_stall_seconds``: the gap an epoch close leaves between two
 ``next_batch`` calls, measured where the inbox source measures it.
 
-- Unit: a run of marked gaps is one close, observed once, as its longest gap.
+- Unit: an epoch is observed once, as the longest gap its close left, however many
+  steps (inputs closing on their own clocks) the close took.
 - Through a real Bytewax run: Bytewax calls the steps' and the sink's ``snapshot()``
   and writes the epoch between two ``next_batch`` calls, so a sink whose flush takes
   30 ms shows up as closes of at least 30 ms, one per epoch.
@@ -24,22 +25,28 @@ from bytewax.testing import run_main
 from dataflows.metrics import EPOCH_STALL_BUCKETS, EpochStall
 
 
-def test_a_run_of_marked_gaps_is_one_close_observed_as_its_longest_gap() -> None:
+def test_an_epoch_is_observed_once_as_its_longest_close_gap() -> None:
     stall = EpochStall()
+    stall.epoch(1)  # the wallet inbox closes epoch 1
     stall.leave(0.0)
     stall.enter(0.5)  # a plain gap (an idle back-off) is no stall
     stall.leave(1.0)
-    stall.mark()  # a step snapshots
-    stall.enter(1.001)
-    stall.leave(1.002)
-    stall.mark()  # more steps, the sink, the recovery store
-    stall.enter(1.042)
-    assert stall.count == 0  # the close may not be over yet
-    stall.leave(1.043)
-    stall.enter(1.044)
+    stall.mark()  # the wallet step snapshots
+    stall.enter(1.002)
+    stall.epoch(1)  # the book inbox closes epoch 1, later
+    stall.leave(1.2)
+    stall.mark()  # the book step, the sink, the recovery store and its commit
+    stall.enter(1.240)
+    stall.leave(1.241)
+    stall.enter(1.3)
+    assert stall.count == 0  # observed when the next epoch begins
+    stall.epoch(2)
+    stall.epoch(2)
     assert stall.count == 1
     assert abs(stall.total - 0.040) < 1e-9
     assert stall.buckets[EPOCH_STALL_BUCKETS.index(0.05)] == 1
+    stall.epoch(3)  # an epoch with no marked gap is not observed
+    assert stall.count == 1
 
 
 FLUSH_S = 0.03
@@ -49,7 +56,7 @@ class _Partition(StatefulSourcePartition[tuple[str, int], int]):
     """Times ``next_batch`` as ``dataflows.kafka_io._InboxPartition`` does."""
 
     def __init__(self, stall: EpochStall, name: str) -> None:
-        self.stall, self.name, self.sent = stall, name, 0
+        self.stall, self.name, self.sent, self.epochs = stall, name, 0, 0
 
     def next_batch(self) -> list[tuple[str, int]]:
         self.stall.enter(time.perf_counter())
@@ -65,6 +72,8 @@ class _Partition(StatefulSourcePartition[tuple[str, int], int]):
         return datetime.now(UTC) + timedelta(milliseconds=2)
 
     def snapshot(self) -> int:
+        self.epochs += 1
+        self.stall.epoch(self.epochs)
         return self.sent
 
 
