@@ -138,6 +138,39 @@ BookSnapshot = tuple[
 ]
 
 
+# ``BookSnapshot`` before the resting orders became short rows: what a recovery store
+# written then holds; ``BookMachine.restore`` reads both.
+BookSnapshotV1 = tuple[
+    str,
+    int,
+    int,
+    int,
+    tuple[
+        tuple[int, int, dict[str, int], dict[str, int]],
+        dict[str, dict[int, tuple[int, BookOrder | BookCancel]]],
+        int,
+    ],
+    tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
+    list[tuple[tuple[Any, ...], int, int, int, int, int, int, int, int]],
+]
+
+
+class _EitherDecoder:
+    """The current shape of a state, or else the one before it (a store written by
+    the previous version resumes; its keys are written in the current shape next)."""
+
+    def __init__(
+        self, current: msgspec.msgpack.Decoder[Any], older: msgspec.msgpack.Decoder[Any]
+    ) -> None:
+        self.current, self.older = current, older
+
+    def decode(self, packed: bytes) -> Any:
+        try:
+            return self.current.decode(packed)
+        except msgspec.ValidationError:
+            return self.older.decode(packed)
+
+
 _RETAIN = StatefulBatchLogic.RETAIN
 _DISCARD = StatefulBatchLogic.DISCARD
 _NOTHING: list[list[Tagged]] = []
@@ -230,7 +263,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     __slots__ = ("machine", "packed", "stale", "step")
 
     name: ClassVar[str] = ""
-    state: ClassVar[msgspec.msgpack.Decoder[Any]]
+    state: ClassVar[msgspec.msgpack.Decoder[Any] | _EitherDecoder]
     depth: ClassVar[bool] = False
     """Whether ``finish`` publishes something after each batch."""
 
@@ -382,7 +415,9 @@ class BookLogic(_KeyLogic):
     __slots__ = ()
 
     name = "book"
-    state = msgspec.msgpack.Decoder(BookSnapshot)
+    state = _EitherDecoder(
+        msgspec.msgpack.Decoder(BookSnapshot), msgspec.msgpack.Decoder(BookSnapshotV1)
+    )
     depth = True
 
     def restore(self, key: str, snapshot: Any) -> BookMachine:

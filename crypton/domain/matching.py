@@ -420,6 +420,10 @@ class BookMachine:
         machine.inbound = Inbound.restore(inbound, forgets=True)
         machine.outbound = Outbound.restore(outbound)
         book = machine.book
+        if isinstance(sides, list):  # written before the short rows: one row per order
+            for row in sides:
+                book.rest(_unpack_whole(row))
+            return machine
         for side, levels in zip(("buy", "sell"), sides, strict=True):
             for price, rows in levels:
                 for row in rows:
@@ -457,6 +461,18 @@ def _uuid_bytes(text: str) -> bytes | None:
 def _uuid_text(raw: bytes) -> str:
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _unpack_whole(row: Any) -> RestingOrder:
+    """A resting order as snapshots before the short rows held it: the whole command."""
+    values, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version = row
+    cmd = PlaceOrder(**dict(zip(_PLACE_FIELDS, values, strict=True)))
+    order = RestingOrder(cmd, hold)
+    order.remaining, order.spent = remaining, spent
+    order.filled_quantity, order.filled_funds = filled_q, filled_f
+    order.fee, order.fee_num, order.version = fee, fee_num, version
+    order.status = PARTIALLY_FILLED if filled_q else OPEN
+    return order
 
 
 def _pack_order(order: RestingOrder, clock: int, symbol: str) -> tuple[Any, ...]:

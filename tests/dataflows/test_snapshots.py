@@ -111,6 +111,27 @@ def test_every_kind_of_resting_order_survives_the_short_rows() -> None:
     assert restored.book.depth(5) == book.book.depth(5)
 
 
+def test_a_book_packed_before_the_short_rows_still_restores() -> None:
+    """A recovery store written by the previous version: whole commands per order."""
+    book = BookMachine(BTC)
+    for seq, price in enumerate((49_000, 49_000, 51_000), start=1):
+        side = "buy" if price < 50_000 else "sell"
+        cmd = PlaceOrder(user_id="u", order_id=f"o{seq}", client_order_id=f"c{seq}",
+                         market="BTC-USDT", side=side, type="limit", price=price * 10**6,
+                         quantity=10_000, post_only=seq == 2, ts=seq)  # fmt: skip
+        book.handle(BookOrder(market="BTC-USDT", src="u", seq=seq, order=cmd, hold=1, prev=seq - 1))
+    current = book.snapshot()
+    rows = [
+        (msgspec.structs.astuple(o.cmd), o.hold, o.remaining, o.spent, o.filled_quantity,
+         o.filled_funds, o.fee, o.fee_num, o.version)
+        for o in book.book.resting()
+    ]  # fmt: skip
+    old = msgspec.msgpack.encode((*current[:6], rows))
+    restored = BookMachine.restore(BookLogic.state.decode(old), BTC)
+    assert restored.snapshot() == current
+    assert _resting_fields(restored) == _resting_fields(book)
+
+
 def test_a_resting_order_packs_into_much_fewer_bytes() -> None:
     """The short row against the whole command: bytes per resting order, UUID ids."""
     book = BookMachine(BTC)
