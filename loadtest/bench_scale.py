@@ -395,8 +395,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             _say(
                 f"  epoch stall inside the flow p50 <= {p50 * 1000:g} ms, p99 <= {p99 * 1000:g} ms"
                 f" ({EPOCH_STALL}, bucket bounds: the flow's thread away from the inboxes"
-                " at each epoch close, i.e. the steps' snapshot(), the sink's flush and"
-                " Bytewax's recovery write; the probe figure above adds what the thread"
+                " at each epoch close: the steps' snapshot(), the sink's flush, Bytewax's"
+                " recovery write and commit; the probe figure above adds what the thread"
                 " does besides, Kafka's hops and the OS's scheduling on a shared machine)"
             )
         for key, value in probed.items():
