@@ -115,6 +115,11 @@ WalletSnapshot = tuple[
     tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
 ]
 
+# A resting order in ``BookMachine.snapshot()`` (``crypton.domain.matching._pack_order``).
+_RestingRow = tuple[
+    str, Any, str, int, int, int, int, int, int, int, int, int, tuple[Any, ...] | None
+]
+
 # The shape of ``BookMachine.snapshot()``.
 BookSnapshot = tuple[
     str,
@@ -127,8 +132,43 @@ BookSnapshot = tuple[
         int,
     ],
     tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
+    # Bids and asks from the best: (price, [resting order row, ...]) per level; a row's
+    # order id is a str or 16 bytes (``Any`` keeps msgpack's str/bin apart).
+    tuple[list[tuple[int, list[_RestingRow]]], list[tuple[int, list[_RestingRow]]]],
+]
+
+
+# ``BookSnapshot`` before the resting orders became short rows: what a recovery store
+# written then holds; ``BookMachine.restore`` reads both.
+BookSnapshotV1 = tuple[
+    str,
+    int,
+    int,
+    int,
+    tuple[
+        tuple[int, int, dict[str, int], dict[str, int]],
+        dict[str, dict[int, tuple[int, BookOrder | BookCancel]]],
+        int,
+    ],
+    tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
     list[tuple[tuple[Any, ...], int, int, int, int, int, int, int, int]],
 ]
+
+
+class _EitherDecoder:
+    """The current shape of a state, or else the one before it (a store written by
+    the previous version resumes; its keys are written in the current shape next)."""
+
+    def __init__(
+        self, current: msgspec.msgpack.Decoder[Any], older: msgspec.msgpack.Decoder[Any]
+    ) -> None:
+        self.current, self.older = current, older
+
+    def decode(self, packed: bytes) -> Any:
+        try:
+            return self.current.decode(packed)
+        except msgspec.ValidationError:
+            return self.older.decode(packed)
 
 
 _RETAIN = StatefulBatchLogic.RETAIN
@@ -158,7 +198,16 @@ class _Step:
     may do (Bytewax calls a key's logic on the worker that owns the key).
     """
 
-    __slots__ = ("counts", "depth_levels", "encode", "live", "live_max", "markets", "snapped")
+    __slots__ = (
+        "counts",
+        "depth_levels",
+        "encode",
+        "live",
+        "live_max",
+        "markets",
+        "snapped",
+        "stall",
+    )
 
     def __init__(
         self,
@@ -174,6 +223,7 @@ class _Step:
         self.live_max = max(1, live_max)
         self.depth_levels = depth_levels
         self.counts = metrics.StepCounts(name)
+        self.stall = metrics.EpochStall.here()
         self.snapped: float | None = None
         """Seconds of ``snapshot()`` since the current epoch close began, if one did."""
 
@@ -213,7 +263,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     __slots__ = ("machine", "packed", "stale", "step")
 
     name: ClassVar[str] = ""
-    state: ClassVar[msgspec.msgpack.Decoder[Any]]
+    state: ClassVar[msgspec.msgpack.Decoder[Any] | _EitherDecoder]
     depth: ClassVar[bool] = False
     """Whether ``finish`` publishes something after each batch."""
 
@@ -332,6 +382,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         packed = self.packed
         assert packed is not None, "a logic without state is discarded, never snapshotted"
         step = self.step
+        step.stall.mark()
         spent = time.perf_counter() - began
         step.snapped = (step.snapped or 0.0) + spent
         counts = step.counts
@@ -364,7 +415,9 @@ class BookLogic(_KeyLogic):
     __slots__ = ()
 
     name = "book"
-    state = msgspec.msgpack.Decoder(BookSnapshot)
+    state = _EitherDecoder(
+        msgspec.msgpack.Decoder(BookSnapshot), msgspec.msgpack.Decoder(BookSnapshotV1)
+    )
     depth = True
 
     def restore(self, key: str, snapshot: Any) -> BookMachine:

@@ -167,8 +167,18 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         self._key_of = spec.key_of
         self._awake: datetime | None = None
         self._quiet_since: float | None = None
+        self._stall = metrics.EpochStall.here()
+        self._epochs = 0
 
     def next_batch(self) -> list[tuple[str, list[Inbound]]]:
+        stall = self._stall
+        stall.enter(time.perf_counter())
+        try:
+            return self._next_batch()
+        finally:
+            stall.leave(time.perf_counter())
+
+    def _next_batch(self) -> list[tuple[str, list[Inbound]]]:
         records = self._shared.take(self._partition)
         metrics.observe_lag(self._shared.consumer, self._topic, self._partition, self._offset)
         if not records:
@@ -233,6 +243,8 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         return self._awake
 
     def snapshot(self) -> int:
+        self._epochs += 1
+        self._stall.epoch(self._epochs)
         return self._offset
 
     def close(self) -> None:
@@ -304,6 +316,7 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
             },
         )
         self._producer = Producer(config)
+        self._stall = metrics.EpochStall.here()
 
     # The two callbacks run inside poll() and flush() on the worker's thread; they
     # only record what happened, the sink raises after the call returns.
@@ -342,6 +355,7 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
 
     def snapshot(self) -> None:
         # The epoch may commit only once its output is acknowledged by the broker.
+        self._stall.mark()
         remaining = self._producer.flush(self._timeout + 5)
         self._raise_if_failed()
         if remaining:

@@ -12,7 +12,12 @@ Besides counters of what the steps process and emit:
   ``crypton_dataflow_snapshot_seconds_total{step}``: what the steps hand Bytewax's
   recovery store at epoch closes (the packed state of the keys awoken in the epoch)
   and the time ``snapshot()`` took; their rates are the store's write rate and the
-  share of the flow's thread the epochs' snapshots cost.
+  share of the flow's thread the epochs' snapshots cost;
+- ``crypton_dataflow_epoch_stall_seconds``: how long the flow's thread was away
+  from the inboxes at each epoch close (``EpochStall``): per epoch, the longest gap
+  between two ``next_batch`` calls of the inbox partitions that spans the steps'
+  ``snapshot()``, the sink's flush or Bytewax writing and committing the epoch in
+  the recovery store. A message that arrives then waits that long.
 
 The steps call into these once per key and batch, so they count in plain integers
 (``StepCounts``) that a collector reads when Prometheus scrapes, rather than
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -32,7 +38,14 @@ from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["EPOCH_SNAPSHOT", "StepCounts", "observe_lag", "serve"]
+__all__ = [
+    "EPOCH_SNAPSHOT",
+    "EPOCH_STALL_BUCKETS",
+    "EpochStall",
+    "StepCounts",
+    "observe_lag",
+    "serve",
+]
 
 log = logging.getLogger("crypton.dataflow")
 
@@ -49,6 +62,13 @@ EPOCH_SNAPSHOT = Histogram(
     ["step"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+
+EPOCH_STALL_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5,
+)  # fmt: skip
+"""Upper bounds (seconds) of ``crypton_dataflow_epoch_stall_seconds``: fine around the
+10 ms goal, since a quantile read from buckets is only as precise as they are."""
 
 _LAG_EVERY_S = 1.0
 _lag_checked: dict[tuple[str, int], float] = {}
@@ -90,6 +110,99 @@ class StepCounts:
                 self.latency_sum += seconds
 
 
+class EpochStall:
+    """How long one worker thread is away from its inbox partitions at each epoch close.
+
+    Bytewax closes an epoch on the worker's one thread, in steps between two
+    ``next_batch`` calls: each input closes on its own clock (the wallet inbox and the
+    book inbox some hundred milliseconds apart), with its partitions' ``snapshot()``
+    and then the ``snapshot()`` of the keys its step awoke; once the last input closed,
+    the sinks' ``snapshot()`` (ours flushes the producer), the write of the snapshots to
+    the recovery store and the commit of the epoch, which garbage-collects superseded
+    snapshots. The inbox partitions call ``enter``/``leave`` around ``next_batch``, the
+    steps' and the sinks' ``snapshot()`` call ``mark``: a gap between two ``next_batch``
+    calls in which something was marked is part of a close. Each partition counts its
+    own ``snapshot()`` calls and reports them with ``epoch``; the longest marked gap of
+    an epoch is observed, once, when the next epoch begins (a message that arrives
+    during a close waits for the longest gap, not for their sum).
+
+    Plain numbers on the hot path (two clock reads per ``next_batch``), rendered at scrape.
+
+    >>> stall = EpochStall()
+    >>> stall.epoch(1); stall.leave(1.000); stall.mark(); stall.enter(1.030)  # 30 ms
+    >>> stall.leave(1.031); stall.mark(); stall.enter(1.036)  # the same epoch, 5 ms
+    >>> stall.count, stall.epoch(2), stall.count, round(stall.total, 3)
+    (0, None, 1, 0.03)
+    """
+
+    __slots__ = ("buckets", "count", "current", "last", "marked", "total", "worst")
+
+    all: ClassVar[list[EpochStall]] = []
+    _by_thread: ClassVar[dict[int, EpochStall]] = {}
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        """When the thread last left a ``next_batch`` (``time.perf_counter``)."""
+        self.marked = False
+        self.current = 0
+        """The epoch under way, counted in ``snapshot()`` calls of a partition."""
+        self.worst = 0.0
+        """The longest marked gap of the epoch under way."""
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(EPOCH_STALL_BUCKETS) + 1)
+
+    @classmethod
+    def here(cls) -> EpochStall:
+        """The tracker of the calling thread (a worker's sources, steps and sinks)."""
+        ident = threading.get_ident()
+        stall = cls._by_thread.get(ident)
+        if stall is None:
+            stall = cls._by_thread[ident] = cls()
+            cls.all.append(stall)
+        return stall
+
+    def mark(self) -> None:
+        """An epoch close did work since the thread left ``next_batch``."""
+        self.marked = True
+
+    def enter(self, now: float) -> None:
+        """The thread is back at an inbox partition at ``now``."""
+        if self.marked:
+            self.marked = False
+            if self.last is not None and now - self.last > self.worst:
+                self.worst = now - self.last
+
+    def leave(self, now: float) -> None:
+        self.last = now
+
+    def epoch(self, closing: int) -> None:
+        """A partition closes its ``closing``-th epoch: the one before it is over."""
+        if closing <= self.current:
+            return
+        self.current = closing
+        worst = self.worst
+        if worst:
+            self.worst = 0.0
+            self.count += 1
+            self.total += worst
+            self.buckets[bisect_left(EPOCH_STALL_BUCKETS, worst)] += 1
+
+
+def _histogram(
+    family: HistogramMetricFamily,
+    labels: list[str],
+    bounds: tuple[float, ...],
+    counts: list[int],
+    total: float,
+) -> None:
+    cumulative, buckets = 0, []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+    family.add_metric(labels, buckets, total)
+
+
 class _Counts(Collector):
     all: ClassVar[list[StepCounts]] = []
 
@@ -129,12 +242,18 @@ class _Counts(Collector):
                 sum(c.latency_buckets[i] for c in mine)
                 for i in range(len(COMMAND_STATE_BUCKETS) + 1)
             ]
-            cumulative, buckets = 0, []
-            for bound, count in zip((*COMMAND_STATE_BUCKETS, float("inf")), counts, strict=True):
-                cumulative += count
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            latency.add_metric([step], buckets, sum(c.latency_sum for c in mine))
+            _histogram(
+                latency, [step], COMMAND_STATE_BUCKETS, counts, sum(c.latency_sum for c in mine)
+            )
         yield latency
+        stalls = list(EpochStall.all)
+        stall = HistogramMetricFamily(
+            "crypton_dataflow_epoch_stall_seconds",
+            "How long a worker's thread was away from the inboxes at an epoch close",
+        )
+        counts = [sum(s.buckets[i] for s in stalls) for i in range(len(EPOCH_STALL_BUCKETS) + 1)]
+        _histogram(stall, [], EPOCH_STALL_BUCKETS, counts, sum(s.total for s in stalls))
+        yield stall
 
 
 REGISTRY.register(_Counts())

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "EPOCH_STALL",
     "dir_bytes",
     "histogram_quantile",
     "metric_sums",
@@ -83,9 +84,14 @@ def metric_sums(texts: Iterable[str], prefix: str, where: str = "") -> dict[str,
     return sums
 
 
+EPOCH_STALL = "crypton_dataflow_epoch_stall_seconds"
+
+
 def snapshot_metrics(texts: Iterable[str]) -> dict[str, float]:
-    """The ``crypton_dataflow_snapshot_*`` samples, summed (see :func:`metric_sums`)."""
-    return metric_sums(texts, "crypton_dataflow_snapshot_")
+    """The ``crypton_dataflow_snapshot_*`` and ``crypton_dataflow_epoch_stall_seconds``
+    samples, summed (see :func:`metric_sums`)."""
+    texts = list(texts)
+    return metric_sums(texts, "crypton_dataflow_snapshot_") | metric_sums(texts, EPOCH_STALL)
 
 
 def histogram_quantile(sums: dict[str, float], prefix: str, q: float) -> float | None:

@@ -385,49 +385,147 @@ class BookMachine:
     # --- recovery ------------------------------------------------------------------
 
     def snapshot(self) -> tuple[Any, ...]:
-        """A compact copy for Bytewax recovery: counters and the resting orders as
-        flat tuples in priority order (no deep copy of the book's structure)."""
-        astuple = msgspec.structs.astuple
-        resting = [
-            (
-                astuple(o.cmd),  # values only: a third of the bytes of the struct's map
-                o.hold,
-                o.remaining,
-                o.spent,
-                o.filled_quantity,
-                o.filled_funds,
-                o.fee,
-                o.fee_num,
-                o.version,
-            )
-            for o in self.book.resting()
-        ]
+        """A compact copy for Bytewax recovery: counters, then each side's levels from
+        the best, each ``(price, [order, ...])`` in time priority.
+
+        An order is a flat row of what is not known otherwise (``_pack_order``): the
+        market, side, price, type and the usual defaults are the book's and the
+        level's, ``remaining`` is ``quantity - filled_quantity``, a UUID-shaped order
+        id is 16 raw bytes and ``ts`` is counted back from the book's clock. An order
+        that does not fit that shape keeps its whole command in the row's last field.
+        """
+        book, clock, symbol = self.book, self.clock, self.market.symbol
+        sides = tuple(
+            [
+                (level.price, [_pack_order(o, clock, symbol) for o in level.orders if o.live])
+                for level in book.levels_from_best(side)
+            ]
+            for side in ("buy", "sell")
+        )
         return (
-            self.market.symbol,
+            symbol,
             self.seq,
             self.trade_seq,
-            self.clock,
+            clock,
             self.inbound.snapshot(),
             self.outbound.snapshot(),
-            resting,
+            sides,
         )
 
     @classmethod
     def restore(cls, snapshot: tuple[Any, ...], market: Market) -> BookMachine:
-        _symbol, seq, trade_seq, clock, inbound, outbound, resting = snapshot
+        _symbol, seq, trade_seq, clock, inbound, outbound, sides = snapshot
         machine = cls(market)
         machine.seq, machine.trade_seq, machine.clock = seq, trade_seq, clock
         machine.inbound = Inbound.restore(inbound, forgets=True)
         machine.outbound = Outbound.restore(outbound)
-        for values, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version in resting:
-            cmd = PlaceOrder(**dict(zip(_PLACE_FIELDS, values, strict=True)))
-            order = RestingOrder(cmd, hold)
-            order.remaining, order.spent = remaining, spent
-            order.filled_quantity, order.filled_funds = filled_q, filled_f
-            order.fee, order.fee_num, order.version = fee, fee_num, version
-            order.status = PARTIALLY_FILLED if filled_q else OPEN  # all a resting order can be
-            machine.book.rest(order)
+        book = machine.book
+        if isinstance(sides, list):  # written before the short rows: one row per order
+            for row in sides:
+                book.rest(_unpack_whole(row))
+            return machine
+        for side, levels in zip(("buy", "sell"), sides, strict=True):
+            for price, rows in levels:
+                for row in rows:
+                    book.rest(_unpack_order(row, side, price, clock, market.symbol))
         return machine
+
+
+def _fits(cmd: PlaceOrder, order: RestingOrder, symbol: str) -> bool:
+    """Whether a resting order is what ``_pack_order``'s short row assumes."""
+    return (
+        cmd.market == symbol
+        and cmd.type == "limit"
+        and cmd.funds is None
+        and cmd.time_in_force == "GTC"  # PlaceOrder's defaults: the other ones never rest
+        and not cmd.post_only
+        and cmd.stp == "expire_taker"
+        and cmd.quantity is not None
+        and order.remaining == cmd.quantity - order.filled_quantity
+    )
+
+
+def _uuid_bytes(text: str) -> bytes | None:
+    """The 16 bytes of a canonical (lower-case, hyphenated) UUID string, else None."""
+    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-":
+        return None
+    if text[23] != "-" or text != text.lower():
+        return None
+    try:
+        raw = bytes.fromhex(text.replace("-", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None
+
+
+def _uuid_text(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _unpack_whole(row: Any) -> RestingOrder:
+    """A resting order as snapshots before the short rows held it: the whole command."""
+    values, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version = row
+    cmd = PlaceOrder(**dict(zip(_PLACE_FIELDS, values, strict=True)))
+    order = RestingOrder(cmd, hold)
+    order.remaining, order.spent = remaining, spent
+    order.filled_quantity, order.filled_funds = filled_q, filled_f
+    order.fee, order.fee_num, order.version = fee, fee_num, version
+    order.status = PARTIALLY_FILLED if filled_q else OPEN
+    return order
+
+
+def _pack_order(order: RestingOrder, clock: int, symbol: str) -> tuple[Any, ...]:
+    """One resting order as a flat row for ``BookMachine.snapshot``:
+    ``(user_id, order_id, client_order_id, quantity, clock - ts, hold, filled_quantity,
+    spent, filled_funds, fee, fee_num, version, full)``, where ``order_id`` is 16 bytes
+    if UUID-shaped, and ``full`` is None, or the whole command for an order that does
+    not fit the short form (then the row's own command fields are not read)."""
+    cmd = order.cmd
+    fits = _fits(cmd, order, symbol)
+    oid = cmd.order_id
+    return (
+        cmd.user_id,
+        (_uuid_bytes(oid) or oid) if fits else oid,
+        cmd.client_order_id,
+        cmd.quantity if fits else order.remaining,
+        clock - cmd.ts,
+        order.hold,
+        order.filled_quantity,
+        order.spent,
+        order.filled_funds,
+        order.fee,
+        order.fee_num,
+        order.version,
+        None if fits else msgspec.structs.astuple(cmd),
+    )
+
+
+def _unpack_order(row: Any, side: str, price: int, clock: int, symbol: str) -> RestingOrder:
+    (user_id, oid, client_oid, quantity, age, hold,
+     filled_q, spent, filled_f, fee, fee_num, version, full) = row  # fmt: skip
+    if full is None:
+        cmd = PlaceOrder(
+            user_id=user_id,
+            order_id=oid if isinstance(oid, str) else _uuid_text(oid),
+            client_order_id=client_oid,
+            market=symbol,
+            side=side,  # type: ignore[arg-type]
+            type="limit",
+            price=price,
+            quantity=quantity,
+            ts=clock - age,
+        )
+        remaining = quantity - filled_q
+    else:
+        cmd = PlaceOrder(**dict(zip(_PLACE_FIELDS, full, strict=True)))
+        remaining = quantity
+    order = RestingOrder(cmd, hold)
+    order.remaining, order.spent = remaining, spent
+    order.filled_quantity, order.filled_funds = filled_q, filled_f
+    order.fee, order.fee_num, order.version = fee, fee_num, version
+    order.status = PARTIALLY_FILLED if filled_q else OPEN  # all a resting order can be
+    return order
 
 
 _Handler = Callable[[BookMachine, Any, Emit, Emit], None]

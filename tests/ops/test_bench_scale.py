@@ -61,3 +61,14 @@ def test_proc_readings_of_this_process(tmp_path: Path) -> None:
     (tmp_path / "b").write_bytes(b"x" * 20)
     assert dir_bytes(tmp_path) == 120
     assert dir_bytes(tmp_path / "absent") == 0
+
+
+def test_the_flow_s_own_epoch_stall_histogram_is_read_with_the_snapshot_metrics() -> None:
+    text = (
+        'crypton_dataflow_epoch_stall_seconds_bucket{le="0.01"} 3.0\n'
+        'crypton_dataflow_epoch_stall_seconds_bucket{le="0.1"} 4.0\n'
+        'crypton_dataflow_epoch_stall_seconds_bucket{le="+Inf"} 4.0\n'
+    )
+    sums = snapshot_metrics([text])
+    assert histogram_quantile(sums, "crypton_dataflow_epoch_stall_seconds", 0.5) == 0.01
+    assert histogram_quantile(sums, "crypton_dataflow_epoch_stall_seconds", 0.99) == 0.1
