@@ -101,11 +101,7 @@ WalletSnapshot = tuple[
     str,
     dict[str, tuple[int, int]],
     dict[str, tuple[str, str, int]],
-    tuple[
-        int,
-        tuple[int, int, tuple[str, ...], tuple[str, ...]],
-        tuple[int, int, tuple[str, ...], tuple[str, ...]],
-    ],
+    tuple[int, tuple[int, int, bytes, bytes], tuple[int, int, bytes, bytes]],
     int,
     tuple[
         tuple[int, int, dict[str, int], dict[str, int]],
