@@ -94,6 +94,11 @@ def test_bounded_state_survives_packing() -> None:
     )
     restored_book = BookMachine.restore(_roundtrip(BookLogic, book.snapshot()), BTC)  # type: ignore[arg-type]
     assert restored_wallet.snapshot() == wallet.snapshot()
+    # The windows travel as 8 bytes an id (``IdWindow``) and mean the same ids again:
+    # swapped at 10 and 20 minutes, the first ten transfers are forgotten.
+    _, horizon, current, previous = restored_wallet.snapshot()[3][2]
+    assert (len(current), len(previous), horizon) == (8 * 10, 8 * 10, t0 + 10 * minute)
+    assert [f"t{i}" in restored_wallet.transfers_seen for i in (9, 10, 29)] == [False, True, True]
     assert restored_book.snapshot() == book.snapshot()
     assert restored_book.clock == book.clock == t0 + 29 * minute
 
