@@ -41,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
-from crypton.domain.idwindow import IdWindow, id_digest
+from crypton.domain.idwindow import DIGEST_PRIME, IdWindow, id_digest
 from crypton.domain.markets import Markets
 from crypton.domain.messages import (
     FEE_ACCOUNT,
@@ -248,7 +248,7 @@ class WalletMachine:
             if ts - seen.since >= DEDUPE_WINDOW_MS:
                 seen.tick(ts)
                 self.transfers_seen.tick(ts)
-        digest = id_digest(order_id)
+        digest = int.from_bytes(b"\x01" + order_id.encode(), "big") % DIGEST_PRIME  # id_digest
         if digest in seen.current or digest in seen.previous:
             return  # a retry of an order we already have (or a collision: see ``_admit``)
         if ts < seen.horizon:
