@@ -101,7 +101,13 @@ WalletSnapshot = tuple[
     str,
     dict[str, tuple[int, int]],
     dict[str, tuple[str, str, int]],
-    tuple[int, tuple[int, int, bytes, bytes], tuple[int, int, bytes, bytes]],
+    # The dedupe windows (``IdWindow``): a generation is 8 bytes an id, or, in a store
+    # written before digests, the ids themselves.
+    tuple[
+        int,
+        tuple[int, int, bytes | tuple[str, ...], bytes | tuple[str, ...]],
+        tuple[int, int, bytes | tuple[str, ...], bytes | tuple[str, ...]],
+    ],
     int,
     tuple[
         tuple[int, int, dict[str, int], dict[str, int]],

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sequence
 from typing import Any, Final
 
 from crypton.domain.sequencing import DEDUPE_WINDOW_MS
@@ -138,13 +139,27 @@ class IdWindow:
 
     @classmethod
     def restore(cls, snapshot: Any, span: int = DEDUPE_WINDOW_MS) -> IdWindow:
+        """The window of a ``snapshot``. A generation may also be a sequence of ids (the
+        format before digests), so a recovery store written before them still resumes.
+
+        >>> IdWindow.restore((0, 0, ("b",), ("a",))).snapshot() == (
+        ...     0, 0, id_digest("b").to_bytes(8, "little"), id_digest("a").to_bytes(8, "little"))
+        True
+        """
         since, horizon, current, previous = snapshot
         window = cls(span, since, horizon)
-        window.added = _digests(current)
+        window.added = _digests(_packed(current))
         window.current = set(window.added)
-        window.previous = set(_digests(previous))
-        window.packed = bytes(previous)
+        window.packed = _packed(previous)
+        window.previous = set(_digests(window.packed))
         return window
+
+
+def _packed(generation: bytes | Sequence[str]) -> bytes:
+    """A generation's blob, from a blob or from the ids themselves."""
+    if isinstance(generation, bytes | bytearray):
+        return bytes(generation)
+    return _blob(array("Q", [id_digest(key) for key in generation]))
 
 
 def _digests(blob: bytes = b"") -> array[int]:

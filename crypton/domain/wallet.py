@@ -15,7 +15,7 @@ of each id) keeps an id for one to two ``DEDUPE_WINDOW_MS`` (W, ten minutes) of
 the wallet's clock, the largest ``ts`` of its user's commands (message time, never
 the wall clock; reports from the books do not move it, so another user's clock
 can never age this user's commands). A place, credit or debit whose ``ts`` is
-older than every id the window may have forgotten (``Recent.horizon``, at
+older than every id the window may have forgotten (``IdWindow.horizon``, at
 least W behind the clock) is *stale*: refused with a ``Rejection``
 (``reason_code="stale"``), never with an order or transfer record, which would
 replace the original's in the compacted topic. A repeat of a command is thus

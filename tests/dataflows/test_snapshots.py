@@ -103,6 +103,22 @@ def test_bounded_state_survives_packing() -> None:
     assert restored_book.clock == book.clock == t0 + 29 * minute
 
 
+def test_a_wallet_packed_before_digests_restores() -> None:
+    """A recovery store written before the windows were digests (ids as strings)
+    still resumes: the ids are digested on restore and are still repeats."""
+    wallet = WalletMachine("u", MARKETS)
+    for i in range(3):
+        wallet.handle(Credit(user_id="u", asset="USDT", amount=1, transfer_id=f"t{i}", ts=i))
+    state = list(wallet.snapshot())
+    state[3] = (2, (0, 0, ("o1",), ()), (0, 0, ("t1", "t2"), ("t0",)))  # the old shape
+    restored = WalletMachine.restore(_roundtrip(WalletLogic, tuple(state)), MARKETS)  # type: ignore[arg-type]
+    assert "o1" in restored.orders_seen
+    assert [f"t{i}" in restored.transfers_seen for i in range(4)] == [True, True, True, False]
+    again = Credit(user_id="u", asset="USDT", amount=1, transfer_id="t0", ts=3)
+    assert restored.handle(again) == []  # a repeat, as before the upgrade
+    assert WalletMachine.restore(_roundtrip(WalletLogic, restored.snapshot()), MARKETS)  # type: ignore[arg-type]
+
+
 def _credit(user: str, transfer: str, amount: int = 10**6) -> Credit:
     return Credit(user_id=user, asset="USDT", amount=amount, transfer_id=transfer, ts=1)
 
