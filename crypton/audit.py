@@ -18,7 +18,12 @@ checks, and exits non-zero on any discrepancy, that:
 * trade sequences are contiguous per market with no duplicate in effect;
 * funds are conserved per asset (all balances, fee account included, equal
   accepted credits minus accepted debits), none is negative, every held
-  amount is backed by an open order, and no book is crossed.
+  amount is backed by an open order, and no book is crossed;
+* every order and transfer command is answered: by its record, or by a
+  ``stale`` rejection. A wallet drops a command silently only as a repeat of
+  one it answered, so an unanswered one is a new command whose id shared the
+  64-bit digest of a recent one (``crypton.domain.idwindow``: about once in
+  2**64 / 12,000 commands of the busiest user).
 """
 
 from __future__ import annotations
@@ -36,7 +41,16 @@ from crypton.config import Settings
 from crypton.domain import invariants
 from crypton.domain.markets import Markets
 from crypton.domain.matching import BookMachine
-from crypton.domain.messages import BookCancel, BookOrder, Message, Release, Settle
+from crypton.domain.messages import (
+    BookCancel,
+    BookOrder,
+    Credit,
+    Debit,
+    Message,
+    PlaceOrder,
+    Release,
+    Settle,
+)
 from crypton.domain.wallet import WalletMachine
 from crypton.logreader import read_topics
 from crypton.views import View
@@ -47,6 +61,7 @@ _MAX_SHOWN = 10
 _STATE_TOPICS = (topics.ORDERS, topics.BALANCES, topics.TRADES, topics.TRANSFERS, topics.DEPTH)
 
 LinkKey = tuple[str, str, int]  # (destination key, origin, the origin's output seq)
+CommandKey = tuple[str, str]  # ("order", order id) or (user, transfer id)
 
 
 @dataclass
@@ -84,6 +99,8 @@ class _Replay:
         }
         self.prevs: dict[LinkKey, int] = {}  # the ``prev`` of each message sent
         self.failures: list[str] = []
+        # The order and transfer commands fed, by ``_command_key``: where first seen.
+        self.commands: dict[CommandKey, str] = {}
 
     def wallet(self, msg: Any) -> list[Message]:
         machine = self.wallets.get(msg.user_id)
@@ -98,6 +115,9 @@ class _Replay:
         return machine.handle(msg)
 
     def feed(self, logical: str, msg: Any, where: str) -> None:
+        command = _command_key(msg)
+        if command is not None:
+            self.commands.setdefault(command, where)
         try:
             out = self.wallet(msg) if logical == topics.WALLET_INBOX else self.book(msg)
         except Exception as exc:  # the dataflow dead-letters these too
@@ -114,6 +134,42 @@ class _Replay:
                 self.prevs[key] = item.prev
             else:
                 self.view.apply(item)
+
+
+def _command_key(msg: Any) -> CommandKey | None:
+    """How a command's answer is found: ``("order", order_id)`` or ``(user, transfer_id)``."""
+    if isinstance(msg, PlaceOrder):
+        return ("order", msg.order_id)
+    if isinstance(msg, Credit | Debit):
+        return (msg.user_id, msg.transfer_id)
+    return None
+
+
+def _unanswered_problems(commands: dict[CommandKey, str], view: View) -> list[str]:
+    """Commands with neither a record nor a stale refusal in ``view``: dropped as
+    repeats of commands never seen (an id digest collision in a wallet's window).
+
+    >>> from crypton.domain.messages import Rejection
+    >>> view = View()
+    >>> _unanswered_problems({("u", "t1"): "inbox[0]@9"}, view)
+    ["('u', 't1') (inbox[0]@9) has no record and was not refused"]
+    >>> _ = view.apply(Rejection(user_id="u", command="credit", ref="t1", reason="stale",
+    ...                          reason_code="stale", ts=0))
+    >>> _unanswered_problems({("u", "t1"): "inbox[0]@9"}, view)
+    []
+    """
+    orders, transfers = view.orders, view.transfers
+    stale = {
+        ("order" if r.command == "place_order" else r.user_id, r.ref)
+        for r in view.rejections
+        if r.reason_code == "stale"
+    }
+    return [
+        f"{key} ({where}) has no record and was not refused"
+        for key, where in commands.items()
+        if key not in stale
+        and (orders.get(key[1]) if key[0] == "order" else transfers.get(key)) is None
+    ]
 
 
 def _chain_problems(prevs: dict[LinkKey, int]) -> list[str]:
@@ -282,6 +338,8 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
     applied_problems = _applied_problems(replay.books, received[topics.BOOK_INBOX].keys())
     stale = sum(b.inbound.stale for b in replay.books.values())
     report.check("applied once", applied_problems, f"{stale} stale repeats dropped")
+    unanswered = _unanswered_problems(replay.commands, expected)
+    report.check("answered", unanswered, f"{len(replay.commands)} order and transfer commands")
 
     balances = actual.balance_table()
     net = invariants.net_transfers(actual.transfers.values())

@@ -101,10 +101,12 @@ WalletSnapshot = tuple[
     str,
     dict[str, tuple[int, int]],
     dict[str, tuple[str, str, int]],
+    # The dedupe windows (``IdWindow``): a generation is 8 bytes an id, or, in a store
+    # written before digests, the ids themselves.
     tuple[
         int,
-        tuple[int, int, tuple[str, ...], tuple[str, ...]],
-        tuple[int, int, tuple[str, ...], tuple[str, ...]],
+        tuple[int, int, bytes | tuple[str, ...], bytes | tuple[str, ...]],
+        tuple[int, int, bytes | tuple[str, ...], bytes | tuple[str, ...]],
     ],
     int,
     tuple[

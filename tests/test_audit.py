@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from crypton.audit import _applied_problems, _chain_problems
+from crypton.audit import _applied_problems, _chain_problems, _Replay, _unanswered_problems
 from crypton.config import load_markets
+from crypton.domain.idwindow import id_digest
 from crypton.domain.matching import BookMachine
-from crypton.domain.messages import BookOrder, PlaceOrder
+from crypton.domain.messages import BookOrder, Credit, PlaceOrder
+from crypton.topics import WALLET_INBOX
 
 MARKETS = load_markets()
 T0 = 1_700_000_000_000
@@ -43,4 +45,26 @@ def test_a_stale_drop_is_clean_when_a_repeat_and_a_problem_when_a_loss() -> None
     received.append(("BTC-USDT", "u", 2))
     assert _applied_problems({"BTC-USDT": book}, received) == [
         "BTC-USDT: 41 distinct messages received, 40 applied and 0 waiting (2 stale)"
+    ]
+
+
+def test_an_order_dropped_as_a_digest_collision_is_unanswered() -> None:
+    """Two ids built to share a digest (``id_digest`` is not cryptographic): the
+    wallet drops the second silently, as it would a repeat, and the audit's
+    "answered" check names it; a true repeat stays clean."""
+    first, second = "order-a0000000z", "order-b0000000?"  # differ by DIGEST_PRIME
+    assert id_digest(first) == id_digest(second)
+    replay = _Replay(MARKETS)
+    replay.feed(
+        WALLET_INBOX,
+        Credit(user_id="u", asset="USDT", amount=10**12, transfer_id="t", ts=T0),
+        "inbox@0",
+    )
+    for offset, order_id in enumerate((first, first, second), start=1):
+        cmd = PlaceOrder(user_id="u", order_id=order_id, client_order_id=order_id,
+                         market="BTC-USDT", side="buy", type="limit", price=50_000 * 10**6,
+                         quantity=10_000, ts=T0 + offset)  # fmt: skip
+        replay.feed(WALLET_INBOX, cmd, f"inbox@{offset}")
+    assert _unanswered_problems(replay.commands, replay.view) == [
+        f"('order', '{second}') (inbox@3) has no record and was not refused"
     ]

@@ -167,15 +167,6 @@ class Recent(Generic[V]):
         since, horizon, current, previous = snapshot
         return cls(span, since, dict(current), dict(previous), horizon)
 
-    def snapshot_keys(self) -> tuple[int, int, tuple[str, ...], tuple[str, ...]]:
-        """The snapshot of a set (values all ``None``): the keys only."""
-        return self.since, self.horizon, tuple(self.current), tuple(self.previous)
-
-    @classmethod
-    def restore_keys(cls, snapshot: Any, span: int = DEDUPE_WINDOW_MS) -> Recent[None]:
-        since, horizon, current, previous = snapshot
-        return Recent(span, since, dict.fromkeys(current), dict.fromkeys(previous), horizon)
-
 
 class Inbound(Generic[M]):
     """The receiving side: last applied ``seq`` per origin, and parked early arrivals.

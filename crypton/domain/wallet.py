@@ -9,12 +9,13 @@ Funds are released only when the book reports the order closed (``Release``),
 never on the cancel request itself, so a cancel can never release twice.
 
 Bounded dedupe. A wallet remembers the order ids and transfer ids of its
-user's recent commands only: a ``Recent`` window (``crypton.domain.sequencing``)
-keeps an id for one to two ``DEDUPE_WINDOW_MS`` (W, ten minutes) of the
-wallet's clock, the largest ``ts`` of its user's commands (message time, never
+user's recent commands only: an ``IdWindow`` (``crypton.domain.idwindow``, the
+two generations of ``crypton.domain.sequencing.Recent`` holding a 64-bit digest
+of each id) keeps an id for one to two ``DEDUPE_WINDOW_MS`` (W, ten minutes) of
+the wallet's clock, the largest ``ts`` of its user's commands (message time, never
 the wall clock; reports from the books do not move it, so another user's clock
 can never age this user's commands). A place, credit or debit whose ``ts`` is
-older than every id the window may have forgotten (``Recent.horizon``, at
+older than every id the window may have forgotten (``IdWindow.horizon``, at
 least W behind the clock) is *stale*: refused with a ``Rejection``
 (``reason_code="stale"``), never with an order or transfer record, which would
 replace the original's in the compacted topic. A repeat of a command is thus
@@ -40,6 +41,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
+from crypton.domain.idwindow import DIGEST_PRIME, IdWindow, id_digest
 from crypton.domain.markets import Markets
 from crypton.domain.messages import (
     FEE_ACCOUNT,
@@ -66,7 +68,7 @@ from crypton.domain.messages import (
 )
 from crypton.domain.money import MAX_UNITS, to_text
 from crypton.domain.orders import Problem, check, hold_for, order_state
-from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound, Recent
+from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound
 
 __all__ = ["WALLET_HANDLERS", "InvariantBreach", "WalletMachine"]
 
@@ -105,8 +107,8 @@ class WalletMachine:
         self.balances: defaultdict[str, list[int]] = defaultdict(_zero_row)
         self.holds: dict[str, _Hold] = {}  # open order id -> what it holds
         # Ids of the user's recent orders and transfers (dedupe), and the user's clock.
-        self.orders_seen: Recent[None] = Recent()
-        self.transfers_seen: Recent[None] = Recent()
+        self.orders_seen = IdWindow()
+        self.transfers_seen = IdWindow()
         self.clock = 0
         self.version = 0  # balance changes so far
         self.changed_at: int | None = None  # time of the last change not yet flushed
@@ -162,16 +164,20 @@ class WalletMachine:
         self.version += 1
         self.changed_at = ts
 
-    def _admit(self, seen: Recent[None], key: str, ts: int, command: str, emit: Emit) -> bool:
+    def _admit(self, seen: IdWindow, key: str, ts: int, command: str, emit: Emit) -> bool:
         """Whether the command ``key`` is new: a repeat inside the window is ignored, a
         stale command refused (see the module docstring); a new one is remembered."""
         self._tick(ts)
-        if key in seen:
-            return False  # a retry of a command we already have: the original stands
+        digest = id_digest(key)
+        if seen.has(digest):
+            # A retry of a command we already have: the original stands. (Or, about
+            # once in 2**64 / len(seen) commands, another id of the same digest: see
+            # ``crypton.domain.idwindow``.)
+            return False
         if ts < seen.horizon:
             emit(self._stale(command, key, ts))
             return False
-        seen.current[key] = None
+        seen.put(digest)
         return True
 
     def _stale(self, command: str, ref: str, ts: int) -> Rejection:
@@ -242,12 +248,14 @@ class WalletMachine:
             if ts - seen.since >= DEDUPE_WINDOW_MS:
                 seen.tick(ts)
                 self.transfers_seen.tick(ts)
-        if order_id in seen.current or order_id in seen.previous:
-            return  # a retry of an order we already have: the original stands
+        digest = int.from_bytes(b"\x01" + order_id.encode(), "big") % DIGEST_PRIME  # id_digest
+        if digest in seen.current or digest in seen.previous:
+            return  # a retry of an order we already have (or a collision: see ``_admit``)
         if ts < seen.horizon:
             emit(self._stale("place_order", order_id, ts))
             return
-        seen.current[order_id] = None
+        seen.current.add(digest)
+        seen.added.append(digest)
         if self.reserved:
             # Reserved accounts never trade: the fee account settles a trade by
             # collecting its fees only, so an order of its own would create or
@@ -426,14 +434,14 @@ class WalletMachine:
 
     def snapshot(self) -> tuple[Any, ...]:
         """A compact, immutable copy of the state for Bytewax recovery. The dedupe
-        window is its clock and two tuples of ids, current generation first: a
-        hot wallet's snapshot is its open orders plus at most two windows of ids."""
-        orders, transfers = self.orders_seen, self.transfers_seen
+        window is its clock and, for orders and for transfers, two ``bytes`` of 8-byte
+        digests (``IdWindow.snapshot``), current generation first: a hot wallet's
+        snapshot is its open orders plus 8 bytes an id of at most two windows."""
         return (
             self.user_id,
             {asset: (row[0], row[1]) for asset, row in self.balances.items()},
             {oid: (h.market, h.asset, h.amount) for oid, h in self.holds.items()},
-            (self.clock, orders.snapshot_keys(), transfers.snapshot_keys()),
+            (self.clock, self.orders_seen.snapshot(), self.transfers_seen.snapshot()),
             self.version,
             self.inbound.snapshot(),
             self.outbound.snapshot(),
@@ -446,8 +454,8 @@ class WalletMachine:
         wallet.balances.update((asset, [a, h]) for asset, (a, h) in balances.items())
         wallet.holds = {oid: _Hold(*spec) for oid, spec in holds.items()}
         wallet.clock, orders, transfers = window
-        wallet.orders_seen = Recent.restore_keys(orders)
-        wallet.transfers_seen = Recent.restore_keys(transfers)
+        wallet.orders_seen = IdWindow.restore(orders)
+        wallet.transfers_seen = IdWindow.restore(transfers)
         wallet.version = version
         wallet.inbound = Inbound.restore(inbound)
         wallet.outbound = Outbound.restore(outbound)

@@ -176,8 +176,29 @@ def test_bounded_state_survives_packing() -> None:
     )
     restored_book = BookMachine.restore(_roundtrip(BookLogic, book.snapshot()), BTC)  # type: ignore[arg-type]
     assert restored_wallet.snapshot() == wallet.snapshot()
+    # The windows travel as 8 bytes an id (``IdWindow``) and mean the same ids again:
+    # swapped at 10 and 20 minutes, the first ten transfers are forgotten.
+    _, horizon, current, previous = restored_wallet.snapshot()[3][2]
+    assert (len(current), len(previous), horizon) == (8 * 10, 8 * 10, t0 + 10 * minute)
+    assert [f"t{i}" in restored_wallet.transfers_seen for i in (9, 10, 29)] == [False, True, True]
     assert restored_book.snapshot() == book.snapshot()
     assert restored_book.clock == book.clock == t0 + 29 * minute
+
+
+def test_a_wallet_packed_before_digests_restores() -> None:
+    """A recovery store written before the windows were digests (ids as strings)
+    still resumes: the ids are digested on restore and are still repeats."""
+    wallet = WalletMachine("u", MARKETS)
+    for i in range(3):
+        wallet.handle(Credit(user_id="u", asset="USDT", amount=1, transfer_id=f"t{i}", ts=i))
+    state = list(wallet.snapshot())
+    state[3] = (2, (0, 0, ("o1",), ()), (0, 0, ("t1", "t2"), ("t0",)))  # the old shape
+    restored = WalletMachine.restore(_roundtrip(WalletLogic, tuple(state)), MARKETS)  # type: ignore[arg-type]
+    assert "o1" in restored.orders_seen
+    assert [f"t{i}" in restored.transfers_seen for i in range(4)] == [True, True, True, False]
+    again = Credit(user_id="u", asset="USDT", amount=1, transfer_id="t0", ts=3)
+    assert restored.handle(again) == []  # a repeat, as before the upgrade
+    assert WalletMachine.restore(_roundtrip(WalletLogic, restored.snapshot()), MARKETS)  # type: ignore[arg-type]
 
 
 def _credit(user: str, transfer: str, amount: int = 10**6) -> Credit:
