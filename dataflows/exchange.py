@@ -300,6 +300,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         emit = out.append  # messages for the other step and events all go to the sink
         last: Message | None = None
         processed = 0
+        stale = machine.inbound.stale if machine is not None else 0
         for batch in values:
             processed += len(batch)
             for tag, msg in batch:
@@ -313,6 +314,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                 try:
                     if machine is None:
                         machine = self._wake(msg)
+                        stale = machine.inbound.stale
                     last = msg
                     machine.apply(msg, emit, emit)
                 except Exception as exc:
@@ -320,6 +322,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         if last is not None:
             # One state record per balance and order the batch changed, not one per change.
             machine.flush(emit)
+            step.counts.stale += machine.inbound.stale - stale
             if self.depth:
                 self.finish(machine, last, emit)
             self.stale = True

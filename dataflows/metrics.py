@@ -85,6 +85,7 @@ class StepCounts:
         "messages",
         "snapshot_bytes",
         "snapshot_s",
+        "stale",
         "step",
         "trades",
     )
@@ -92,6 +93,7 @@ class StepCounts:
     def __init__(self, step: str) -> None:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
+        self.stale = 0
         self.snapshot_s = self.latency_sum = 0.0
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
@@ -219,6 +221,11 @@ class _Counts(Collector):
             "snapshot_s": (
                 "crypton_dataflow_snapshot_seconds",
                 "Seconds spent in the steps' snapshot() at epoch closes",
+            ),
+            "stale": (
+                "crypton_dataflow_stale_messages",
+                "Messages dropped as stale: from an origin the machine forgot, older than"
+                " the dedupe window (a repeat; see crypton.domain.sequencing)",
             ),
         }
         names = sorted({counts.step for counts in steps})

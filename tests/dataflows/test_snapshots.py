@@ -280,3 +280,22 @@ def test_a_demoted_wallet_keeps_its_change_and_carries_on() -> None:
     encode = schema.record_encoder()
     assert _feed(a, debit) == [encode(m) for m in reference.handle(debit)]
     assert a.machine is not None and logics["b"].machine is None
+
+
+def test_stale_drops_are_counted_for_monitoring() -> None:
+    """A book's stale drops (a forgotten user's old message again) reach the step's
+    counter, which Prometheus reads as ``crypton_dataflow_stale_messages_total``."""
+    step = _Step("book", MARKETS, schema.record_encoder(), live_max=10, depth_levels=5)
+    logic = BookLogic(step, None)
+    t0, minute = 1_700_000_000_000, 60_000
+    first: BookOrder | None = None
+    for i in range(30):  # half an hour of other users: x0 is forgotten
+        cmd = PlaceOrder(user_id=f"x{i}", order_id=f"o{i}", client_order_id="c", side="buy",
+                         market="BTC-USDT", type="limit", price=49_000 * 10**6, quantity=10_000,
+                         time_in_force="IOC", ts=t0 + i * minute)  # fmt: skip
+        msg = BookOrder(market="BTC-USDT", src=f"x{i}", seq=1, order=cmd, hold=1, prev=0)
+        first = first or msg
+        logic.on_batch([[(i, msg)]])
+    assert first is not None and step.counts.stale == 0
+    logic.on_batch([[(30, first)]])
+    assert step.counts.stale == 1
