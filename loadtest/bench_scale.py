@@ -198,7 +198,7 @@ def build_state(ex: Exchange, users: int, resting: int, orders: int) -> dict[str
         writer.send(resting_orders(resting, now_ms()))
         writer.flush()
         watcher.wait(
-            lambda: sum(k.startswith("rest-") for k in watcher.final) >= resting,
+            lambda: sum(k.startswith("rest-") for k in list(watcher.final)) >= resting,
             3600,
             "resting orders",
         )
