@@ -48,7 +48,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import bytewax.operators as op
 import msgspec
@@ -95,26 +95,29 @@ one it pushes out)."""
 
 _pack = msgspec.msgpack.Encoder().encode
 
+# Parts shared by the snapshot shapes below.
+_M = TypeVar("_M")
+_Recent = tuple[int, int, dict[str, int], dict[str, int]]
+"""``Recent.snapshot()``: since, horizon, current and previous generation."""
+_Inbound = tuple[_Recent, dict[str, dict[int, tuple[int, _M]]], int]
+"""``Inbound.snapshot()`` of messages ``_M``: applied, parked, stale."""
+_Outbound = tuple[int, _Recent]
+"""``Outbound.snapshot()``: the output counter and the last number per destination."""
+_WindowGeneration = tuple[int, int, bytes | tuple[str, ...], bytes | tuple[str, ...]]
+"""A dedupe window (``IdWindow``): a generation is 8 bytes an id, or, in a store
+written before digests, the ids themselves."""
+
 # The shape of ``WalletMachine.snapshot()``, for decoding packed snapshots back into
 # the structs they hold.
 WalletSnapshot = tuple[
     str,
     dict[str, tuple[int, int]],
     dict[str, tuple[str, str, int]],
-    # The dedupe windows (``IdWindow``): a generation is 8 bytes an id, or, in a store
-    # written before digests, the ids themselves.
-    tuple[
-        int,
-        tuple[int, int, bytes | tuple[str, ...], bytes | tuple[str, ...]],
-        tuple[int, int, bytes | tuple[str, ...], bytes | tuple[str, ...]],
-    ],
+    # The dedupe windows (``IdWindow``)
+    tuple[int, _WindowGeneration, _WindowGeneration],
     int,
-    tuple[
-        tuple[int, int, dict[str, int], dict[str, int]],
-        dict[str, dict[int, tuple[int, Settle | Release]]],
-        int,
-    ],
-    tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
+    _Inbound[Settle | Release],
+    _Outbound,
 ]
 
 # A resting order in ``BookMachine.snapshot()`` (``crypton.domain.matching._pack_order``).
@@ -128,12 +131,8 @@ BookSnapshot = tuple[
     int,
     int,
     int,
-    tuple[
-        tuple[int, int, dict[str, int], dict[str, int]],
-        dict[str, dict[int, tuple[int, BookOrder | BookCancel]]],
-        int,
-    ],
-    tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
+    _Inbound[BookOrder | BookCancel],
+    _Outbound,
     # Bids and asks from the best: (price, [resting order row, ...]) per level; a row's
     # order id is a str or 16 bytes (``Any`` keeps msgpack's str/bin apart).
     tuple[list[tuple[int, list[_RestingRow]]], list[tuple[int, list[_RestingRow]]]],
@@ -147,12 +146,8 @@ BookSnapshotV1 = tuple[
     int,
     int,
     int,
-    tuple[
-        tuple[int, int, dict[str, int], dict[str, int]],
-        dict[str, dict[int, tuple[int, BookOrder | BookCancel]]],
-        int,
-    ],
-    tuple[int, tuple[int, int, dict[str, int], dict[str, int]]],
+    _Inbound[BookOrder | BookCancel],
+    _Outbound,
     list[tuple[tuple[Any, ...], int, int, int, int, int, int, int, int]],
 ]
 
