@@ -44,7 +44,11 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _start_api(settings: Settings, logs: Path) -> tuple[Child, str, float]:
+def start_api(
+    settings: Settings, logs: Path, *, timeout: float = 300, bench: str = "bench_api"
+) -> tuple[Child, str, float]:
+    """Launch the API without rate limits; return it, its URL and the seconds until
+    ``/ready`` answered 200 (``bench`` names the benchmark in errors)."""
     # One client measured back to back: the API's per-key rate limit would only add 429s.
     env = settings_env(settings) | {"CRYPTON_ADMIN_TOKEN": TOKEN, "CRYPTON_RATE_LIMIT": "0"}
     port = free_port()
@@ -57,14 +61,15 @@ def _start_api(settings: Settings, logs: Path) -> tuple[Child, str, float]:
     with httpx.Client(base_url=url, timeout=2) as client:
         while True:
             if child.poll() is not None:
-                raise SystemExit(f"bench_api: the API exited: {child.tail(3)}")
+                raise SystemExit(f"{bench}: the API exited: {child.tail(3)}")
             try:
                 if client.get("/ready").status_code == 200:
                     return child, url, time.monotonic() - started
             except httpx.TransportError:
                 pass
-            if time.monotonic() - started > 300:
-                raise SystemExit("bench_api: the API was not ready within 300 s")
+            if time.monotonic() - started > timeout:
+                child.stop(5)
+                raise SystemExit(f"{bench}: the API was not ready within {timeout:g} s")
             time.sleep(0.02)
 
 
@@ -169,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker.start().wait_ready(120)
         _say(f"bench_api on {broker.ready_line()}")
         topics.ensure_topics(settings)
-        api, url, _ = _start_api(settings, data / "logs")
+        api, url, _ = start_api(settings, data / "logs")
         latencies = _ack_latency(url, args.orders)
         _say(
             f"api ack ({args.broker}): {len(latencies)} orders, p50 {_ms(latencies, 0.5):.1f} ms,"
@@ -178,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api.stop(5)
         _say(f"writing {args.records} order records to the state topics")
         write_state_log(settings, args.records)
-        api, url, ready = _start_api(settings, data / "logs")
+        api, url, ready = start_api(settings, data / "logs")
         _say(
             f"read model ({args.broker}): ready {ready:.2f}s after launch"
             f" over {args.records} order records"

@@ -34,13 +34,12 @@ from confluent_kafka import Producer
 
 from crypton import schema, topics
 from crypton.broker import EmbeddedBroker
-from crypton.cli import api_command
 from crypton.config import Settings
 from crypton.domain.messages import Balance, BalanceState, OrderState, OrderStatus, Trade
 from crypton.kafka import producer_config
-from crypton.process import Child, free_port, free_ports, settings_env
+from crypton.process import Child, free_ports
 from loadtest import report
-from loadtest.bench_api import TOKEN, _ms, _say
+from loadtest.bench_api import TOKEN, _ms, _say, start_api
 
 BENCH_USER = "bench"
 """The user the latency is measured as: one order in a thousand is theirs."""
@@ -118,31 +117,6 @@ def write_scale_log(settings: Settings, users: int, orders: int) -> list[str]:
     return mine
 
 
-def _start_api(settings: Settings, logs: Path, timeout: float) -> tuple[Child, str, float]:
-    """Launch the API; return it, its URL and the seconds until ``/ready`` answered 200."""
-    env = settings_env(settings) | {"CRYPTON_ADMIN_TOKEN": TOKEN, "CRYPTON_RATE_LIMIT": "0"}
-    port = free_port()
-    child = Child(
-        "api", [*api_command(Settings(api_port=port)), "--log-level", "warning"],
-        logs / f"api-{port}.log", env=env,
-    ).start()  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    with httpx.Client(base_url=url, timeout=2) as client:
-        while True:
-            if child.poll() is not None:
-                raise SystemExit(f"bench_readmodel: the API exited: {child.tail(3)}")
-            try:
-                if client.get("/ready").status_code == 200:
-                    return child, url, time.monotonic() - started
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > timeout:
-                child.stop(5)
-                raise SystemExit(f"bench_readmodel: the API was not ready within {timeout} s")
-            time.sleep(0.02)
-
-
 def _rss_mib(pid: int) -> float:
     """Resident memory of ``pid`` and its children (uvicorn runs the app in-process)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -190,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker.start().wait_ready(120)
         _say(f"bench_readmodel on {broker.ready_line()}")
         topics.ensure_topics(settings)
-        api, url, _ = _start_api(settings, data / "logs", 120)
+        api, url, _ = start_api(settings, data / "logs", timeout=120, bench="bench_readmodel")
         with httpx.Client(base_url=url, timeout=30) as admin:
             admin.headers["Authorization"] = f"Bearer {TOKEN}"
             made = admin.post("/v1/admin/users", json={"user_id": BENCH_USER})
@@ -202,10 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         mine = write_scale_log(settings, args.users, args.orders)
         produced = time.monotonic() - began
         shutil.rmtree(data / "readmodel")  # a cold build: no view yet
-        api, url, cold = _start_api(settings, data / "logs", args.timeout)
+        api, url, cold = start_api(
+            settings, data / "logs", timeout=args.timeout, bench="bench_readmodel"
+        )
         _say(f"cold build: ready {cold:.2f}s after launch")
         api.stop(10)
-        api, url, restart = _start_api(settings, data / "logs", args.timeout)
+        api, url, restart = start_api(
+            settings, data / "logs", timeout=args.timeout, bench="bench_readmodel"
+        )
         assert api.pid is not None
         rss = _rss_mib(api.pid)
         _say(f"restart: ready {restart:.2f}s after launch, rss {rss:.0f} MiB")
