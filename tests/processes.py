@@ -6,6 +6,11 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from crypton.config import Settings
 
 
 def read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
@@ -21,3 +26,38 @@ def read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
         if select.select([fd], [], [], left)[0]:
             seen += os.read(fd, 65536).decode()
     return seen
+
+
+@dataclass
+class CryptonUp:
+    """``crypton up`` in a child process; its stdout in ``out_path``."""
+
+    settings: Settings
+    proc: subprocess.Popen[bytes]
+    out_path: Path
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait_output(self, text: str, timeout: float, after: int = 0) -> None:
+        """Until ``text`` appears in the output past character ``after``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output()[after:]:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"crypton up exited ({self.proc.returncode}): {self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout}s in: {self.output()[after:]}")
+            time.sleep(0.2)
+
+    def children(self) -> Iterator[tuple[int, bytes]]:
+        """(pid, NUL-separated command line) of each running child of ``crypton up``."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == self.proc.pid:
+                yield int(entry.name), cmdline

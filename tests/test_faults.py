@@ -35,6 +35,7 @@ from crypton.kafka import admin
 from crypton.process import free_port, free_ports, settings_env
 from tests.api.support import ADMIN_TOKEN, ApiUser, create_user
 from tests.dataflows.kafka_support import state_view, wait_clean_audit
+from tests.processes import CryptonUp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,44 +48,19 @@ MARKET = "BTC-USDT"
 # --- the exchange under test ------------------------------------------------------------
 
 
-@dataclass
-class Exchange:
-    """``crypton up`` in a child process; its stdout in ``out_path``."""
-
-    settings: Settings
-    proc: subprocess.Popen[bytes]
-    out_path: Path
+class Exchange(CryptonUp):
+    """``crypton up`` with its Kafka nodes, dataflow and API."""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.api_port}"
 
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def wait_output(self, text: str, timeout: float, after: int = 0) -> None:
-        """Until ``text`` appears in the output past character ``after``."""
-        deadline = time.monotonic() + timeout
-        while text not in self.output()[after:]:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"crypton up exited ({self.proc.returncode}): {self.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} within {timeout}s in: {self.output()[after:]}")
-            time.sleep(0.2)
-
     def node_pid(self, node: int) -> int:
         """The process id of Kafka node ``node`` (a child of ``crypton up``)."""
         wanted = f"node-{node}/server.properties".encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = (entry / "cmdline").read_bytes()
-            except (OSError, IndexError, ValueError):
-                continue
-            if parent == self.proc.pid and wanted in cmdline and b"kafka.Kafka" in cmdline:
-                return int(entry.name)
+        for pid, cmdline in self.children():
+            if wanted in cmdline and b"kafka.Kafka" in cmdline:
+                return pid
         raise AssertionError(f"no running Kafka node {node} under crypton up")
 
     def log(self, name: str) -> str:

@@ -26,6 +26,7 @@ from crypton.config import Settings
 from crypton.process import free_ports, settings_env
 from tests.api.support import ADMIN_TOKEN
 from tests.dataflows.kafka_support import state_view, wait_clean_audit
+from tests.processes import CryptonUp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,41 +36,22 @@ USERS = 6  # spread over the inbox partitions, so both processes hold wallets
 
 
 @dataclass
-class Cluster:
-    settings: Settings
-    proc: subprocess.Popen[bytes]
-    out_path: Path
+class Cluster(CryptonUp):
+    """``crypton up`` with two dataflow processes and two API replicas."""
+
     metrics_port: int
 
     @property
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{self.settings.api_port + i}" for i in range(2)]
 
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def wait_output(self, text: str, timeout: float, after: int = 0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output()[after:]:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"crypton up exited ({self.proc.returncode}): {self.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} within {timeout}s in: {self.output()[after:]}")
-            time.sleep(0.2)
-
     def dataflow_pids(self) -> dict[int, int]:
         """Process id -> pid of the ``bytewax.run`` children of ``crypton up``."""
         found = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                words = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, IndexError, ValueError):
-                continue
-            if parent == self.proc.pid and b"bytewax.run" in words and b"-i" in words:
-                found[int(words[words.index(b"-i") + 1])] = int(entry.name)
+        for pid, cmdline in self.children():
+            words = cmdline.split(b"\0")
+            if b"bytewax.run" in words and b"-i" in words:
+                found[int(words[words.index(b"-i") + 1])] = pid
         return found
 
 
