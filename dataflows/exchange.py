@@ -72,7 +72,7 @@ from crypton.domain.messages import (
     Trade,
 )
 from crypton.domain.wallet import WalletMachine
-from dataflows import metrics
+from dataflows import metrics, recovery
 from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged
 
 __all__ = ["LIVE_MACHINES", "BookLogic", "WalletLogic", "build_flow", "flow"]
@@ -473,6 +473,11 @@ def build_flow(
 
 def _kafka_flow() -> Dataflow:
     settings = Settings.from_env()
+    store = recovery.this_runs_directory()
+    if store is not None and store.is_dir():
+        # Before Bytewax opens the store: see ``dataflows.recovery``.
+        moved = recovery.prepare(store)
+        log.info("recovery store %s: %d settled snapshots ready to resume from", store, moved)
     port = os.environ.get("CRYPTON_DATAFLOW_METRICS_PORT")
     if port:
         metrics.serve(int(port))

@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,6 +300,13 @@ def check_log(exchange: Exchange, ledger: Ledger) -> None:
     assert audit.returncode == 0 and "verdict: CLEAN" in audit.stdout, audit.stdout + audit.stderr
     dataflow_log = exchange.log("dataflow")
     assert "SystemError" not in dataflow_log, dataflow_log[-3000:]
+    # The flow prepared its recovery store at each start (``dataflows.recovery``).
+    parts = sorted((exchange.settings.data_dir / "recovery").glob("part-*.sqlite3"))
+    assert parts
+    for part in parts:
+        with closing(sqlite3.connect(part)) as store:
+            triggers = {n for (n,) in store.execute("SELECT name FROM sqlite_master")}
+        assert {"crypton_settle_on_commit", "crypton_settle_on_recommit"} <= triggers, part
     print(f"{ledger.summary()}; audit: {audit.stdout.splitlines()[0]}")
 
 
