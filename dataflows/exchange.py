@@ -125,6 +125,11 @@ _RestingRow = tuple[
     str, Any, str, int, int, int, int, int, int, int, int, int, tuple[Any, ...] | None
 ]
 
+_Levels = list[tuple[int, int, list[_RestingRow]]]
+"""One side's levels from the best: (price, clock, [resting order row, ...]) each, a
+row's ``ts`` counted back from its level's clock; a row's order id is a str or 16 bytes
+(``Any`` keeps msgpack's str/bin apart)."""
+
 # The shape of ``BookMachine.snapshot()``.
 BookSnapshot = tuple[
     str,
@@ -133,14 +138,19 @@ BookSnapshot = tuple[
     int,
     _Inbound[BookOrder | BookCancel],
     _Outbound,
-    # Bids and asks from the best: (price, [resting order row, ...]) per level; a row's
-    # order id is a str or 16 bytes (``Any`` keeps msgpack's str/bin apart).
-    tuple[list[tuple[int, list[_RestingRow]]], list[tuple[int, list[_RestingRow]]]],
+    tuple[_Levels, _Levels],  # bids, asks
 ]
 
+_LevelsV2 = list[tuple[int, list[_RestingRow]]]
 
-# ``BookSnapshot`` before the resting orders became short rows: what a recovery store
-# written then holds; ``BookMachine.restore`` reads both.
+# ``BookSnapshot`` before levels were packed with their own clock (rows counted back
+# from the book's): what a recovery store written then holds; ``BookMachine.restore``
+# reads it.
+BookSnapshotV2 = tuple[
+    str, int, int, int, _Inbound[BookOrder | BookCancel], _Outbound, tuple[_LevelsV2, _LevelsV2]
+]
+
+# ``BookSnapshot`` before the resting orders became short rows.
 BookSnapshotV1 = tuple[
     str,
     int,
@@ -153,19 +163,20 @@ BookSnapshotV1 = tuple[
 
 
 class _EitherDecoder:
-    """The current shape of a state, or else the one before it (a store written by
-    the previous version resumes; its keys are written in the current shape next)."""
+    """The current shape of a state, or else the ones before it, newest first (a store
+    written by an earlier version resumes; its keys are written in the current shape
+    next)."""
 
-    def __init__(
-        self, current: msgspec.msgpack.Decoder[Any], older: msgspec.msgpack.Decoder[Any]
-    ) -> None:
-        self.current, self.older = current, older
+    def __init__(self, *shapes: msgspec.msgpack.Decoder[Any]) -> None:
+        self.shapes = shapes
 
     def decode(self, packed: bytes) -> Any:
-        try:
-            return self.current.decode(packed)
-        except msgspec.ValidationError:
-            return self.older.decode(packed)
+        for shape in self.shapes[:-1]:
+            try:
+                return shape.decode(packed)
+            except msgspec.ValidationError:
+                continue
+        return self.shapes[-1].decode(packed)
 
 
 _RETAIN = StatefulBatchLogic.RETAIN
@@ -416,7 +427,9 @@ class BookLogic(_KeyLogic):
 
     name = "book"
     state = _EitherDecoder(
-        msgspec.msgpack.Decoder(BookSnapshot), msgspec.msgpack.Decoder(BookSnapshotV1)
+        msgspec.msgpack.Decoder(BookSnapshot),
+        msgspec.msgpack.Decoder(BookSnapshotV2),
+        msgspec.msgpack.Decoder(BookSnapshotV1),
     )
     depth = True
 

@@ -86,7 +86,7 @@ class RestingOrder:
 
 
 class Level:
-    __slots__ = ("dead", "live", "orders", "price", "quantity")
+    __slots__ = ("dead", "live", "orders", "packed", "price", "quantity")
 
     def __init__(self, price: int) -> None:
         self.price = price
@@ -94,6 +94,9 @@ class Level:
         self.quantity = 0
         self.live = 0
         self.dead = 0
+        # The level as ``BookMachine.snapshot`` last packed it; None once anything in
+        # it changed. Whatever changes a level or its orders resets it.
+        self.packed: object | None = None
 
     def front(self) -> RestingOrder:
         """The oldest live order; the level must have one."""
@@ -153,11 +156,13 @@ class OrderBook:
         level.orders.append(order)
         level.quantity += order.remaining
         level.live += 1
+        level.packed = None
         self.orders[order.order_id] = order
 
     def fill_front(self, level: Level, order: RestingOrder, quantity: int) -> None:
         """Take ``quantity``, already charged to ``order`` (the level's front), off the level."""
         level.quantity -= quantity
+        level.packed = None
         if order.remaining == 0:
             level.orders.popleft()
             self.unlink(level, order)
@@ -171,6 +176,7 @@ class OrderBook:
         level = self.levels[order.side][order.price]
         level.quantity -= order.remaining
         level.dead += 1
+        level.packed = None
         self.unlink(level, order)
         if level.live and level.dead > _COMPACT_AFTER and level.dead > level.live:
             level.orders = deque(o for o in level.orders if o.live)

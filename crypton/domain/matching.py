@@ -285,6 +285,7 @@ class BookMachine:
         taker_fee = taker.charge(quantity, value, self.taker_fee_bps)
         maker_fee = maker.charge(quantity, value, self.maker_fee_bps)
         level.quantity -= quantity  # OrderBook.fill_front, inlined
+        level.packed = None
         if maker.remaining == 0:
             level.orders.popleft()
             self.book.unlink(level, maker)
@@ -386,22 +387,30 @@ class BookMachine:
 
     def snapshot(self) -> tuple[Any, ...]:
         """A compact copy for Bytewax recovery: counters, then each side's levels from
-        the best, each ``(price, [order, ...])`` in time priority.
+        the best, each ``(price, clock, [order, ...])`` in time priority.
 
         An order is a flat row of what is not known otherwise (``_pack_order``): the
         market, side, price, type and the usual defaults are the book's and the
         level's, ``remaining`` is ``quantity - filled_quantity``, a UUID-shaped order
-        id is 16 raw bytes and ``ts`` is counted back from the book's clock. An order
-        that does not fit that shape keeps its whole command in the row's last field.
+        id is 16 raw bytes and ``ts`` is counted back from the level's ``clock``. An
+        order that does not fit that shape keeps its whole command in the row's last
+        field.
+
+        A level is packed (msgpack, as ``msgspec.Raw``) when first snapshotted and
+        again only after it changed (``Level.packed``): an epoch's snapshot packs the
+        levels that epoch touched, and copies the bytes of the others.
         """
         book, clock, symbol = self.book, self.clock, self.market.symbol
-        sides = tuple(
-            [
-                (level.price, [_pack_order(o, clock, symbol) for o in level.orders if o.live])
-                for level in book.levels_from_best(side)
-            ]
-            for side in ("buy", "sell")
-        )
+        sides = []
+        for side in ("buy", "sell"):
+            levels = []
+            for level in book.levels_from_best(side):
+                packed = level.packed
+                if packed is None:
+                    rows = [_pack_order(o, clock, symbol) for o in level.orders if o.live]
+                    packed = level.packed = msgspec.Raw(_encode((level.price, clock, rows)))
+                levels.append(packed)
+            sides.append(levels)
         return (
             symbol,
             self.seq,
@@ -409,7 +418,7 @@ class BookMachine:
             clock,
             self.inbound.snapshot(),
             self.outbound.snapshot(),
-            sides,
+            tuple(sides),
         )
 
     @classmethod
@@ -425,10 +434,20 @@ class BookMachine:
                 book.rest(_unpack_whole(row))
             return machine
         for side, levels in zip(("buy", "sell"), sides, strict=True):
-            for price, rows in levels:
+            for packed in levels:
+                # A Raw: a snapshot not through msgpack yet. Two fields: a level written
+                # before levels had their own clock, counted back from the book's.
+                level: tuple[Any, ...] = (
+                    _decode_level(packed) if isinstance(packed, msgspec.Raw) else packed
+                )
+                price, base, rows = level if len(level) == 3 else (level[0], clock, level[1])
                 for row in rows:
-                    book.rest(_unpack_order(row, side, price, clock, market.symbol))
+                    book.rest(_unpack_order(row, side, price, base, market.symbol))
         return machine
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_level = msgspec.msgpack.Decoder(tuple[int, int, list[Any]]).decode
 
 
 def _fits(cmd: PlaceOrder, order: RestingOrder, symbol: str) -> bool:

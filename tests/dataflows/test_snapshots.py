@@ -18,13 +18,17 @@ from typing import Any
 import msgspec
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crypton import schema
 from crypton.config import load_markets
-from crypton.domain.matching import BookMachine
+from crypton.domain.matching import BookMachine, _pack_order
 from crypton.domain.messages import BookCancel, BookOrder, Credit, Debit, PlaceOrder, Release
 from crypton.domain.wallet import WalletMachine
-from dataflows.exchange import BookLogic, WalletLogic, _Step, build_flow
+from dataflows.exchange import BookLogic, BookSnapshotV2, WalletLogic, _Step, build_flow
+from tests.domain import support
+from tests.domain.support import BTC_USDT, Feeder, btc, contents, limit, market_sell, usdt
 
 MARKETS = load_markets()
 BTC = MARKETS.market("BTC-USDT")
@@ -69,6 +73,28 @@ def test_book_snapshot_survives_packing() -> None:
         oid: o.status for oid, o in book.book.orders.items()
     }
     assert restored.book.best_bid() == book.book.best_bid() == 49_500 * 10**6
+
+
+def test_a_book_packed_before_levels_had_their_own_clock_restores() -> None:
+    """A recovery store written by the previous version holds levels as (price, rows),
+    ages counted back from the book's clock: they restore to the same book."""
+    feed = Feeder(BookMachine(BTC_USDT))
+    for i, (side, ticks) in enumerate([("buy", -2), ("buy", -1), ("sell", 2), ("buy", -2)]):
+        cmd = limit(f"u{i}", f"o{i}", side, usdt("50000") + ticks * usdt("10"), btc("0.002"),
+                    ts=10 * i)  # fmt: skip
+        feed.order(cmd, usdt("1000") if side == "buy" else btc("0.002"))
+    book = feed.machine
+    old_sides = tuple(
+        [
+            (level.price, [_pack_order(o, book.clock, "BTC-USDT") for o in level.orders])
+            for level in book.book.levels_from_best(side)
+        ]
+        for side in ("buy", "sell")
+    )
+    old = (*book.snapshot()[:6], old_sides)
+    assert msgspec.msgpack.Decoder(BookSnapshotV2).decode(msgspec.msgpack.encode(old))
+    restored = BookMachine.restore(_roundtrip(BookLogic, old), BTC_USDT)  # type: ignore[arg-type]
+    assert contents(restored) == contents(book)
 
 
 def _resting_fields(book: BookMachine) -> list[tuple[object, ...]]:
@@ -199,6 +225,44 @@ def test_a_wallet_packed_before_digests_restores() -> None:
     again = Credit(user_id="u", asset="USDT", amount=1, transfer_id="t0", ts=3)
     assert restored.handle(again) == []  # a repeat, as before the upgrade
     assert WalletMachine.restore(_roundtrip(WalletLogic, restored.snapshot()), MARKETS)  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # user
+            st.sampled_from(["buy", "sell", "cancel", "market"]),
+            st.integers(-3, 3),  # price, ticks of 10 USDT from P
+            st.integers(1, 3),  # quantity, 0.002 BTC each
+            st.booleans(),  # snapshot after this step
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_a_snapshot_with_levels_packed_earlier_restores_the_book(
+    steps: list[tuple[int, str, int, int, bool]],
+) -> None:
+    """Levels keep their packed bytes between snapshots until they change: whatever
+    snapshots came before, each snapshot restores exactly the book it was taken of."""
+    feed, mid = Feeder(BookMachine(BTC_USDT)), usdt("50000")
+    for i, (user, kind, ticks, lots, snap) in enumerate(steps):
+        name = f"u{user}"
+        if kind == "cancel":
+            feed.cancel(name, support.oid(name, f"o{i - 3}"))
+        elif kind == "market":
+            feed.order(market_sell(name, f"o{i}", btc("0.002") * lots), btc("0.002") * lots)
+        else:
+            cmd = limit(name, f"o{i}", kind, mid + ticks * usdt("10"), btc("0.002") * lots,
+                        ts=i, stp="expire_maker")  # fmt: skip
+            feed.order(cmd, usdt("100000") if kind == "buy" else btc("0.002") * lots)
+        if snap or i == len(steps) - 1:
+            restored = BookMachine.restore(
+                _roundtrip(BookLogic, feed.machine.snapshot()),  # type: ignore[arg-type]
+                BTC_USDT,
+            )
+            assert contents(restored) == contents(feed.machine)
 
 
 def _credit(user: str, transfer: str, amount: int = 10**6) -> Credit:

@@ -14,7 +14,10 @@ from crypton.domain.invariants import (
     net_transfers,
     trade_problems,
 )
+from crypton.domain.matching import BookMachine
 from crypton.domain.messages import (
+    BookCancel,
+    BookOrder,
     CancelAll,
     CancelOrder,
     Credit,
@@ -135,3 +138,35 @@ class AuditedExchange(Exchange):
         problems += exchange_problems(self, self.transfers)
         assert not problems, problems
         return out
+
+
+class Feeder:
+    """Drive one ``BookMachine`` directly, numbering each user's messages."""
+
+    def __init__(self, machine: BookMachine) -> None:
+        self.machine = machine
+        self.seq: dict[str, int] = {}
+
+    def _next(self, user: str) -> int:
+        self.seq[user] = self.seq.get(user, 0) + 1
+        return self.seq[user]
+
+    def order(self, cmd: PlaceOrder, hold: int) -> list[Message]:
+        msg = BookOrder(market=cmd.market, src=cmd.user_id, seq=self._next(cmd.user_id),
+                        order=cmd, hold=hold)  # fmt: skip
+        return self.machine.handle(msg)
+
+    def cancel(self, user: str, order_id: str) -> list[Message]:
+        msg = BookCancel(market="BTC-USDT", src=user, seq=self._next(user), order_id=order_id,
+                         ts=0)  # fmt: skip
+        return self.machine.handle(msg)
+
+
+def contents(machine: BookMachine) -> tuple[Any, ...]:
+    """Everything a book holds, in priority order: what a snapshot must restore."""
+    resting = [
+        (o.cmd, o.hold, o.remaining, o.spent, o.filled_quantity, o.filled_funds, o.fee,
+         o.fee_num, o.version, o.status, o.side, o.price)
+        for o in machine.book.resting()
+    ]  # fmt: skip
+    return (machine.seq, machine.trade_seq, machine.clock, resting, machine.snapshot()[4:6])
