@@ -18,7 +18,9 @@ epoch close, only the keys awoken in that epoch, so the recovery store receives
 the packed state of the wallets and books that changed, not of every wallet of
 a partition: an epoch costs what changed in it. Idle machines are demoted to
 their packed bytes (``LIVE_MACHINES``), so a million idle users cost bytes each,
-not a live object graph each.
+not a live object graph each. A machine whose state is large (a busy book, a market
+maker's dedupe window) is snapshotted as a delta on a base it wrote to Kafka
+(``dataflows.bases``), so an epoch does not rewrite what did not change.
 
 **Why a replay stays a function of the log.** A user's messages all come from
 one inbox partition in offset order and Bytewax keeps each key's order, so each
@@ -73,9 +75,10 @@ from crypton.domain.messages import (
 )
 from crypton.domain.wallet import WalletMachine
 from dataflows import metrics, recovery
+from dataflows.bases import DELTA, Bases, Delta, KafkaBases
 from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged
 
-__all__ = ["LIVE_MACHINES", "BookLogic", "WalletLogic", "build_flow", "flow"]
+__all__ = ["LIVE_MACHINES", "BookLogic", "StateUnavailable", "WalletLogic", "build_flow", "flow"]
 
 log = logging.getLogger("crypton.dataflow")
 
@@ -94,6 +97,19 @@ one it pushes out)."""
 
 
 _pack = msgspec.msgpack.Encoder().encode
+_decode_delta = msgspec.msgpack.Decoder(Delta).decode
+_DELTA_PREFIX = b"\x95" + _pack(DELTA)
+"""How a packed delta snapshot begins: a msgpack array of five, then ``DELTA``."""
+
+
+def _drop(message: Message) -> None:
+    """Where a replay's outputs go."""
+
+
+class StateUnavailable(RuntimeError):  # noqa: N818 (it is what it says)
+    """A key's state could not be read (a delta's base or inbox): the flow stops, as
+    on a failed write, rather than turn the key's messages into dead letters."""
+
 
 # Parts shared by the snapshot shapes below.
 _M = TypeVar("_M")
@@ -207,6 +223,7 @@ class _Step:
     """
 
     __slots__ = (
+        "bases",
         "counts",
         "depth_levels",
         "encode",
@@ -224,7 +241,10 @@ class _Step:
         encode: Callable[[Message], Record],
         live_max: int,
         depth_levels: int,
+        bases: Bases | None = None,
     ) -> None:
+        self.bases = bases
+        """Where large states keep their base (``dataflows.bases``); None: always whole."""
         self.markets = markets
         self.encode = encode
         self.live: OrderedDict[_KeyLogic, None] = OrderedDict()
@@ -246,8 +266,9 @@ class _Steps:
         encode: Callable[[Message], Record],
         live_max: int,
         depth_levels: int = DEPTH_LEVELS,
+        bases: Bases | None = None,
     ) -> None:
-        self.args = (name, markets, encode, live_max, depth_levels)
+        self.args = (name, markets, encode, live_max, depth_levels, bases)
         self.by_thread: dict[int, _Step] = {}
 
     def here(self) -> _Step:
@@ -268,7 +289,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     restored logic starts demoted and decodes on its first message.
     """
 
-    __slots__ = ("machine", "packed", "stale", "step")
+    __slots__ = ("applied", "base", "key", "machine", "packed", "stale", "step")
 
     name: ClassVar[str] = ""
     state: ClassVar[msgspec.msgpack.Decoder[Any] | _EitherDecoder]
@@ -281,6 +302,11 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         self.machine: Any = None
         self.stale = False
         """Whether the machine changed since ``packed`` was made."""
+        self.key = ""
+        self.applied = -1
+        """The inbox offset of the last message applied (``dataflows.bases``)."""
+        self.base: tuple[int, int, int] | None = None
+        """(partition, offset, inbox offset) of the base a delta snapshot names."""
 
     def restore(self, key: str, snapshot: Any) -> Any:
         raise NotImplementedError
@@ -323,8 +349,12 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                         stale = machine.inbound.stale
                     last = msg
                     machine.apply(msg, emit, emit)
+                except StateUnavailable:
+                    raise  # not the message's fault: stop, and resume from the snapshot
                 except Exception as exc:
                     emit(_failed(self.name, msg, exc))
+        if processed:
+            self.applied = values[-1][-1][0]
         if last is not None:
             # One state record per balance and order the batch changed, not one per change.
             machine.flush(emit)
@@ -366,11 +396,14 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         return ([tagged] if tagged else _NOTHING), _DISCARD
 
     def _wake(self, msg: Message) -> Any:
-        key = self.key_of(msg)
+        key = self.key = self.key_of(msg)
         packed = self.packed
-        machine = (
-            self.create(key) if packed is None else self.restore(key, self.state.decode(packed))
-        )
+        if packed is None:
+            machine = self.create(key)
+        elif packed.startswith(_DELTA_PREFIX):
+            machine = self._replay(key, _decode_delta(packed))
+        else:
+            machine = self.restore(key, self.state.decode(packed))
         self.machine = machine
         live = self.step.live
         live[self] = None
@@ -379,16 +412,57 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             oldest._demote()
         return machine
 
+    def _replay(self, key: str, delta: Delta) -> Any:
+        """The machine of a delta snapshot: its base, then its inbox messages since."""
+        _mark, partition, offset, base_offset, applied = delta
+        bases = self.step.bases
+        if bases is None:
+            raise StateUnavailable(f"{self.name} {key}: a delta snapshot, and no store of bases")
+        try:
+            machine = self.restore(key, self.state.decode(bases.get(partition, offset)))
+            replay = list(bases.since(self.name, key, base_offset, applied))
+        except Exception as exc:
+            raise StateUnavailable(
+                f"{self.name} {key}: base {partition}@{offset} or its inbox after"
+                f" {base_offset} unreadable: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.step.counts.replayed += len(replay)
+        for msg in replay:
+            try:
+                machine.apply(msg, _drop, _drop)  # written the first time: dropped now
+            except Exception:  # failed the same way then: a dead letter
+                continue
+        machine.flush(_drop)
+        self.base, self.applied = (partition, offset, base_offset), applied
+        return machine
+
     def _demote(self) -> None:
         if self.stale:  # pack first: a change not snapshotted yet must not be lost
-            self.packed = _pack(self.machine.snapshot())
+            self.packed = self._pack()
             self.stale = False
         self.machine = None
+
+    def _pack(self) -> bytes:
+        """The machine's state for Bytewax: whole, or a delta on a base (``dataflows.bases``)."""
+        step, base = self.step, self.base
+        bases = step.bases
+        if bases is None:
+            return _pack(self.machine.snapshot())
+        if base is not None and self.applied - base[2] <= bases.rebase_offsets:
+            return _pack((DELTA, base[0], base[1], base[2], self.applied))
+        whole = _pack(self.machine.snapshot())
+        if len(whole) <= bases.inline_bytes:
+            self.base = None
+            return whole
+        partition, offset = bases.put(self.name, self.key, whole)
+        step.counts.base_bytes += len(whole)
+        self.base = (partition, offset, self.applied)
+        return _pack((DELTA, partition, offset, self.applied, self.applied))
 
     def snapshot(self) -> bytes:
         began = time.perf_counter()
         if self.stale:
-            self.packed = _pack(self.machine.snapshot())
+            self.packed = self._pack()
             self.stale = False
         packed = self.packed
         assert packed is not None, "a logic without state is discarded, never snapshotted"
@@ -457,17 +531,20 @@ def build_flow(
     prefix: str = "",
     depth_levels: int = DEPTH_LEVELS,
     live_machines: int = LIVE_MACHINES,
+    bases: Bases | None = None,
 ) -> Dataflow:
     """The exchange flow over any sources and sink (Kafka in production, in-memory in tests).
 
     The sources yield ``(key, [(offset, message), ...])``: user ids from the wallet
     inbox, markets from the book inbox (dead letters under any key); the sink receives
-    ``(key, [(offset, record), ...])``.
+    ``(key, [(offset, record), ...])``. With ``bases``, a machine larger than
+    ``bases.inline_bytes`` is snapshotted as a delta on a base (``dataflows.bases``); the
+    offsets must then be the inbox offsets ``bases`` reads.
     """
     flow = Dataflow("crypton")
     encode = schema.record_encoder(prefix)
-    wallets = _Steps("wallet", markets, encode, live_machines)
-    books = _Steps("book", markets, encode, live_machines, depth_levels)
+    wallets = _Steps("wallet", markets, encode, live_machines, bases=bases)
+    books = _Steps("book", markets, encode, live_machines, depth_levels, bases)
     # Input -> keyed step -> output and nothing else: every operator a record passes
     # costs the flow's one Python thread.
     wallet_out = op.stateful_batch(
@@ -500,6 +577,7 @@ def _kafka_flow() -> Dataflow:
         InboxSource(settings, schema.BOOK_INBOX),
         LogSink(settings, parts=int(os.environ.get("CRYPTON_SINK_PARTS", "1"))),
         prefix=settings.topic_prefix,
+        bases=KafkaBases(settings),
     )
 
 

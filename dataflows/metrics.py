@@ -78,11 +78,13 @@ class StepCounts:
     """The counters of one step on one worker: plain numbers, read at scrape time."""
 
     __slots__ = (
+        "base_bytes",
         "dead",
         "emitted",
         "latency_buckets",
         "latency_sum",
         "messages",
+        "replayed",
         "snapshot_bytes",
         "snapshot_s",
         "stale",
@@ -93,7 +95,7 @@ class StepCounts:
     def __init__(self, step: str) -> None:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
-        self.stale = 0
+        self.stale = self.base_bytes = self.replayed = 0
         self.snapshot_s = self.latency_sum = 0.0
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
@@ -217,6 +219,14 @@ class _Counts(Collector):
             "snapshot_bytes": (
                 "crypton_dataflow_snapshot_bytes",
                 "Bytes of state handed to the recovery store at epoch closes",
+            ),
+            "base_bytes": (
+                "crypton_dataflow_base_bytes",
+                "Bytes of large states written whole to the bases topic (dataflows.bases)",
+            ),
+            "replayed": (
+                "crypton_dataflow_replayed_messages",
+                "Inbox messages applied again to rebuild a machine from its base",
             ),
             "snapshot_s": (
                 "crypton_dataflow_snapshot_seconds",

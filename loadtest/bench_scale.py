@@ -260,6 +260,8 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
     delta = {k: snap1.get(k, 0.0) - snap0.get(k, 0.0) for k in snap1}
     if "crypton_dataflow_snapshot_bytes_total" in delta:
         result["snapshot_bytes_per_min"] = delta["crypton_dataflow_snapshot_bytes_total"] / minutes
+    # Large states written whole to Kafka (dataflows.bases): state bytes as well.
+    result["base_bytes_per_min"] = delta.get("crypton_dataflow_base_bytes_total", 0.0) / minutes
     for name in {k.split("_bucket{", 1)[0] for k in delta if "_bucket{" in k}:
         result[f"{name}_p50"] = histogram_quantile(delta, name, 0.5)
         result[f"{name}_p99"] = histogram_quantile(delta, name, 0.99)
@@ -378,6 +380,11 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             f" the recovery directory's files grew"
             f" {paced['recovery_dir_growth_bytes_per_min'] / 1e6:.2f} MB/min (a lower bound:"
             f" SQLite reuses its WAL file after a checkpoint)"
+        )
+        _say(
+            f"  state written: snapshots {paced.get('snapshot_bytes_per_min', 0) / 1e6:.2f} MB/min"
+            f" to the recovery store, bases {paced['base_bytes_per_min'] / 1e6:.2f} MB/min to"
+            " Kafka (crypton_dataflow_snapshot_bytes, crypton_dataflow_base_bytes)"
         )
         _say(f"probing every {PROBE_EVERY_S * 1000:.0f} ms for {args.probe_seconds:g} s (stall)")
         probed = trade_paced(ex, args.rate, args.probe_seconds, "probed", probe=True)

@@ -88,10 +88,14 @@ EPOCH_STALL = "crypton_dataflow_epoch_stall_seconds"
 
 
 def snapshot_metrics(texts: Iterable[str]) -> dict[str, float]:
-    """The ``crypton_dataflow_snapshot_*`` and ``crypton_dataflow_epoch_stall_seconds``
-    samples, summed (see :func:`metric_sums`)."""
+    """The ``crypton_dataflow_snapshot_*``, ``crypton_dataflow_base_bytes`` and
+    ``crypton_dataflow_epoch_stall_seconds`` samples, summed (see :func:`metric_sums`)."""
     texts = list(texts)
-    return metric_sums(texts, "crypton_dataflow_snapshot_") | metric_sums(texts, EPOCH_STALL)
+    return (
+        metric_sums(texts, "crypton_dataflow_snapshot_")
+        | metric_sums(texts, "crypton_dataflow_base_bytes")
+        | metric_sums(texts, EPOCH_STALL)
+    )
 
 
 def histogram_quantile(sums: dict[str, float], prefix: str, q: float) -> float | None:

@@ -16,8 +16,9 @@ from confluent_kafka import Producer
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Message
 from crypton.kafka import producer_config
+from crypton.logreader import read_topics
 from crypton.process import Child
-from crypton.topics import ensure_topics
+from crypton.topics import ensure_topics, topic_name
 from crypton.views import View
 from tests.dataflows.kafka_support import (
     produce,
@@ -90,7 +91,11 @@ def test_sigkill_over_a_written_inbox_matches_a_crash_free_run(
     and once with three kills: final balances and order states must be identical.
 
     One partition per inbox makes the whole run a function of the inbox: every step
-    emits in log order and a replay re-emits the same messages in the same order."""
+    emits in log order and a replay re-emits the same messages in the same order.
+
+    The crashed run keeps every state as a delta on a base (``dataflows.bases``), with
+    a new base every 500 inbox offsets, so its restarts rebuild machines from a base
+    and their inbox; the clean run keeps small states whole, as by default."""
     rng = random.Random(_seed())
     commands: list[Message] = funding(MARKETS) + trading(
         MARKETS, COMMANDS, seed=rng.randrange(1 << 30)
@@ -105,7 +110,8 @@ def test_sigkill_over_a_written_inbox_matches_a_crash_free_run(
         )
         ensure_topics(run)
         produce(run, commands)
-        dataflow = start_dataflow(spawn, run, name=f"dataflow-{name}")
+        env = {"CRYPTON_STATE_INLINE_BYTES": "0", "CRYPTON_STATE_REBASE_OFFSETS": "500"}
+        dataflow = start_dataflow(spawn, run, name=f"dataflow-{name}", env=env if crashes else None)
         if crashes:
             _kill_and_restart(dataflow, rng, (0.8, 2.0))
         wait_settled(run, commands, timeout=240)
@@ -114,6 +120,9 @@ def test_sigkill_over_a_written_inbox_matches_a_crash_free_run(
         # A clean audit means nothing is still travelling between the steps.
         runs.append(_final(state_view(run)))
         dataflow.stop()
+        if crashes:  # every state was a delta on a base, so every restart read bases
+            bases = topic_name("dataflow.bases", run.topic_prefix)
+            assert sum(1 for _ in read_topics(run, [bases])) > 10
     (clean_orders, clean_balances), (crashed_orders, crashed_balances) = runs
     assert crashed_balances == clean_balances
     assert crashed_orders == clean_orders

@@ -1,0 +1,251 @@
+"""Large machine states kept as a base in Kafka plus the inbox since (delta snapshots).
+
+Bytewax keeps one snapshot per state key: the whole value, written again at every
+epoch that touched the key. For a book of 5,000 resting orders that is 180 kB each
+epoch it trades in (5.5 MB a minute at 10 orders a second), and for a market maker's
+wallet its dedupe window of thousands of ids. Most of it did not change.
+
+**A delta snapshot.** A machine whose packed state is larger than ``INLINE_BYTES``
+(``CRYPTON_STATE_INLINE_BYTES``) writes its whole state once, as a *base*, to the
+topic ``crypton.dataflow.bases``, and waits for Kafka to acknowledge it. Until its
+next base, the snapshot Bytewax stores for the key is only::
+
+    (DELTA, base partition, base offset, inbox offset at the base, last inbox offset applied)
+
+about 20 bytes. The machine's state at the epoch is then the base, plus its own
+messages in its inbox partition after the base's offset up to the last one applied:
+the machines are deterministic (``crypton.domain``), so applying those messages again
+to the base gives the same state (its outputs are dropped: they were written the first
+time, in the epoch that applied them). A logic restored from a delta snapshot replays
+them when its key first gets a message (``Bases.since``), as a packed logic decodes
+itself then. A new base is written when the messages to replay would span more than
+``REBASE_OFFSETS`` inbox offsets (``CRYPTON_STATE_REBASE_OFFSETS``): a restore reads at
+most that much of the inbox.
+
+Why it is safe. A base is written and acknowledged (acks from all in-sync replicas)
+before the snapshot that names it is handed to Bytewax, so a committed snapshot never
+names a base the log does not have. Inboxes and bases are never deleted
+(``retention.ms`` -1), so the records a committed snapshot needs stay. The inbox
+offsets are the source's own (read_committed, as the source reads), so the replay sees
+exactly the records the machine was fed, in the same order; undecodable records were
+dead letters then and are skipped now. Bases are never read back except to restore;
+older ones are dead weight (a busy book writes one every ``REBASE_OFFSETS`` offsets),
+kept for now (no clean-up yet).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Final, Literal, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.cimpl import NewTopic
+
+from crypton import schema, signing
+from crypton.config import Settings
+from crypton.domain.messages import DeadLetter, Message
+from crypton.kafka import admin, consumer_config, producer_config
+from crypton.topics import partition_for
+from dataflows.kafka_io import inbox_message
+
+__all__ = [
+    "DELTA",
+    "INLINE_BYTES",
+    "REBASE_OFFSETS",
+    "Bases",
+    "Delta",
+    "KafkaBases",
+    "MemoryBases",
+]
+
+DELTA: Final = "crypton.delta"
+
+Delta = tuple[Literal["crypton.delta"], int, int, int, int]
+"""(DELTA, base partition, base offset, inbox offset at the base, last offset applied)."""
+
+INLINE_BYTES = int(os.environ.get("CRYPTON_STATE_INLINE_BYTES", "16384"))
+"""A packed state up to this size is snapshotted whole; a larger one as a delta."""
+
+REBASE_OFFSETS = int(os.environ.get("CRYPTON_STATE_REBASE_OFFSETS", "20000"))
+"""The most inbox offsets a delta spans before the machine writes a new base."""
+
+_MAX_BYTES = 256 * 2**20  # a base is one record: a book of a few million orders
+_TIMEOUT = 60.0
+
+
+class Bases(Protocol):
+    """Where bases go and where a delta's messages come from."""
+
+    inline_bytes: int
+    """A packed state up to this size is snapshotted whole."""
+    rebase_offsets: int
+    """The most inbox offsets a delta spans before the next base."""
+
+    def put(self, step: str, key: str, state: bytes) -> tuple[int, int]:
+        """Store ``state`` durably; return its (partition, offset)."""
+
+    def get(self, partition: int, offset: int) -> bytes:
+        """The base stored at (partition, offset)."""
+
+    def since(self, step: str, key: str, after: int, through: int) -> Iterator[Message]:
+        """The messages of ``key`` in its inbox partition after offset ``after`` up to
+        ``through``, in offset order (undecodable records skipped)."""
+
+
+class KafkaBases:
+    """Bases in the topic ``crypton.dataflow.bases``; deltas from the inbox topics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        inline_bytes: int = INLINE_BYTES,
+        rebase_offsets: int = REBASE_OFFSETS,
+    ) -> None:
+        self.settings = settings
+        self.inline_bytes, self.rebase_offsets = inline_bytes, rebase_offsets
+        self.topic = schema.topic_name("dataflow.bases", settings.topic_prefix)
+        self.inboxes = {
+            "wallet": schema.WALLET_INBOX.name(settings.topic_prefix),
+            "book": schema.BOOK_INBOX.name(settings.topic_prefix),
+        }
+        self.specs = {"wallet": schema.WALLET_INBOX, "book": schema.BOOK_INBOX}
+        self.signed = signing.required_secret()
+        self._producer: Producer | None = None
+        self._partitions: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _producing(self) -> Producer:
+        if self._producer is None:
+            self._ensure_topic()
+            self._producer = Producer(
+                producer_config(self.settings, **{"message.max.bytes": _MAX_BYTES, "linger.ms": 0})
+            )
+        return self._producer
+
+    def _ensure_topic(self) -> None:
+        client = admin(self.settings)
+        if self.topic in client.list_topics(timeout=_TIMEOUT).topics:
+            return
+        config = {
+            "cleanup.policy": "delete",
+            "retention.ms": "-1",
+            "max.message.bytes": str(_MAX_BYTES),
+        }
+        future = client.create_topics([NewTopic(self.topic, 1, config=config)])[self.topic]
+        try:
+            future.result(_TIMEOUT)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+    def put(self, step: str, key: str, state: bytes) -> tuple[int, int]:
+        with self._lock:  # one producer for the process's workers; one base at a time
+            producer = self._producing()
+            where: list[Any] = []
+
+            def delivered(error: KafkaError | None, record: Any) -> None:
+                where.append(error or (record.partition(), record.offset()))
+
+            producer.produce(self.topic, key=f"{step}/{key}", value=state, on_delivery=delivered)
+            deadline = time.monotonic() + _TIMEOUT
+            while not where:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Kafka did not acknowledge the base of {step} {key}")
+                producer.poll(0.05)
+        result = where[0]
+        if isinstance(result, KafkaError):
+            raise KafkaException(result)
+        partition, offset = result
+        return int(partition), int(offset)
+
+    def get(self, partition: int, offset: int) -> bytes:
+        for record in self._read(self.topic, partition, offset, offset):
+            value = record.value()
+            assert value is not None
+            return bytes(value)
+        raise LookupError(f"no base at {self.topic}[{partition}]@{offset}")
+
+    def since(self, step: str, key: str, after: int, through: int) -> Iterator[Message]:
+        if through <= after:
+            return
+        topic, spec = self.inboxes[step], self.specs[step]
+        partition = partition_for(key.encode(), self._partition_count(topic))
+        wanted = key.encode()
+        for record in self._read(topic, partition, after + 1, through):
+            if record.key() != wanted:
+                continue
+            # Read as the source read it: what was a dead letter then is skipped now.
+            msg = inbox_message(record, spec.decode, topic, self.signed)
+            if type(msg) is not str and spec.key_of(msg) == key:
+                yield msg
+
+    def _partition_count(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            metadata = admin(self.settings).list_topics(topic, timeout=_TIMEOUT)
+            count = self._partitions[topic] = len(metadata.topics[topic].partitions)
+        return count
+
+    def _read(self, topic: str, partition: int, first: int, last: int) -> Iterator[Any]:
+        """Records of one partition from offset ``first`` until one at ``last`` or past."""
+        consumer = Consumer(
+            consumer_config(
+                self.settings,
+                **{
+                    "group.id": "crypton-bases",
+                    "fetch.max.bytes": _MAX_BYTES,
+                    "max.partition.fetch.bytes": _MAX_BYTES,
+                    "receive.message.max.bytes": _MAX_BYTES + 2**20,
+                },
+            )
+        )
+        try:
+            consumer.assign([TopicPartition(topic, partition, first)])
+            deadline = time.monotonic() + _TIMEOUT
+            while True:
+                batch = consumer.consume(1000, 0.5)
+                if not batch and time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}[{partition}] stopped before offset {last}")
+                for record in batch:
+                    if record.error() is not None:
+                        continue
+                    deadline = time.monotonic() + _TIMEOUT
+                    yield record
+                    if (record.offset() or 0) >= last:
+                        return
+        finally:
+            consumer.close()
+
+
+class MemoryBases:
+    """Bases in a list and inboxes given as (offset, message) lists: for tests."""
+
+    def __init__(
+        self,
+        inboxes: dict[str, list[tuple[int, Message]]],
+        inline_bytes: int = 0,
+        rebase_offsets: int = REBASE_OFFSETS,
+    ) -> None:
+        self.inboxes = inboxes
+        self.inline_bytes, self.rebase_offsets = inline_bytes, rebase_offsets
+        self.stored: list[bytes] = []
+
+    def put(self, step: str, key: str, state: bytes) -> tuple[int, int]:
+        self.stored.append(state)
+        return 0, len(self.stored) - 1
+
+    def get(self, partition: int, offset: int) -> bytes:
+        return self.stored[offset]
+
+    def since(self, step: str, key: str, after: int, through: int) -> Iterator[Message]:
+        spec = schema.WALLET_INBOX if step == "wallet" else schema.BOOK_INBOX
+        for offset, msg in self.inboxes[step]:
+            if (
+                after < offset <= through
+                and type(msg) is not DeadLetter
+                and spec.key_of(msg) == key
+            ):
+                yield msg

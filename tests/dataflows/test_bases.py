@@ -1,0 +1,165 @@
+"""Delta snapshots (``dataflows.bases``): a machine restored from a base plus its inbox
+since behaves exactly as the machine it was taken of, whatever else the inbox holds.
+
+The inbox is in memory here (``MemoryBases``); ``tests/dataflows/test_crash.py`` runs
+the same through Kafka with every state a delta, crashes included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crypton import schema
+from crypton.config import load_markets
+from crypton.domain.messages import (
+    BookCancel,
+    BookOrder,
+    CancelOrder,
+    Credit,
+    DeadLetter,
+    Message,
+)
+from dataflows.bases import DELTA, MemoryBases
+from dataflows.exchange import BookLogic, StateUnavailable, WalletLogic, _KeyLogic, _Steps
+from tests.domain.support import btc, contents, limit, usdt
+
+MARKETS = load_markets()
+ENCODE = schema.record_encoder()
+
+
+def _book_inbox() -> list[tuple[int, Message]]:
+    """BTC-USDT orders and cancels of four users that trade, with another market's
+    messages and undecodable records between them."""
+    inbox: list[tuple[int, Message]] = []
+    seqs: dict[str, int] = {}
+    offset = 0
+    for i in range(120):
+        user = f"u{i % 4}"
+        seqs[user] = seqs.get(user, 0) + 1
+        seq = seqs[user]
+        msg: Message
+        if i % 5 == 4:
+            msg = BookCancel("BTC-USDT", user, seq, f"{user}/o{i - 8}", i, seq - 1)
+        else:
+            side = "buy" if i % 3 else "sell"
+            price = usdt("50000") + (i % 7 - 3) * usdt("10")
+            cmd = limit(user, f"o{i}", side, price, btc("0.002") * (1 + i % 3), ts=i)
+            msg = BookOrder(
+                "BTC-USDT", user, seq, cmd, usdt("1000") if side == "buy" else 10**6, seq - 1
+            )
+        inbox.append((offset, msg))
+        offset += 1 + i % 2  # offsets of this market are not contiguous
+        if i % 7 == 0:
+            other = limit("x", f"e{i}", "buy", usdt("2000"), btc("0.01"), market="ETH-USDT")
+            inbox.append((offset, BookOrder("ETH-USDT", "x", i + 1, other, usdt("20"), i)))
+            offset += 1
+        if i % 11 == 0:
+            dead = DeadLetter(topic="book", partition=0, offset=offset, key=b"BTC-USDT",
+                              value=b"{", reason="undecodable")  # fmt: skip
+            inbox.append((offset, dead))
+            offset += 1
+    return inbox
+
+
+def _wallet_inbox() -> list[tuple[int, Message]]:
+    """A market maker's commands (credits, orders, cancels) and another user's."""
+    inbox: list[tuple[int, Message]] = [
+        (0, Credit(user_id="mm", asset="USDT", amount=usdt("10000000"), transfer_id="f", ts=1)),
+        (1, Credit(user_id="mm", asset="BTC", amount=btc("100"), transfer_id="g", ts=1)),
+    ]
+    for i in range(150):
+        offset = 2 + 2 * i
+        if i % 6 == 5:
+            msg: Message = CancelOrder(user_id="mm", order_id=f"mm/o{i - 3}", ts=10 + i)
+        else:
+            side = "buy" if i % 2 else "sell"
+            price = usdt("50000") + (1 if side == "sell" else -1) * (1 + i % 9) * usdt("10")
+            msg = limit("mm", f"o{i}", side, price, btc("0.002"), ts=10 + i)
+        inbox.append((offset, msg))
+        other = Credit(user_id="y", asset="USDT", amount=1, transfer_id=f"t{i}", ts=10 + i)
+        inbox.append((offset + 1, other))
+    return inbox
+
+
+def _feed(logic: _KeyLogic, batch: list[tuple[int, Message]]) -> list[Any]:
+    outputs, _retain = logic.on_batch([batch])
+    return [record for tagged in outputs for _tag, record in tagged]
+
+
+def _mine(inbox: list[tuple[int, Message]], key: str, step: str) -> list[tuple[int, Message]]:
+    spec = schema.WALLET_INBOX if step == "wallet" else schema.BOOK_INBOX
+    return [(o, m) for o, m in inbox if type(m) is not DeadLetter and spec.key_of(m) == key]
+
+
+def _state(logic: _KeyLogic) -> Any:
+    """All a machine holds (a book's levels compared by content, not by packed bytes)."""
+    machine = logic.machine
+    return contents(machine) if type(logic) is BookLogic else machine.snapshot()
+
+
+CASES = {
+    "book": (BookLogic, "BTC-USDT", _book_inbox),
+    "wallet": (WalletLogic, "mm", _wallet_inbox),
+}
+
+
+@pytest.mark.parametrize("rebase", [5, 40, 10**6])
+@pytest.mark.parametrize("step", ["book", "wallet"])
+def test_a_machine_restored_from_any_delta_carries_on_exactly(step: str, rebase: int) -> None:
+    logic_type, key, make = CASES[step]
+    inbox = make()
+    bases = MemoryBases({step: inbox}, inline_bytes=0, rebase_offsets=rebase)
+    steps = _Steps(step, MARKETS, ENCODE, 10_000, bases=bases)
+    mine = _mine(inbox, key, step)
+    batches = [mine[i : i + 3] for i in range(0, len(mine), 3)]  # an epoch every 3 messages
+    original = logic_type(steps.here(), None)
+    snapshots, outputs = [], []
+    for batch in batches:
+        outputs.append(_feed(original, batch))
+        snapshots.append(original.snapshot())
+    assert all(s.startswith(b"\x95") for s in snapshots)  # every one a delta
+    if rebase >= 10**6:
+        assert len(bases.stored) == 1  # one base, then deltas on it
+    else:
+        assert len(bases.stored) > (10 if rebase == 5 else 1)
+    for k in (0, len(batches) // 3, len(batches) // 2, len(batches) - 2):
+        # A restart after the k-th epoch: a new process's logic, the same store.
+        restored = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=bases).here(),
+                              snapshots[k])  # fmt: skip
+        later = [_feed(restored, batch) for batch in batches[k + 1 :]]
+        assert later == outputs[k + 1 :]
+        assert _state(restored) == _state(original)
+
+
+def test_a_small_state_stays_whole_and_a_large_one_becomes_a_delta() -> None:
+    inbox = _wallet_inbox()
+    bases = MemoryBases({"wallet": inbox}, inline_bytes=2_000)
+    logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
+    mine = _mine(inbox, "mm", "wallet")
+    _feed(logic, mine[:2])
+    assert not logic.snapshot().startswith(b"\x95")  # two credits: a few hundred bytes
+    assert bases.stored == []
+    _feed(logic, mine[2:])
+    delta = logic.snapshot()
+    assert delta.startswith(b"\x95") and DELTA.encode() in delta and len(delta) < 40
+    assert len(bases.stored) == 1 and len(bases.stored[0]) > 2_000
+
+
+def test_a_base_that_cannot_be_read_stops_the_flow_rather_than_lose_messages() -> None:
+    """Not a dead letter per message (the key would turn every later message into one):
+    the process stops, and its supervisor starts it again from the snapshot."""
+    inbox = _wallet_inbox()
+    bases = MemoryBases({"wallet": inbox})
+    logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
+    mine = _mine(inbox, "mm", "wallet")
+    _feed(logic, mine[:10])
+    delta = logic.snapshot()
+    without = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), delta)
+    with pytest.raises(StateUnavailable, match="no store of bases"):
+        _feed(without, mine[10:11])
+    bases.stored.clear()  # the base is gone
+    lost = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), delta)
+    with pytest.raises(StateUnavailable, match="mm"):
+        _feed(lost, mine[10:11])
