@@ -37,8 +37,8 @@ unit: $(STAMP) unmypyc
 # `make test` removes the build and runs plain Python; `make test-mypyc` runs the domain and
 # dataflow tests compiled (not the doctests: pytest cannot collect them from an extension).
 # A build goes stale when its sources change: `make mypyc` again.
-MYPYC_MODULES := $(addprefix crypton/domain/,book.py delivery.py idwindow.py matching.py orders.py sequencing.py \
-	wallet.py)
+MYPYC_MODULES := $(addprefix crypton/domain/,book.py delivery.py idwindow.py markets.py matching.py money.py orders.py \
+	sequencing.py wallet.py)
 
 # One extension per module plus their shared library, named inside the package
 # (crypton/domain/native__mypyc) so that it imports from any directory.

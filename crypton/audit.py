@@ -48,8 +48,7 @@ from crypton.domain.messages import (
     Debit,
     Message,
     PlaceOrder,
-    Release,
-    Settle,
+    Settlement,
 )
 from crypton.domain.wallet import WalletMachine
 from crypton.logreader import read_topics
@@ -124,7 +123,7 @@ class _Replay:
             self.failures.append(f"{where}: {type(exc).__name__}: {exc}")
             return
         for item in out:
-            if isinstance(item, Settle | Release):
+            if type(item) is Settlement:
                 key = (item.user_id, item.src, item.seq)
                 self.sent[topics.WALLET_INBOX][key] = schema.WALLET_INBOX.encode(item)
                 self.prevs[key] = item.prev
@@ -264,7 +263,7 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
                 # Not the API's: the dataflow dead-lettered it, so it is no ground truth.
                 unsigned.append(f"{where}: {type(msg).__name__} without a valid MAC")
                 continue
-            if isinstance(msg, Settle | Release):
+            if type(msg) is Settlement:
                 received[logical][(msg.user_id, msg.src, msg.seq)].add(record.value or b"")
             elif isinstance(msg, BookOrder | BookCancel):
                 received[logical][(msg.market, msg.src, msg.seq)].add(record.value or b"")

@@ -19,8 +19,9 @@ DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
 ``UnicodeDecodeError``, not a ``DecodeError`` (found by tests/test_codec_fuzz.py)."""
 _encoder = msgspec.json.Encoder()
 
-wallet_inbox = schema.WALLET_INBOX.decoder
-"""The wallet inbox's decoder (commands), as ``crypton.schema.WALLET_INBOX.decode``."""
+wallet_inbox = schema.WALLET_INBOX
+"""The wallet inbox's spec: its ``decode`` reads commands (JSON objects) and the books'
+settlements (JSON arrays)."""
 
 
 def encode(message: msgspec.Struct) -> bytes:

@@ -46,8 +46,7 @@ from crypton.domain.messages import (
     OrderState,
     PlaceOrder,
     Rejection,
-    Release,
-    Settle,
+    Settlement,
     Trade,
     TransferState,
 )
@@ -146,10 +145,20 @@ class TopicSpec:
     compacted: bool
     doc: str
     decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
+    """Decodes the types encoded as JSON objects (or all of them)."""
+    array_decoder: msgspec.json.Decoder[Any] | None = field(init=False, repr=False)
+    """Decodes the types encoded as JSON arrays (``array_like``), when there are both:
+    a topic may carry commands as objects and the machines' messages as arrays."""
 
     def __post_init__(self) -> None:
-        union = functools.reduce(operator.or_, self.types)
-        object.__setattr__(self, "decoder", msgspec.json.Decoder(union))
+        arrays = tuple(t for t in self.types if t.__struct_config__.array_like)
+        objects = tuple(t for t in self.types if not t.__struct_config__.array_like)
+        if arrays and objects:
+            decoder, array_decoder = _union_decoder(objects), _union_decoder(arrays)
+        else:
+            decoder, array_decoder = _union_decoder(self.types), None
+        object.__setattr__(self, "decoder", decoder)
+        object.__setattr__(self, "array_decoder", array_decoder)
 
     def name(self, prefix: str = "") -> str:
         """The Kafka topic name under ``prefix``."""
@@ -179,7 +188,18 @@ class TopicSpec:
 
     def decode(self, data: bytes | str) -> Any:
         """One of ``types`` from a record value; ``msgspec.DecodeError`` if malformed."""
+        arrays = self.array_decoder
+        if arrays is not None:
+            first = data[:1]
+            if first.isspace():
+                first = data.lstrip()[:1]
+            if first in (b"[", "["):
+                return arrays.decode(data)
         return self.decoder.decode(data)
+
+
+def _union_decoder(types: tuple[type[msgspec.Struct], ...]) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(functools.reduce(operator.or_, types))
 
 
 def _user(m: Any) -> str:
@@ -212,7 +232,7 @@ def _seq(m: Any) -> int:
 
 WALLET_INBOX: Final = TopicSpec(
     "wallet.inbox", "user_id", _user,
-    (PlaceOrder, CancelOrder, CancelAll, Credit, Debit, Settle, Release),
+    (PlaceOrder, CancelOrder, CancelAll, Credit, Debit, Settlement),
     None, False, "commands and book reports for the wallet step",
 )  # fmt: skip
 BOOK_INBOX: Final = TopicSpec(

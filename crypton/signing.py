@@ -28,7 +28,7 @@ from crypton.domain.messages import CancelAll, CancelOrder, Credit, Debit, Place
 
 HEADER: Final = "crypton-mac"
 API_COMMANDS: Final = (PlaceOrder, CancelOrder, CancelAll, Credit, Debit)
-"""What only the API writes to the wallet inbox (the books write Settle and Release)."""
+"""What only the API writes to the wallet inbox (the books write Settlement)."""
 ENV: Final = "CRYPTON_API_SECRET"
 
 Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None

@@ -69,8 +69,7 @@ from crypton.domain.messages import (
     DeadLetter,
     Message,
     OrderState,
-    Release,
-    Settle,
+    Settlement,
     Trade,
 )
 from crypton.domain.wallet import WalletMachine
@@ -132,7 +131,7 @@ WalletSnapshot = tuple[
     # The dedupe windows (``IdWindow``)
     tuple[int, _WindowGeneration, _WindowGeneration],
     int,
-    _Inbound[Settle | Release],
+    _Inbound[Settlement],
     _Outbound,
 ]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from crypton.domain.matching import BookMachine
 from crypton.domain.messages import BookCancel, BookOrder, Message, WalletInbox
@@ -25,7 +25,7 @@ from crypton.domain.wallet import WALLET_HANDLERS, WalletMachine
 
 __all__ = ["run_batch"]
 
-_TO_BOOK = frozenset((BookOrder, BookCancel))
+_TO_BOOK: Final = frozenset((BookOrder, BookCancel))
 """Message types keyed by market; everything else a machine sends is keyed by user."""
 
 
@@ -40,7 +40,7 @@ def run_batch(
     batch changed. ``new_wallet`` makes (and registers) the wallet of an unseen user."""
     queue: deque[Any] = deque(commands)
     emitted: list[Message] = []
-    touched: dict[WalletMachine | BookMachine, None] = {}
+    touched: list[WalletMachine | BookMachine] = []  # each once: ``pending``
     send, emit, pop = queue.append, emitted.append, queue.popleft
     to_book, wallet_handlers = _TO_BOOK, WALLET_HANDLERS
     while queue:
@@ -48,13 +48,18 @@ def run_batch(
         kind = type(msg)
         if kind in to_book:
             book = books[msg.market]
-            touched[book] = None
+            if not book.pending:
+                book.pending = True
+                touched.append(book)
             book.apply(msg, send, emit)
         else:
             # A wallet's ``apply`` is only its dispatch: done here, one call less.
             wallet = wallets.get(msg.user_id) or new_wallet(msg.user_id)
-            touched[wallet] = None
+            if not wallet.pending:
+                wallet.pending = True
+                touched.append(wallet)
             wallet_handlers[kind](wallet, msg, send, emit)
     for machine in touched:
+        machine.pending = False
         machine.flush(emit)
     return emitted

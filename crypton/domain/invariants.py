@@ -219,10 +219,12 @@ def book_problems(machine: BookMachine) -> list[str]:
 def _side_problems(market: Market, book: OrderBook, side: str, seen: set[str]) -> list[str]:
     where = f"{market.symbol} {side}"
     problems: list[str] = []
+    # The price index holds each side's prices with the best last.
     levels, prices = book.levels[side], list(book.prices[side])
-    if prices != sorted(levels):
-        problems.append(f"{where}: price index {prices} differs from levels {sorted(levels)}")
-    top = (prices[-1] if side == "buy" else prices[0]) if prices else None
+    ordered = sorted(levels, reverse=side == "sell")
+    if prices != ordered:
+        problems.append(f"{where}: price index {prices} differs from levels {ordered}")
+    top = prices[-1] if prices else None
     best = book.best[side]
     best_price = best.price if best is not None else None
     if best_price != top or (best is not None and levels.get(best.price) is not best):

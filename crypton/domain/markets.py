@@ -15,9 +15,7 @@ base unit, and a quantity an integer of the base asset's smallest unit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import msgspec
+from typing import Any, Final, final
 
 from crypton.domain.money import AmountError, fee_ceil, to_text, to_units
 
@@ -31,12 +29,34 @@ class MarketConfigError(ValueError):
     """The market configuration is invalid; the message names the field."""
 
 
-class Asset(msgspec.Struct, frozen=True):
-    code: str
-    precision: int
-    scale: int
-    """Units per whole: ``10 ** precision`` (a field, not a property: the matching
-    loop reads it for every fill)."""
+@final
+class Asset:
+    """An asset and its smallest unit. Read-only (``Final``): plain attributes, so that
+    the compiled core (``make mypyc``) reads them as fields, not by name.
+
+    >>> Asset("BTC", 8, 10**8) == Asset("BTC", 8, 10**8)
+    True
+    """
+
+    __slots__ = ("code", "precision", "scale")
+
+    def __init__(self, code: str, precision: int, scale: int) -> None:
+        self.code: Final = code
+        self.precision: Final = precision
+        self.scale: Final = scale
+        """Units per whole: ``10 ** precision`` (a field, not a property: the matching
+        loop reads it for every fill)."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Asset):
+            return NotImplemented
+        return (self.code, self.precision, self.scale) == (other.code, other.precision, other.scale)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.precision, self.scale))
+
+    def __repr__(self) -> str:
+        return f"Asset({self.code!r}, {self.precision}, {self.scale})"
 
 
 def _scale(precision: int) -> int:
@@ -44,21 +64,65 @@ def _scale(precision: int) -> int:
     return scale
 
 
-class Market(msgspec.Struct, frozen=True):
-    """A market's rules, all amounts as integers of the smallest units."""
+@final
+class Market:
+    """A market's rules, all amounts as integers of the smallest units. Read-only, like
+    ``Asset``, and compared by value."""
 
-    symbol: str
-    base: Asset
-    quote: Asset
-    tick: int
-    """Price increment, in quote units per whole base unit."""
-    step: int
-    """Quantity increment, in base units."""
-    min_quantity: int
-    min_notional: int
-    """Smallest order value, in quote units."""
-    maker_fee_bps: int
-    taker_fee_bps: int
+    __slots__ = (
+        "base",
+        "maker_fee_bps",
+        "min_notional",
+        "min_quantity",
+        "quote",
+        "step",
+        "symbol",
+        "taker_fee_bps",
+        "tick",
+    )
+
+    def __init__(
+        self,
+        *,
+        symbol: str,
+        base: Asset,
+        quote: Asset,
+        tick: int,
+        step: int,
+        min_quantity: int,
+        min_notional: int,
+        maker_fee_bps: int,
+        taker_fee_bps: int,
+    ) -> None:
+        self.symbol: Final = symbol
+        self.base: Final = base
+        self.quote: Final = quote
+        self.tick: Final = tick
+        """Price increment, in quote units per whole base unit."""
+        self.step: Final = step
+        """Quantity increment, in base units."""
+        self.min_quantity: Final = min_quantity
+        self.min_notional: Final = min_notional
+        """Smallest order value, in quote units."""
+        self.maker_fee_bps: Final = maker_fee_bps
+        self.taker_fee_bps: Final = taker_fee_bps
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.symbol, self.base, self.quote, self.tick, self.step, self.min_quantity,
+            self.min_notional, self.maker_fee_bps, self.taker_fee_bps,
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Market):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Market({self.symbol!r})"
 
     def notional(self, price: int, quantity: int) -> int:
         """Exact quote value of ``quantity`` at ``price`` (see ``parse_markets``)."""

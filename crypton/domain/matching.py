@@ -3,10 +3,13 @@
 It reads the book inbox (orders whose funds the wallet holds, cancels) and
 matches in price-time priority at the maker's price. A maker's remaining
 quantity is reduced in the same call that emits the trade, so nothing can be
-filled twice. Each trade is one event carrying both sides; it is delivered to
-the maker's, the taker's and the fee account's wallets, which all settle from
-that same event. Every order the book closes is reported to its wallet with a
-``Release`` so the wallet frees what is left of the hold, exactly once.
+filled twice. Each trade is one event carrying both sides, for every reader.
+What it moves is settled from it in the same step: each order a book message
+touched gets one ``Settlement`` to its wallet (the net of its fills in that
+message, and whether the book closed it, so that the wallet frees what is left
+of the hold exactly once), and the fee account one for the message's fees. A
+book message therefore sends a wallet one settlement per order, never one per
+fill and one more per close, and the count is a function of the book's input.
 
 A book hears from, and reports to, every user who trades on its market, so
 its sequencing state forgets the users idle for a while: its clock is the
@@ -19,9 +22,10 @@ history; ``crypton.domain.sequencing`` proves no message is applied twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
+from msgspec.structs import astuple
 
 from crypton.domain.book import Level, OrderBook, RestingOrder
 from crypton.domain.markets import Market
@@ -42,28 +46,34 @@ from crypton.domain.messages import (
     OrderStatus,
     PlaceOrder,
     Rejection,
-    Release,
-    Settle,
+    Settlement,
     Trade,
 )
 from crypton.domain.money import BPS, fee_ceil
-from crypton.domain.orders import order_state
 from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound
 
 __all__ = ["BookMachine"]
 
-STP_REASON = "self-trade prevented"
+# Compiled (``make mypyc``), a name imported from an interpreted module (``messages``,
+# msgspec) is looked up in this module's dict at each use; a ``Final`` alias is a C
+# static. The hot path builds and reads messages through these.
+_astuple: Final = astuple
+_BookCancel: Final = BookCancel
+_Settlement: Final = Settlement
+_Trade: Final = Trade
+
+STP_REASON: Final = "self-trade prevented"
 _PLACE_FIELDS = PlaceOrder.__struct_fields__
 
 
 class BookMachine:
     """One market: ``apply`` inbox messages, then ``flush`` the order states they changed.
 
-    Trades go to ``emit`` and the wallets' reports (``Settle``, ``Release``)
-    to ``send`` as they happen. An order's state record is built once per
-    batch by ``flush``: its last state, with ``version`` counting every change,
-    so a version names the same state however the log was batched (within one
-    message an order changes at most once, so ``handle`` shows every version).
+    Trades go to ``emit`` and the wallets' ``Settlement``s to ``send`` as they
+    happen. An order's state record is built once per batch by ``flush``: its last
+    state, with ``version`` counting every change, so a version names the same state
+    however the log was batched (within one message an order changes at most once,
+    so ``handle`` shows every version).
     """
 
     def __init__(self, market: Market) -> None:
@@ -80,9 +90,12 @@ class BookMachine:
         self.clock = 0  # the largest command ``ts`` seen: message time, never the wall clock
         self.inbound: Inbound[BookOrder | BookCancel] = Inbound(forgets=True)
         self.outbound = Outbound()
-        # Orders whose latest state is not yet emitted (by identity: a stray duplicate
-        # id must not hide the state of the order it tried to shadow).
-        self.changed: dict[RestingOrder, None] = {}
+        # Orders whose latest state is not yet emitted, each once (``pending``), by
+        # identity: a stray duplicate id must not hide the state of the order it tried
+        # to shadow.
+        self.changed: list[RestingOrder] = []
+        self.pending = False  # in a batch's list of machines to flush (``run_batch``)
+        self.fees = 0  # both fees of the last fill (``_fill``)
 
     def handle(self, msg: BookInbox) -> list[Message]:
         """Apply one inbox message and flush; return everything it causes, in order."""
@@ -94,7 +107,13 @@ class BookMachine:
     def apply(self, msg: BookInbox, send: Emit, emit: Emit) -> None:
         """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
         kind = type(msg)
-        ts = msg.ts if kind is BookCancel else msg.order.ts  # type: ignore[union-attr]
+        # (market, src, seq, order or order_id, hold or ts, prev, v): every field in one
+        # call, where the compiled core (``make mypyc``) looks each up by name.
+        fields = _astuple(msg)
+        src: str = fields[1]
+        seq: int = fields[2]
+        prev: int = fields[5]
+        ts: int = fields[4] if kind is _BookCancel else fields[3].ts
         inbound = self.inbound
         if ts > self.clock:
             self.clock = ts
@@ -105,27 +124,21 @@ class BookMachine:
                 self.outbound.last.tick(ts)
         # The in-line check of ``Inbound.accept``, inlined: once per order and cancel.
         applied = inbound.applied.current
-        src = msg.src
-        seq = msg.seq
         last = applied.get(src)
-        if last is not None and not inbound.parked and msg.prev <= last < seq:
+        if last is not None and not inbound.parked and prev <= last < seq:
             applied[src] = seq
             self.seq += 1
             _HANDLERS[kind](self, msg, send, emit)
             return
-        for due in inbound.accept(src, seq, msg.prev, msg, ts):
+        for due in inbound.accept(src, seq, prev, msg, ts):
             self.seq += 1
             _HANDLERS[type(due)](self, due, send, emit)
 
     def flush(self, emit: Emit) -> None:
         """Emit the latest state of every order that changed since the last flush."""
         for order in self.changed:
-            state = order_state(
-                order.cmd, order.status, order.reason, version=order.version,
-                updated_at=order.updated_at, filled_quantity=order.filled_quantity,
-                filled_funds=order.filled_funds, fee=order.fee,
-            )  # fmt: skip
-            emit(state)
+            order.pending = False
+            emit(order.state())
         self.changed.clear()
 
     def depth(self, levels: int, ts: int) -> DepthState:
@@ -137,8 +150,8 @@ class BookMachine:
 
     def _cancel(self, msg: BookCancel, send: Emit, emit: Emit) -> None:
         # Check the owner before taking the order out: removing first would let a
-        # cancel naming someone else's order drop it from the book with no Release,
-        # leaving its funds held for ever.
+        # cancel naming someone else's order drop it from the book with its funds
+        # held for ever.
         resting = self.book.orders.get(msg.order_id)
         order = self.book.remove(msg.order_id) if resting and resting.user_id == msg.src else None
         if order is None:
@@ -159,31 +172,36 @@ class BookMachine:
     # --- matching ------------------------------------------------------------------
 
     def _order(self, msg: BookOrder, send: Emit, emit: Emit) -> None:
-        cmd = msg.order
-        taker = RestingOrder(cmd, msg.hold)
-        side = cmd.side
-        opposite = "sell" if side == "buy" else "buy"
+        taker = RestingOrder(msg.order, msg.hold)
+        side = taker.side
+        buying = side == "buy"
+        opposite = "sell" if buying else "buy"
         book = self.book
-        if cmd.order_id in book.orders:
+        ts = taker.created_at
+        if taker.order_id in book.orders:
             # Order ids are derived from (user, client_order_id), so this only happens
             # if something other than the wallet writes to the inbox; never let a second
             # order shadow the first, whose cancel would then find the wrong one.
-            self._close(taker, REJECTED, "duplicate order id", cmd.ts, send)
+            self._close(taker, REJECTED, "duplicate order id", ts, send)
             return
-        if cmd.post_only and self._crosses(side, cmd.price):
-            self._close(taker, REJECTED, "post-only order would take liquidity", cmd.ts, send)
+        if taker.post_only and self._crosses(side, taker.price):
+            self._close(taker, REJECTED, "post-only order would take liquidity", ts, send)
             return
-        if cmd.time_in_force == "FOK" and not self._fills_in_full(taker, opposite):
-            self._close(taker, EXPIRED, "FOK: not enough liquidity to fill in full", cmd.ts, send)
+        time_in_force = taker.time_in_force
+        if time_in_force == "FOK" and not self._fills_in_full(taker, opposite):
+            self._close(taker, EXPIRED, "FOK: not enough liquidity to fill in full", ts, send)
             return
-        by_funds = cmd.quantity is None  # a market buy spending funds
+        by_funds = taker.quantity is None  # a market buy spending funds
         reason: str | None = None
+        # What the fills of this message add up to, settled once at the end: the
+        # taker's price improvement (a limit buy's refund) and the fees collected.
+        refund = fees = 0
         # Locals for the loop: it runs once per fill and once more to stop.
-        best, limit, buying, ts = book.best, taker.price, side == "buy", cmd.ts
+        makers, limit = book.asks if buying else book.bids, taker.price
         while True:
             if not by_funds and taker.remaining == 0:
                 break
-            level = best[opposite]
+            level = makers.best
             if level is None:
                 reason = "no more liquidity"
                 break
@@ -193,10 +211,10 @@ class BookMachine:
             if not maker.live:
                 maker = level.front()
             if maker.user_id == taker.user_id:
-                if cmd.stp != "expire_taker":
+                if taker.stp != "expire_taker":
                     book.remove(maker.order_id)
                     self._close(maker, EXPIRED, STP_REASON, ts, send)
-                if cmd.stp != "expire_maker":
+                if taker.stp != "expire_maker":
                     reason = STP_REASON
                     break
                 continue
@@ -208,22 +226,38 @@ class BookMachine:
                     break
             else:
                 quantity = min(taker.remaining, maker.remaining)
-            self._trade(taker, maker, level, quantity, ts, send, emit)
+            refund += self._fill(taker, maker, level, quantity, ts, send, emit)
+            fees += self.fees
 
+        closed = True
         if by_funds:
             status: OrderStatus = FILLED if taker.filled_quantity and reason is None else EXPIRED
-            self._close(taker, status, None if status == FILLED else reason, cmd.ts, send)
+            if status == FILLED:
+                reason = None
         elif taker.remaining == 0:
-            self._close(taker, FILLED, None, cmd.ts, send)
-        elif reason == STP_REASON or cmd.type == "market":
-            self._close(taker, EXPIRED, reason or "no more liquidity", cmd.ts, send)
-        elif cmd.time_in_force != "GTC":
-            self._close(
-                taker, EXPIRED, f"{cmd.time_in_force}: unfilled remainder expired", cmd.ts, send
-            )
+            status, reason = FILLED, None
+        elif reason == STP_REASON or taker.type == "market":
+            status, reason = EXPIRED, reason or "no more liquidity"
+        elif time_in_force != "GTC":
+            status, reason = EXPIRED, f"{time_in_force}: unfilled remainder expired"
         else:
             book.rest(taker)
-            self._state(taker, PARTIALLY_FILLED if taker.filled_quantity else OPEN, None, cmd.ts)
+            status, reason, closed = (
+                PARTIALLY_FILLED if taker.filled_quantity else OPEN,
+                None,
+                False,
+            )
+        self._state(taker, status, reason, ts)
+        if closed or taker.filled_quantity:
+            # The taker's fills, net: a buy paid value, fee and its improvement out of
+            # the hold and gets the improvement back; a sell paid quantity.
+            if buying:
+                take, receive = taker.spent, taker.filled_quantity
+            else:
+                take, receive = taker.filled_quantity, taker.filled_funds - taker.fee
+            self._settle(taker.user_id, taker.order_id, take, refund, receive, closed, ts, send)
+        if fees:
+            self._settle(FEE_ACCOUNT, "", 0, 0, fees, False, ts, send)
 
     def _crosses(self, side: str, price: int | None) -> bool:
         if side == "buy":
@@ -244,7 +278,7 @@ class BookMachine:
                 if not maker.live:
                     continue
                 if maker.user_id == taker.user_id:
-                    if taker.cmd.stp != "expire_maker":
+                    if taker.stp != "expire_maker":
                         return False
                     continue
                 need -= maker.remaining
@@ -270,7 +304,7 @@ class BookMachine:
             quantity -= market.step
         return quantity
 
-    def _trade(
+    def _fill(
         self,
         taker: RestingOrder,
         maker: RestingOrder,
@@ -279,76 +313,82 @@ class BookMachine:
         ts: int,
         send: Emit,
         emit: Emit,
-    ) -> None:
+    ) -> int:
+        """Trade ``quantity`` between ``taker`` and ``maker`` (the front of ``level``) at
+        the maker's price: the trade event, the maker's settlement and state. Returns the
+        taker's price improvement (a limit buy's refund) and leaves both fees in
+        ``self.fees``; the taker's own settlement waits for the end of its message."""
         price = level.price
         value = price * quantity // self.scale  # market.notional, inlined
         taker_fee = taker.charge(quantity, value, self.taker_fee_bps)
         maker_fee = maker.charge(quantity, value, self.maker_fee_bps)
+        self.fees = taker_fee + maker_fee
         level.quantity -= quantity  # OrderBook.fill_front, inlined
         level.packed = None
-        if maker.remaining == 0:
+        closed = maker.remaining == 0
+        if closed:
             level.orders.popleft()
             self.book.unlink(level, maker)
-        buyer_release = 0
+        release = 0
         if taker.side == "buy":
-            taker.spent += value + taker_fee
-            if taker.price is not None:  # a limit buy held its own price: refund the gain
-                buyer_release = taker.price * quantity // self.scale - value
-                taker.spent += buyer_release
-        self.trade_seq += 1
-        trade = Trade(  # positional, in field order: a third of the cost of keywords
-            self.symbol,
-            self.trade_seq,
-            price,
-            quantity,
-            value,  # notional
-            taker.side,
-            maker.order_id,
-            taker.order_id,
-            maker.user_id,
-            taker.user_id,
-            maker_fee,
-            taker_fee,
-            buyer_release,
-            ts,  # time
-        )
-        emit(trade)
-        # Both wallets, and the fee account if there are fees, settle from this trade.
-        # Settle is (user_id, src, seq, trade, prev), built positionally on this hot path.
-        # ``Outbound.link``, inlined for each wallet: the previous message's number is
-        # in the current generation unless the user was quiet for a while.
-        symbol, outbound = self.symbol, self.outbound
-        last = outbound.last.current
-        seq = outbound.count
-        user = maker.user_id
-        prev = last.get(user)
-        if prev is None:
-            prev = outbound.last.previous.pop(user, 0)
-        seq += 1
-        last[user] = seq
-        send(Settle(user, symbol, seq, trade, prev))
-        user = taker.user_id
-        prev = last.get(user)
-        if prev is None:
-            prev = outbound.last.previous.pop(user, 0)
-        seq += 1
-        last[user] = seq
-        send(Settle(user, symbol, seq, trade, prev))
-        if maker_fee or taker_fee:
-            prev = last.get(FEE_ACCOUNT)
-            if prev is None:
-                prev = outbound.last.previous.pop(FEE_ACCOUNT, 0)
-            seq += 1
-            last[FEE_ACCOUNT] = seq
-            send(Settle(FEE_ACCOUNT, symbol, seq, trade, prev))
-        outbound.count = seq
-        if maker.remaining == 0:
-            self._close(maker, FILLED, None, ts, send)
+            limit = taker.price
+            if limit is not None:  # a limit buy held its own price: refund the gain
+                release = limit * quantity // self.scale - value
+            taker.spent += value + taker_fee + release
+            take, receive = quantity, value - maker_fee  # the maker sold
         else:
-            maker.version += 1  # ``_state``, inlined
-            maker.status = PARTIALLY_FILLED
-            maker.updated_at = ts
-            self.changed[maker] = None
+            take, receive = value + maker_fee, quantity  # the maker bought at its price
+        self.trade_seq += 1
+        emit(
+            _Trade(  # positional, in field order: a third of the cost of keywords
+                self.symbol,
+                self.trade_seq,
+                price,
+                quantity,
+                value,  # notional
+                taker.side,
+                maker.order_id,
+                taker.order_id,
+                maker.user_id,
+                taker.user_id,
+                maker_fee,
+                taker_fee,
+                release,  # buyer_release
+                ts,  # time
+            )
+        )
+        maker.version += 1  # ``_state``, inlined
+        maker.status = FILLED if closed else PARTIALLY_FILLED
+        maker.updated_at = ts
+        if not maker.pending:
+            maker.pending = True
+            self.changed.append(maker)
+        self._settle(maker.user_id, maker.order_id, take, 0, receive, closed, ts, send)
+        return release
+
+    def _settle(
+        self,
+        user: str,
+        order_id: str,
+        take: int,
+        refund: int,
+        receive: int,
+        closed: bool,
+        ts: int,
+        send: Emit,
+    ) -> None:
+        """Send ``user``'s wallet a ``Settlement``, numbered on its link (``Outbound.link``,
+        inlined: a wallet's previous number is in the current generation unless its
+        user was quiet for a while)."""
+        outbound = self.outbound
+        seq = outbound.count = outbound.count + 1
+        last = outbound.last
+        prev = last.current.get(user)
+        if prev is None:
+            prev = last.previous.pop(user, 0)
+        last.current[user] = seq
+        # (user_id, src, seq, prev, order_id, take, refund, receive, closed, ts)
+        send(_Settlement(user, self.symbol, seq, prev, order_id, take, refund, receive, closed, ts))
 
     def _close(
         self,
@@ -358,22 +398,10 @@ class BookMachine:
         ts: int,
         send: Emit,
     ) -> None:
-        """Close an order and tell its wallet to release what is left of the hold."""
-        order.version += 1  # ``_state``, inlined
-        order.status = status
-        order.reason = reason
-        order.updated_at = ts
-        self.changed[order] = None
-        # ``Outbound.link``, inlined: once per order.
-        outbound, user = self.outbound, order.user_id
-        seq = outbound.count = outbound.count + 1
-        links = outbound.last.current
-        prev = links.get(user)
-        if prev is None:
-            prev = outbound.last.previous.pop(user, 0)
-        links[user] = seq
-        # (user_id, src, seq, order_id, status, ts, prev)
-        send(Release(user, self.symbol, seq, order.order_id, status, ts, prev))
+        """Close an order with no fill in this message (cancel, expiry, refusal), and
+        tell its wallet to release what the order still holds."""
+        self._state(order, status, reason, ts)
+        self._settle(order.user_id, order.order_id, 0, 0, 0, True, ts, send)
 
     def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
         """A new state of ``order``, published at the next ``flush``."""
@@ -381,7 +409,9 @@ class BookMachine:
         order.status = status
         order.reason = reason
         order.updated_at = ts
-        self.changed[order] = None
+        if not order.pending:
+            order.pending = True
+            self.changed.append(order)
 
     # --- recovery ------------------------------------------------------------------
 
@@ -548,7 +578,7 @@ def _unpack_order(row: Any, side: str, price: int, clock: int, symbol: str) -> R
 
 
 _Handler = Callable[[BookMachine, Any, Emit, Emit], None]
-_HANDLERS: dict[type[Message], _Handler] = {
+_HANDLERS: Final[dict[type[Message], _Handler]] = {
     BookOrder: BookMachine._order,
     BookCancel: BookMachine._cancel,
 }

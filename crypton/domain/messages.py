@@ -47,8 +47,7 @@ __all__ = [
     "OrderState",
     "PlaceOrder",
     "Rejection",
-    "Release",
-    "Settle",
+    "Settlement",
     "Trade",
     "TransferState",
     "WalletInbox",
@@ -110,6 +109,15 @@ class PlaceOrder(Message, tag="place_order", kw_only=True):
     ts: int
 
 
+PLACE_ORDER_FIELDS: Final = (
+    "v", "user_id", "order_id", "client_order_id", "market", "side", "type", "price",
+    "quantity", "funds", "time_in_force", "post_only", "stp", "ts",
+)  # fmt: skip
+"""``PlaceOrder``'s fields in order: the wallet and the book unpack a command's
+``msgspec.structs.astuple`` in this order (one call, not a lookup by name per field)."""
+assert PlaceOrder.__struct_fields__ == PLACE_ORDER_FIELDS
+
+
 class CancelOrder(Message, tag="cancel_order", kw_only=True):
     user_id: str
     order_id: str
@@ -148,8 +156,8 @@ class Debit(Message, tag="debit", kw_only=True):
 
 
 class Trade(Message, tag="trade"):
-    """One execution, at the maker's price. Emitted once by the book; both wallets
-    (and the fee account) settle from this same event."""
+    """One execution, at the maker's price. Emitted once by the book, for every reader;
+    the wallets settle from the ``Settlement`` the book computes from it in the same step."""
 
     market: str
     seq: int
@@ -169,38 +177,58 @@ class Trade(Message, tag="trade"):
     time: int
 
 
-class Settle(Message, tag="settle"):
-    """Deliver a trade to one of the wallets it concerns."""
+class Settlement(Message, tag="settlement", array_like=True):
+    """What one book message did to one order of a wallet: its fills, net, and whether
+    the book closed it. One per (book inbox message, order), so that its number is a
+    function of the book's input, never of how the log was batched.
+
+    The wallet takes ``take`` out of the order's hold (in the asset it holds), hands
+    ``refund`` of it back to available (a limit buy's price improvement), adds
+    ``receive`` of the market's other asset to available (fees already deducted),
+    and, if ``closed``, releases whatever the order still holds. With no order
+    (``order_id == ""``) it is the fee account's collection: ``receive`` quote.
+
+    Encoded as an array (``array_like``): the book writes one for nearly every fill.
+    """
 
     user_id: str
     src: str
+    """The market whose book sent it."""
     seq: int
     """The book's output counter (see ``crypton.domain.sequencing``)."""
-    trade: Trade
-    prev: int = 0
+    prev: int
     """The book's previous ``seq`` to this wallet; 0 if none it remembers."""
-
-
-class Release(Message, tag="release"):
-    """The order is closed in the book: release whatever is still held for it."""
-
-    user_id: str
-    src: str
-    seq: int
     order_id: str
-    status: OrderStatus
+    take: int
+    refund: int
+    receive: int
+    closed: bool
     ts: int
-    prev: int = 0
 
 
-WalletInbox = PlaceOrder | CancelOrder | CancelAll | Credit | Debit | Settle | Release
+assert Settlement.__struct_fields__ == (
+    "user_id",
+    "src",
+    "seq",
+    "prev",
+    "order_id",
+    "take",
+    "refund",
+    "receive",
+    "closed",
+    "ts",
+    "v",
+), "the wallet unpacks a Settlement's ``msgspec.structs.astuple`` in this order"
+
+WalletInbox = PlaceOrder | CancelOrder | CancelAll | Credit | Debit | Settlement
 
 
 # --- The wallet's requests to the books (key: market) ---------------------------------
 
 
-class BookOrder(Message, tag="book_order"):
-    """An order whose funds are held, for the book to match or rest."""
+class BookOrder(Message, tag="book_order", array_like=True):
+    """An order whose funds are held, for the book to match or rest. Like every message
+    between the machines, encoded as an array: only the machines read these."""
 
     market: str
     src: str
@@ -212,7 +240,7 @@ class BookOrder(Message, tag="book_order"):
     """The wallet's previous ``seq`` to this book; 0 for its first."""
 
 
-class BookCancel(Message, tag="book_cancel"):
+class BookCancel(Message, tag="book_cancel", array_like=True):
     market: str
     src: str
     seq: int

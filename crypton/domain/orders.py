@@ -25,15 +25,17 @@ from typing import Any, Final, Literal, NamedTuple, get_args
 
 from crypton.domain.markets import Market
 from crypton.domain.messages import OrderState, OrderType, PlaceOrder, TimeInForce
-from crypton.domain.money import MAX_UNITS
+from crypton.domain.money import fee_ceil, in_range
 
 __all__ = [
     "REASON_CODES",
     "Problem",
     "ReasonCode",
     "check",
+    "check_terms",
     "code_of",
     "effective_time_in_force",
+    "hold_amount",
     "hold_for",
     "order_problem",
     "order_state",
@@ -93,66 +95,84 @@ def effective_time_in_force(type: OrderType, time_in_force: TimeInForce) -> Time
 
 def check(market: Market, cmd: PlaceOrder) -> Problem | None:
     """Why ``cmd`` breaks ``market``'s rules, or ``None`` if it is valid."""
-    if cmd.post_only and (cmd.type == "market" or cmd.time_in_force != "GTC"):
+    return check_terms(
+        market, cmd.side, cmd.type, cmd.price, cmd.quantity, cmd.funds, cmd.time_in_force,
+        cmd.post_only,
+    )  # fmt: skip
+
+
+def check_terms(
+    market: Market,
+    side: str,
+    type: str,
+    price: int | None,
+    quantity: int | None,
+    funds: int | None,
+    time_in_force: str,
+    post_only: bool,
+) -> Problem | None:
+    """``check`` of an order's terms, read out of its command by the caller: the wallet
+    has them at hand already."""
+    if post_only and (type == "market" or time_in_force != "GTC"):
         return Problem("invalid_order", "post_only needs a GTC limit order", "post_only")
-    if cmd.type == "limit":
-        if cmd.price is None or cmd.quantity is None:
-            field = "price" if cmd.price is None else "quantity"
+    if type == "limit":
+        if price is None or quantity is None:
+            field = "price" if price is None else "quantity"
             return Problem("invalid_order", "a limit order needs price and quantity", field)
-        if cmd.funds is not None:
+        if funds is not None:
             return Problem("invalid_order", "funds is only for market buys", "funds")
-        if cmd.price <= 0 or cmd.price > MAX_UNITS:
+        if not in_range(price):
             return Problem("out_of_range", "price out of range", "price")
-        if cmd.price % market.tick:
+        if price % market.tick:
             return Problem(
                 "invalid_tick",
                 f"price must be a multiple of the tick {market.price_text(market.tick)}",
                 "price",
             )
-        problem = _quantity_problem(market, cmd.quantity)
+        problem = _quantity_problem(market, quantity)
         if problem:
             return problem
-        value = market.notional(cmd.price, cmd.quantity)
+        value = price * quantity // market.base.scale  # Market.notional
         if value < market.min_notional:
             return Problem(
                 "below_min_notional",
                 f"order value below the minimum {market.quote_text(market.min_notional)}",
                 "quantity",
             )
-        if value + market.fee(value, market.taker_fee_bps) > MAX_UNITS:
+        if not in_range(value + fee_ceil(value * market.taker_fee_bps)):
             return Problem("out_of_range", "order value too large", "quantity")
         return None
-    if cmd.price is not None:
+    if price is not None:
         return Problem("invalid_order", "a market order takes no price", "price")
-    if cmd.side == "buy":
-        if cmd.funds is None or cmd.quantity is not None:
+    if side == "buy":
+        if funds is None or quantity is not None:
             return Problem(
                 "invalid_order",
                 "a market buy needs funds (quote to spend) and no quantity",
-                "funds" if cmd.funds is None else "quantity",
+                "funds" if funds is None else "quantity",
             )
-        if cmd.time_in_force == "FOK":
+        if time_in_force == "FOK":
             return Problem(
                 "invalid_order",
                 "FOK needs a quantity; a market buy by funds can be IOC only",
                 "time_in_force",
             )
-        if not 0 < cmd.funds <= MAX_UNITS:
+        if not in_range(funds):
             return Problem("out_of_range", "funds out of range", "funds")
-        if cmd.funds < max(market.min_notional, 1):
+        if funds < max(market.min_notional, 1):
             return Problem(
                 "below_min_notional",
                 f"funds below the minimum {market.quote_text(market.min_notional)}",
                 "funds",
             )
         return None
-    if cmd.quantity is None or cmd.funds is not None:
+    if quantity is None or funds is not None:
         return Problem(
             "invalid_order",
             "a market sell needs a quantity and no funds",
-            "quantity" if cmd.quantity is None else "funds",
+            "quantity" if quantity is None else "funds",
         )
-    return _quantity_problem(market, cmd.quantity)
+    return _quantity_problem(market, quantity)
 
 
 def order_problem(market: Market, cmd: PlaceOrder) -> str | None:
@@ -162,7 +182,7 @@ def order_problem(market: Market, cmd: PlaceOrder) -> str | None:
 
 
 def _quantity_problem(market: Market, quantity: int) -> Problem | None:
-    if quantity <= 0 or quantity > MAX_UNITS:
+    if not in_range(quantity):
         return Problem("out_of_range", "quantity out of range", "quantity")
     if quantity % market.step:
         return Problem(
@@ -213,15 +233,24 @@ def hold_for(market: Market, cmd: PlaceOrder) -> tuple[str, int]:
     ever pay (maker fees are never higher, fills never dearer than the limit);
     a market buy holds its funds; a sell holds its quantity.
     """
-    if cmd.side == "sell":
-        assert cmd.quantity is not None
-        return market.base.code, cmd.quantity
-    if cmd.type == "market":
-        assert cmd.funds is not None
-        return market.quote.code, cmd.funds
-    assert cmd.price is not None and cmd.quantity is not None
-    value = market.notional(cmd.price, cmd.quantity)
-    return market.quote.code, value + market.fee(value, market.taker_fee_bps)
+    amount = hold_amount(market, cmd.side, cmd.price, cmd.quantity, cmd.funds)
+    return (market.base.code if cmd.side == "sell" else market.quote.code), amount
+
+
+def hold_amount(
+    market: Market, side: str, price: int | None, quantity: int | None, funds: int | None
+) -> int:
+    """``hold_for``'s amount, of terms ``check_terms`` found valid: a sell holds base,
+    a buy quote."""
+    if side == "sell":
+        assert quantity is not None
+        return quantity
+    if price is None:  # a market buy
+        assert funds is not None
+        return funds
+    assert quantity is not None
+    value = price * quantity // market.base.scale  # Market.notional
+    return value + fee_ceil(value * market.taker_fee_bps)
 
 
 def order_state(

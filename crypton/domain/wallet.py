@@ -5,8 +5,11 @@ decides: it validates orders and holds their funds before any book sees them,
 settles trades, releases what a closed order no longer needs, and applies
 credits and debits. It is the only writer of a user's balances.
 
-Funds are released only when the book reports the order closed (``Release``),
-never on the cancel request itself, so a cancel can never release twice.
+Funds are released only when the book reports the order closed (a ``Settlement``
+with ``closed``), never on the cancel request itself, so a cancel can never
+release twice. What a fill moves is computed by the book, from the trade, in the
+step that makes it; the wallet applies it against the order's hold, checking that
+it never takes more than the hold.
 
 Bounded dedupe. A wallet remembers the order ids and transfer ids of its
 user's recent commands only: an ``IdWindow`` (``crypton.domain.idwindow``, the
@@ -37,11 +40,12 @@ and a transfer likewise by (user, transfer_id).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from crypton.domain.idwindow import DIGEST_PRIME, IdWindow, id_digest
+from msgspec.structs import astuple
+
+from crypton.domain.idwindow import IdWindow, id_digest
 from crypton.domain.markets import Markets
 from crypton.domain.messages import (
     FEE_ACCOUNT,
@@ -58,19 +62,29 @@ from crypton.domain.messages import (
     Emit,
     Message,
     OrderState,
+    OrderType,
     PlaceOrder,
     Rejection,
-    Release,
-    Settle,
-    Trade,
+    Settlement,
+    Side,
+    TimeInForce,
     TransferState,
     WalletInbox,
 )
-from crypton.domain.money import MAX_UNITS, to_text
-from crypton.domain.orders import Problem, check, hold_for, order_state
+from crypton.domain.money import in_range, to_text
+from crypton.domain.orders import Problem, check_terms, hold_amount, order_state
 from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound
 
 __all__ = ["WALLET_HANDLERS", "InvariantBreach", "WalletMachine"]
+
+# Compiled (``make mypyc``), a name imported from an interpreted module (``messages``,
+# msgspec) is looked up in this module's dict at each use; a ``Final`` alias is a C
+# static. The hot path builds and reads messages through these.
+_astuple: Final = astuple
+_BalanceState: Final = BalanceState
+_Balance: Final = Balance
+_BookOrder: Final = BookOrder
+_OrderState: Final = OrderState
 
 
 class InvariantBreach(Exception):  # noqa: N818 (public name, kept; Exception so mypyc compiles it)
@@ -78,14 +92,16 @@ class InvariantBreach(Exception):  # noqa: N818 (public name, kept; Exception so
 
 
 class _Hold:
-    """What an open order still holds: asset, amount, and where it trades."""
+    """What an open order still holds (asset, amount), where it trades, and the asset
+    its fills pay it in (the market's other one)."""
 
-    __slots__ = ("amount", "asset", "market")
+    __slots__ = ("amount", "asset", "market", "receives")
 
-    def __init__(self, market: str, asset: str, amount: int) -> None:
+    def __init__(self, market: str, asset: str, amount: int, receives: str) -> None:
         self.market = market
         self.asset = asset
         self.amount = amount
+        self.receives = receives
 
 
 class WalletMachine:
@@ -103,8 +119,8 @@ class WalletMachine:
     def __init__(self, user_id: str, markets: Markets) -> None:
         self.user_id = user_id
         self.markets = markets
-        # asset -> [available, held]; a new asset starts at [0, 0]
-        self.balances: defaultdict[str, list[int]] = defaultdict(_zero_row)
+        # asset -> [available, held]; an asset appears at its first change (``row``)
+        self.balances: dict[str, list[int]] = {}
         self.holds: dict[str, _Hold] = {}  # open order id -> what it holds
         # Ids of the user's recent orders and transfers (dedupe), and the user's clock.
         self.orders_seen = IdWindow()
@@ -112,10 +128,12 @@ class WalletMachine:
         self.clock = 0
         self.version = 0  # balance changes so far
         self.changed_at: int | None = None  # time of the last change not yet flushed
-        self.inbound: Inbound[Settle | Release] = Inbound()
+        self.pending = False  # in a batch's list of machines to flush (``run_batch``)
+        self.inbound: Inbound[Settlement] = Inbound()
         self.outbound = Outbound()
         # Looked up on every order and trade: kept at hand rather than through ``markets``.
         self.assets_of = markets.assets_of
+        self.rules = markets.markets
         self.reserved = user_id.startswith("_")
 
     # --- queries -----------------------------------------------------------------
@@ -124,6 +142,13 @@ class WalletMachine:
         """(available, held) of ``asset``."""
         row = self.balances.get(asset)
         return (row[0], row[1]) if row else (0, 0)
+
+    def row(self, asset: str) -> list[int]:
+        """The ``[available, held]`` of ``asset``, to change in place (``[0, 0]`` new)."""
+        row = self.balances.get(asset)
+        if row is None:
+            row = self.balances[asset] = [0, 0]
+        return row
 
     # --- the machine ---------------------------------------------------------------
 
@@ -152,10 +177,10 @@ class WalletMachine:
             return
         self.changed_at = None
         emit(
-            BalanceState(  # (user_id, version, balances, ts)
+            _BalanceState(  # (user_id, version, balances, ts)
                 self.user_id,
                 self.version,
-                {a: Balance(row[0], row[1]) for a, row in self.balances.items()},
+                {a: _Balance(row[0], row[1]) for a, row in self.balances.items()},
                 ts,
             )
         )
@@ -199,56 +224,57 @@ class WalletMachine:
             if self.orders_seen.tick(ts):
                 self.transfers_seen.tick(ts)
 
-    def _on_settle(self, msg: Settle, send: Emit, emit: Emit) -> None:
-        # The in-line check of ``Inbound.accept``, inlined: this runs for every trade
-        # on each of its two or three wallets. A wallet never forgets a market, so its
-        # whole ``applied`` map is the current generation.
+    def _on_settlement(self, msg: Settlement, send: Emit, emit: Emit) -> None:
+        # Every field once, in one call (as ``_place``).
+        src: str
+        seq: int
+        prev: int
+        order_id: str
+        take: int
+        refund: int
+        receive: int
+        closed: bool
+        ts: int
+        _user, src, seq, prev, order_id, take, refund, receive, closed, ts, _v = _astuple(msg)
+        # The in-line check of ``Inbound.accept``, inlined: this runs for nearly every
+        # order a book touches. A wallet never forgets a market, so its whole
+        # ``applied`` map is the current generation.
         inbound = self.inbound
         applied = inbound.applied.current
-        src = msg.src
-        seq = msg.seq
         last = applied.get(src)
-        if inbound.parked or last is None or not msg.prev <= last < seq:
-            self._catch_up(msg)
+        if inbound.parked or last is None or not prev <= last < seq:
+            # Out of line: apply whatever is now due, in sequence order.
+            for due in inbound.accept(src, seq, prev, msg):
+                _u, src, _s, _p, order_id, take, refund, receive, closed, ts, _v = _astuple(due)
+                self._settle(order_id, take, refund, receive, closed, ts, src)
             return
         applied[src] = seq
-        trade = msg.trade
-        self._settle(trade)
-        self.version += 1
-        self.changed_at = trade.time
-
-    def _on_release(self, msg: Release, send: Emit, emit: Emit) -> None:
-        inbound = self.inbound
-        applied = inbound.applied.current
-        src = msg.src
-        seq = msg.seq
-        last = applied.get(src)
-        if inbound.parked or last is None or not msg.prev <= last < seq:
-            self._catch_up(msg)
-            return
-        applied[src] = seq
-        if self._release(msg.order_id):
-            self.version += 1
-            self.changed_at = msg.ts
-
-    def _catch_up(self, msg: Settle | Release) -> None:
-        """A report out of line: apply whatever is now due, in sequence order."""
-        for due in self.inbound.accept(msg.src, msg.seq, msg.prev, msg):
-            if type(due) is Settle:
-                self._settle(due.trade)
-                self._changed(due.trade.time)
-            elif self._release(due.order_id):  # type: ignore[union-attr]
-                self._changed(due.ts)  # type: ignore[union-attr]
+        self._settle(order_id, take, refund, receive, closed, ts, src)
 
     def _place(self, cmd: PlaceOrder, send: Emit, emit: Emit) -> None:
+        # Every field once, in one call: reading them one by one costs the compiled core
+        # (``make mypyc``) a lookup by name each. Declared, so that it works on them typed.
+        user_id: str
+        order_id: str
+        symbol: str
+        side: Side
+        kind: OrderType
+        price: int | None
+        quantity: int | None
+        funds: int | None
+        time_in_force: TimeInForce
+        post_only: bool
+        ts: int
+        (_v, user_id, order_id, client_order_id, symbol, side, kind, price, quantity, funds,
+         time_in_force, post_only, stp, ts) = _astuple(cmd)  # fmt: skip
         # ``_admit`` (and ``_tick``), inlined: once per order.
-        ts, order_id, seen = cmd.ts, cmd.order_id, self.orders_seen
+        seen = self.orders_seen
         if ts > self.clock:
             self.clock = ts
             if ts - seen.since >= DEDUPE_WINDOW_MS:
                 seen.tick(ts)
                 self.transfers_seen.tick(ts)
-        digest = int.from_bytes(b"\x01" + order_id.encode(), "big") % DIGEST_PRIME  # id_digest
+        digest = id_digest(order_id)
         if digest in seen.current or digest in seen.previous:
             return  # a retry of an order we already have (or a collision: see ``_admit``)
         if ts < seen.horizon:
@@ -262,16 +288,18 @@ class WalletMachine:
             # destroy funds when it fills.
             emit(_rejected(cmd, Problem("reserved_account", "reserved account")))
             return
-        market = self.markets.markets.get(cmd.market)
+        market = self.rules.get(symbol)
         if market is None:
-            emit(_rejected(cmd, Problem("unknown_market", f"unknown market {cmd.market}")))
+            emit(_rejected(cmd, Problem("unknown_market", f"unknown market {symbol}")))
             return
-        problem = check(market, cmd)
-        if problem:
+        problem = check_terms(market, side, kind, price, quantity, funds, time_in_force, post_only)
+        if problem is not None:
             emit(_rejected(cmd, problem))
             return
-        asset, amount = hold_for(market, cmd)
-        row = self.balances[asset]
+        amount = hold_amount(market, side, price, quantity, funds)
+        base, quote = self.assets_of[symbol]
+        asset, receives = (base, quote) if side == "sell" else (quote, base)
+        row = self.row(asset)
         if row[0] < amount:
             precision = self.markets.asset(asset).precision
             reason = (
@@ -282,19 +310,24 @@ class WalletMachine:
             return
         row[0] -= amount
         row[1] += amount
-        self.holds[cmd.order_id] = _Hold(cmd.market, asset, amount)
+        self.holds[order_id] = _Hold(symbol, asset, amount, receives)
         self.version += 1
-        self.changed_at = cmd.ts
-        emit(order_state(cmd, NEW, None, version=1, updated_at=cmd.ts))
+        self.changed_at = ts
+        # ``order_state(cmd, NEW, None, version=1, updated_at=ts)``, positional
+        new = _OrderState(
+            order_id, user_id, client_order_id, symbol, side, kind, price, quantity, funds,
+            time_in_force, post_only, stp, NEW, ts, ts, 1,
+        )  # fmt: skip
+        emit(new)
         # ``Outbound.link``, inlined; a wallet never forgets a market, so its links are
         # all in the current generation.
         outbound = self.outbound
         seq = outbound.count = outbound.count + 1
         links = outbound.last.current
-        prev = links.get(cmd.market, 0)
-        links[cmd.market] = seq
+        prev = links.get(symbol, 0)
+        links[symbol] = seq
         # (market, src, seq, order, hold, prev): positional, as every message of the hot path
-        send(BookOrder(cmd.market, self.user_id, seq, cmd, amount, prev))
+        send(_BookOrder(symbol, user_id, seq, cmd, amount, prev))
 
     def _cancel(self, cmd: CancelOrder, send: Emit, emit: Emit) -> None:
         self._tick(cmd.ts)
@@ -350,12 +383,12 @@ class WalletMachine:
             problem = Problem("reserved_account", "reserved account")
         elif cmd.asset not in self.markets.assets:
             problem = Problem("unknown_asset", f"unknown asset {cmd.asset}", "asset")
-        elif not 0 < cmd.amount <= MAX_UNITS:
+        elif not in_range(cmd.amount):
             problem = Problem("out_of_range", "amount must be positive", "amount")
         else:
-            row = self.balances[cmd.asset]
+            row = self.row(cmd.asset)
             if direction == "credit":
-                if row[0] + row[1] + cmd.amount > MAX_UNITS:
+                if not in_range(row[0] + row[1] + cmd.amount):
                     problem = Problem("balance_limit", "balance would exceed the largest amount")
                 else:
                     row[0] += cmd.amount
@@ -384,51 +417,53 @@ class WalletMachine:
             )
         )
 
-    def _settle(self, trade: Trade) -> None:
-        base, quote = self.assets_of[trade.market]
-        user_id = self.user_id
-        balances = self.balances
-        if user_id == FEE_ACCOUNT:
-            balances[quote][0] += trade.maker_fee + trade.taker_fee
+    def _settle(
+        self,
+        order_id: str,
+        take: int,
+        refund: int,
+        receive: int,
+        closed: bool,
+        ts: int,
+        src: str,
+    ) -> None:
+        """Apply what a book message (from ``src``) did to one of the user's orders: a
+        ``Settlement``'s fields."""
+        if take < 0 or refund < 0 or receive < 0:
+            raise InvariantBreach(f"{self.user_id}: a negative settlement of {order_id!r}")
+        if not order_id:
+            if self.user_id != FEE_ACCOUNT:
+                raise InvariantBreach(f"{self.user_id}: a fee collection from {src}")
+            self.row(self.assets_of[src][1])[0] += receive
+            self.version += 1
+            self.changed_at = ts
             return
-        if user_id == trade.taker_user_id:
-            buying, order_id, fee = trade.taker_side == "buy", trade.taker_order_id, trade.taker_fee
-            release = trade.buyer_release
-        elif user_id == trade.maker_user_id:
-            buying, order_id, fee = trade.taker_side != "buy", trade.maker_order_id, trade.maker_fee
-            release = 0
-        else:
-            raise InvariantBreach(f"trade {trade.market}#{trade.seq} is not {user_id}'s")
         hold = self.holds.get(order_id)
         if hold is None:
-            raise InvariantBreach(f"trade {trade.market}#{trade.seq}: order {order_id} not open")
-        if buying:
-            # Pay value and fee from the hold; hand back price improvement at once.
-            self._take_hold(hold, quote, trade.notional + fee + release)
-            balances[quote][0] += release
-            balances[base][0] += trade.quantity
-        else:
-            self._take_hold(hold, base, trade.quantity)
-            balances[quote][0] += trade.notional - fee
-
-    def _take_hold(self, hold: _Hold, asset: str, amount: int) -> None:
-        row = self.balances[asset]
-        if hold.asset != asset or amount > hold.amount or amount > row[1]:
-            raise InvariantBreach(
-                f"{self.user_id}: settling {amount} {asset} exceeds the hold of {hold.amount}"
-            )
-        hold.amount -= amount
-        row[1] -= amount
-
-    def _release(self, order_id: str) -> int:
-        """Free what the closed order still holds; return the amount."""
-        hold = self.holds.pop(order_id, None)
-        if hold is None:
-            raise InvariantBreach(f"{self.user_id}: release of {order_id}, which holds nothing")
-        row = self.balances[hold.asset]
-        row[1] -= hold.amount
-        row[0] += hold.amount
-        return hold.amount
+            raise InvariantBreach(f"{self.user_id}: settlement of {order_id}, which is not open")
+        row = self.balances[hold.asset]  # the order holds it: it has a row
+        if take:
+            if take > hold.amount or take > row[1] or refund > take:
+                raise InvariantBreach(
+                    f"{self.user_id}: settling {take} {hold.asset} of {order_id} exceeds"
+                    f" its hold of {hold.amount}"
+                )
+            hold.amount -= take
+            row[1] -= take
+            row[0] += refund
+            self.row(hold.receives)[0] += receive
+        elif receive or refund:
+            raise InvariantBreach(f"{self.user_id}: {order_id} receives with nothing taken")
+        if closed:
+            # The book closed the order: free what it still holds, once.
+            del self.holds[order_id]
+            rest = hold.amount
+            row[1] -= rest
+            row[0] += rest
+            if not (take or rest):
+                return  # closed with nothing left and nothing moved: no change
+        self.version += 1
+        self.changed_at = ts
 
     # --- recovery ------------------------------------------------------------------
 
@@ -451,8 +486,8 @@ class WalletMachine:
     def restore(cls, snapshot: tuple[Any, ...], markets: Markets) -> WalletMachine:
         user_id, balances, holds, window, version, inbound, outbound = snapshot
         wallet = cls(user_id, markets)
-        wallet.balances.update((asset, [a, h]) for asset, (a, h) in balances.items())
-        wallet.holds = {oid: _Hold(*spec) for oid, spec in holds.items()}
+        wallet.balances = {asset: [a, h] for asset, (a, h) in balances.items()}
+        wallet.holds = {oid: _restored_hold(markets, *spec) for oid, spec in holds.items()}
         wallet.clock, orders, transfers = window
         wallet.orders_seen = IdWindow.restore(orders)
         wallet.transfers_seen = IdWindow.restore(transfers)
@@ -463,20 +498,20 @@ class WalletMachine:
 
 
 _Handler = Callable[[WalletMachine, Any, Emit, Emit], None]
-WALLET_HANDLERS: dict[type[Message], _Handler] = {
+WALLET_HANDLERS: Final[dict[type[Message], _Handler]] = {
     PlaceOrder: WalletMachine._place,
     CancelOrder: WalletMachine._cancel,
     CancelAll: WalletMachine._cancel_all,
     Credit: WalletMachine._credit,
     Debit: WalletMachine._debit,
-    Settle: WalletMachine._on_settle,
-    Release: WalletMachine._on_release,
+    Settlement: WalletMachine._on_settlement,
 }
 """What ``WalletMachine.apply`` does with each inbox type; ``Exchange`` dispatches through it."""
 
 
-def _zero_row() -> list[int]:
-    return [0, 0]
+def _restored_hold(markets: Markets, market: str, asset: str, amount: int) -> _Hold:
+    base, quote = markets.assets_of[market]
+    return _Hold(market, asset, amount, base if asset == quote else quote)
 
 
 def _rejected(cmd: PlaceOrder, problem: Problem) -> OrderState:

@@ -24,7 +24,14 @@ from hypothesis import strategies as st
 from crypton import schema
 from crypton.config import load_markets
 from crypton.domain.matching import BookMachine, _pack_order
-from crypton.domain.messages import BookCancel, BookOrder, Credit, Debit, PlaceOrder, Release
+from crypton.domain.messages import (
+    BookCancel,
+    BookOrder,
+    Credit,
+    Debit,
+    PlaceOrder,
+    Settlement,
+)
 from crypton.domain.wallet import WalletMachine
 from dataflows.exchange import BookLogic, BookSnapshotV2, WalletLogic, _Step, build_flow
 from tests.domain import support
@@ -47,7 +54,18 @@ def test_wallet_snapshot_survives_packing() -> None:
     )  # fmt: skip
     # An early arrival (seq 2 before 1) is parked and must survive the snapshot.
     wallet.handle(
-        Release(user_id="u", src="BTC-USDT", seq=2, order_id="o", status="CANCELED", ts=3, prev=1)
+        Settlement(
+            user_id="u",
+            src="BTC-USDT",
+            seq=2,
+            prev=1,
+            order_id="o",
+            take=0,
+            refund=0,
+            receive=0,
+            closed=True,
+            ts=3,
+        )
     )
     restored = WalletMachine.restore(_roundtrip(WalletLogic, wallet.snapshot()), MARKETS)  # type: ignore[arg-type]
     assert restored.snapshot() == wallet.snapshot()

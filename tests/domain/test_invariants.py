@@ -20,7 +20,7 @@ from crypton.domain.invariants import (
     trade_sequence_problems,
     transition_problems,
 )
-from crypton.domain.messages import OrderState, Release, Trade, TransferState
+from crypton.domain.messages import OrderState, Settlement, Trade, TransferState
 from crypton.domain.wallet import _Hold
 
 from .support import (
@@ -91,12 +91,12 @@ def test_every_resting_order_has_its_hold(ex: AuditedExchange) -> None:
     assert link_problems(ex.wallets, ex.books) == [
         "BTC-USDT order alice/b of alice: rests with no hold in its wallet"
     ]
-    alice.holds[oid("alice", "b")] = _Hold("BTC-USDT", "USDT", hold.amount - 1)
+    alice.holds[oid("alice", "b")] = _Hold("BTC-USDT", "USDT", hold.amount - 1, "BTC")
     assert link_problems(ex.wallets, ex.books) == [
         f"BTC-USDT order alice/b of alice: holds {hold.amount - 1} USDT, its rest needs"
         f" {hold.amount}"
     ]
-    alice.holds[oid("alice", "b")] = _Hold("BTC-USDT", "BTC", hold.amount)
+    alice.holds[oid("alice", "b")] = _Hold("BTC-USDT", "BTC", hold.amount, "USDT")
     assert link_problems(ex.wallets, ex.books) == [
         "BTC-USDT order alice/b of alice: holds BTC in BTC-USDT"
     ]
@@ -112,12 +112,12 @@ def test_a_partly_filled_sell_holds_its_remainder(ex: AuditedExchange) -> None:
 
 
 def test_every_hold_has_its_resting_order(ex: AuditedExchange) -> None:
-    ex.wallet("bob").holds["ghost"] = _Hold("BTC-USDT", "BTC", 5)
+    ex.wallet("bob").holds["ghost"] = _Hold("BTC-USDT", "BTC", 5, "USDT")
     assert link_problems(ex.wallets, ex.books) == [
         "bob holds 5 BTC for order ghost, which does not rest in BTC-USDT"
     ]
     assert link_problems(ex.wallets, ex.books, in_flight={"ghost"}) == []
-    ex.wallet("bob").holds["ghost"] = _Hold("ETH-USDT", "BTC", 5)
+    ex.wallet("bob").holds["ghost"] = _Hold("ETH-USDT", "BTC", 5, "USDT")
     ex.books["BTC-USDT"].book.remove(oid("bob", "s"))
     problems = link_problems(ex.wallets, ex.books, in_flight={"ghost"})
     assert problems == [
@@ -127,8 +127,17 @@ def test_every_hold_has_its_resting_order(ex: AuditedExchange) -> None:
 
 def test_gaps_are_problems(ex: AuditedExchange) -> None:
     ex.wallet("bob").handle(
-        Release(
-            user_id="bob", src="BTC-USDT", seq=99, order_id="x", status="CANCELED", ts=0, prev=98
+        Settlement(
+            user_id="bob",
+            src="BTC-USDT",
+            seq=99,
+            prev=98,
+            order_id="x",
+            take=0,
+            refund=0,
+            receive=0,
+            closed=True,
+            ts=0,
         )
     )
     assert exchange_problems(ex, SUPPLY) == ["bob: 1 messages wait on a gap"]

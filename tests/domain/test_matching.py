@@ -20,8 +20,7 @@ from crypton.domain.messages import (
     OrderState,
     PlaceOrder,
     Rejection,
-    Release,
-    Settle,
+    Settlement,
     Trade,
 )
 
@@ -284,7 +283,10 @@ def test_a_cancel_from_another_user_leaves_the_order_alone() -> None:
     assert [o.order_id for o in machine.book.resting()] == [oid("bob", "s")]
     assert machine.depth(5, 0).asks == [(P, btc("0.01"))]
     out = feed.cancel("bob", oid("bob", "s"))
-    assert [m.status for m in only(out, Release)] == ["CANCELED"]
+    assert last_state(out, oid("bob", "s")).status == "CANCELED"
+    assert [(m.user_id, m.order_id, m.closed) for m in only(out, Settlement)] == [
+        ("bob", oid("bob", "s"), True)
+    ]
 
 
 def test_fees_on_the_running_total_never_exceed_the_hold(ex: AuditedExchange) -> None:
@@ -438,7 +440,7 @@ def test_a_second_order_with_a_resting_order_id_is_rejected_and_released() -> No
     out = machine.handle(book_order("b", 1, 41_000 * 10**6))
     (release, state) = out
     assert state.status == "REJECTED" and state.reason == "duplicate order id"  # type: ignore[attr-defined]
-    assert isinstance(release, Release) and release.user_id == "b"
+    assert isinstance(release, Settlement) and release.user_id == "b" and release.closed
     assert machine.book.orders["same"].user_id == "a"
     assert machine.book.best_bid() == 40_000 * 10**6
 
@@ -458,8 +460,8 @@ def _ioc(user: str, cid: str, ts: int, seq: int, prev: int, side: str = "buy") -
 def test_the_book_forgets_idle_users_and_still_drops_their_old_messages() -> None:
     book = BookMachine(BTC_USDT)
     old = _ioc("u", "a", T0, seq=1, prev=0)
-    (release,) = only(book.handle(old), Release)
-    assert (release.seq, release.prev) == (1, 0)
+    (release,) = only(book.handle(old), Settlement)
+    assert (release.seq, release.prev, release.closed) == (1, 0, True)
     for i in range(1, 40):  # other users trade for 39 minutes; u is quiet
         book.handle(_ioc(f"x{i}", "o", T0 + i * 60_000, seq=1, prev=0))
     assert "u" not in book.inbound.applied and "u" not in book.outbound.last
@@ -469,7 +471,7 @@ def test_the_book_forgets_idle_users_and_still_drops_their_old_messages() -> Non
     assert book.snapshot()[:4] == snapshot[:4]  # nothing applied
     # u comes back: the wallet links to its last message; the book starts a new chain.
     back = _ioc("u", "b", T0 + 40 * 60_000, seq=7, prev=1)
-    (release,) = only(book.handle(back), Release)
+    (release,) = only(book.handle(back), Settlement)
     assert release.prev == 0 and release.seq == book.outbound.count
     assert book.handle(back) == []  # and a repeat of it is dropped as such
     assert book.inbound.stale == 1
@@ -481,7 +483,7 @@ def test_a_gap_still_parks_until_filled() -> None:
     assert book.handle(_ioc("u", "c", T0 + 2, seq=5, prev=3)) == []  # 3 is missing
     assert book.inbound.gaps == 1
     out = book.handle(_ioc("u", "b", T0 + 1, seq=3, prev=1))
-    assert [r.order_id for r in only(out, Release)] == [oid("u", "b"), oid("u", "c")]
+    assert [r.order_id for r in only(out, Settlement)] == [oid("u", "b"), oid("u", "c")]
     assert book.inbound.gaps == 0
 
 
@@ -500,5 +502,5 @@ def test_a_books_sequencing_state_is_bounded_by_its_active_users() -> None:
             book.flush(out.append)
             out.clear()
     assert most <= 2 * WINDOW // 100 + 2
-    assert len(only(out, Settle)) > 0
+    assert len(only(out, Settlement)) > 0
     assert book.trade_seq == 100_000

@@ -18,9 +18,7 @@ from crypton.domain.messages import (
     OrderState,
     PlaceOrder,
     Rejection,
-    Release,
-    Settle,
-    Trade,
+    Settlement,
     TransferState,
     WalletInbox,
 )
@@ -50,24 +48,23 @@ def wallet(user: str = "alice", **funds: int) -> WalletMachine:
     return machine
 
 
-def trade(seq: int = 1, **fields: object) -> Trade:
-    base: dict[str, object] = {
-        "market": "BTC-USDT", "seq": seq, "price": PRICE, "quantity": btc("0.01"),
-        "notional": usdt("500"), "taker_side": "buy", "maker_order_id": oid("bob", "s"),
-        "taker_order_id": oid("alice", "b"), "maker_user_id": "bob", "taker_user_id": "alice",
-        "maker_fee": usdt("0.5"), "taker_fee": usdt("1"), "buyer_release": 0, "time": 5,
-    }  # fmt: skip
-    return Trade(**{**base, **fields})  # type: ignore[arg-type]
-
-
-def settle(user: str, seq: int, t: Trade) -> Settle:
+def settle(
+    user: str,
+    seq: int,
+    order_id: str,
+    take: int = 0,
+    refund: int = 0,
+    receive: int = 0,
+    closed: bool = False,
+) -> Settlement:
     """The book's ``seq``-th message, to this wallet only (so ``prev`` is ``seq - 1``)."""
-    return Settle(user_id=user, src=t.market, seq=seq, trade=t, prev=seq - 1)
+    return Settlement(user_id=user, src="BTC-USDT", seq=seq, prev=seq - 1, order_id=order_id,
+                      take=take, refund=refund, receive=receive, closed=closed, ts=5)  # fmt: skip
 
 
-def release(user: str, seq: int, order_id: str) -> Release:
-    return Release(user_id=user, src="BTC-USDT", seq=seq, order_id=order_id, status="CANCELED",
-                   ts=0, prev=seq - 1)  # fmt: skip
+def release(user: str, seq: int, order_id: str) -> Settlement:
+    """The book closed the order with no fill in that message: release the rest."""
+    return settle(user, seq, order_id, closed=True)
 
 
 # --- transfers ------------------------------------------------------------------------
@@ -273,10 +270,11 @@ def test_settle_as_buyer_seller_and_fee_account() -> None:
     seller = wallet("bob", BTC=btc("1"))
     seller.handle(limit("bob", "s", "sell", PRICE, btc("0.01")))
     fees = WalletMachine(FEE_ACCOUNT, MARKETS)
-    t = trade(buyer_release=usdt("0.01"), taker_fee=usdt("1"), maker_fee=usdt("0.5"))
-    buyer.handle(settle("alice", 1, t))
-    seller.handle(settle("bob", 1, t))
-    fees.handle(settle(FEE_ACCOUNT, 1, t))
+    # A trade of 0.01 BTC at 50,000: 500 USDT, taker fee 1, maker fee 0.5, and the
+    # buyer's 0.01 of price improvement (it held at 50,001).
+    buyer.handle(settle("alice", 1, oid("alice", "b"), usdt("501.01"), usdt("0.01"), btc("0.01")))
+    seller.handle(settle("bob", 1, oid("bob", "s"), btc("0.01"), 0, usdt("499.5"), closed=True))
+    fees.handle(settle(FEE_ACCOUNT, 1, "", receive=usdt("1.5")))
     # The buyer paid 500 + 1 fee from the hold and got the 0.01 improvement back.
     assert buyer.balance("USDT") == (usdt("498.99998"), usdt("0.00002"))
     assert buyer.balance("BTC") == (btc("0.01"), 0)
@@ -293,32 +291,39 @@ def test_settle_as_maker_buyer() -> None:
     maker.handle(limit("bob", "b", "buy", PRICE, btc("0.02")))  # holds 1000 + 2 ... too much
     assert maker.holds == {}  # rejected: 1002 needed
     maker.handle(limit("bob", "b2", "buy", PRICE, btc("0.01")))
-    t = trade(taker_side="sell", maker_order_id=oid("bob", "b2"), taker_order_id=oid("al", "s"),
-              maker_user_id="bob", taker_user_id="al")  # fmt: skip
-    maker.handle(settle("bob", 1, t))
+    # Filled at its own price: 500 and the 0.5 maker fee out of the hold, 0.01 BTC in.
+    maker.handle(settle("bob", 1, oid("bob", "b2"), usdt("500.5"), 0, btc("0.01")))
     assert maker.balance("USDT") == (usdt("499"), usdt("501") - usdt("500.5"))
     assert maker.balance("BTC") == (btc("0.01"), 0)
 
 
-def test_settle_of_a_foreign_or_closed_order_is_a_breach() -> None:
+def test_settlements_the_wallet_cannot_back_are_breaches() -> None:
     w = wallet("carol", USDT=usdt("1000"))
-    with pytest.raises(InvariantBreach, match="is not carol's"):
-        w.handle(settle("carol", 1, trade()))
-    w2 = wallet("alice", USDT=usdt("1000"))
     with pytest.raises(InvariantBreach, match="not open"):
-        w2.handle(settle("alice", 1, trade()))
+        w.handle(settle("carol", 1, oid("alice", "b"), usdt("1"), 0, btc("0.01")))
+    w.handle(limit("carol", "b", "buy", PRICE, btc("0.01")))  # holds 501
+    with pytest.raises(InvariantBreach, match="exceeds its hold"):
+        w.handle(settle("carol", 2, oid("carol", "b"), usdt("502"), 0, btc("0.01")))
+    with pytest.raises(InvariantBreach, match="exceeds its hold"):  # refunds more than taken
+        w.handle(settle("carol", 3, oid("carol", "b"), usdt("1"), usdt("2"), btc("0.01")))
+    with pytest.raises(InvariantBreach, match="nothing taken"):
+        w.handle(settle("carol", 4, oid("carol", "b"), 0, 0, btc("0.01")))
+    with pytest.raises(InvariantBreach, match="fee collection"):  # only the fee account
+        w.handle(settle("carol", 5, "", receive=usdt("1")))
+    assert w.balance("USDT") == (usdt("499"), usdt("501")) and w.balance("BTC") == (0, 0)
 
 
 def test_settle_replays_and_gaps() -> None:
     w = wallet("alice", USDT=usdt("10000"))
     w.handle(limit("alice", "b", "buy", PRICE, btc("0.03")))
-    t1, t2 = trade(1), trade(2)
-    assert w.handle(settle("alice", 2, t2)) == []  # early: parked
+    first = settle("alice", 1, oid("alice", "b"), usdt("501"), 0, btc("0.01"))
+    second = settle("alice", 2, oid("alice", "b"), usdt("501"), 0, btc("0.01"))
+    assert w.handle(second) == []  # early: parked
     assert w.balance("BTC") == (0, 0)
-    (balances,) = w.handle(settle("alice", 1, t1))  # both apply, in order: one record
+    (balances,) = w.handle(first)  # both apply, in order: one record
     assert isinstance(balances, BalanceState) and balances.version == w.version
-    assert w.handle(settle("alice", 1, t1)) == []
-    assert w.handle(settle("alice", 2, t2)) == []
+    assert w.handle(first) == []
+    assert w.handle(second) == []
     assert w.balance("BTC") == (btc("0.02"), 0)
 
 
@@ -329,10 +334,10 @@ def test_snapshot_restore_gives_identical_outputs() -> None:
     w = wallet("alice", USDT=usdt("10000"), BTC=btc("1"))
     w.handle(limit("alice", "b", "buy", PRICE, btc("0.03")))
     w.handle(limit("alice", "s", "sell", usdt("60000"), btc("0.5")))
-    w.handle(settle("alice", 2, trade(2)))  # parked
+    w.handle(settle("alice", 2, oid("alice", "b"), usdt("501"), 0, btc("0.01")))  # parked
     snapshot = w.snapshot()
     rest: list[WalletInbox] = [
-        settle("alice", 1, trade(1)),
+        settle("alice", 1, oid("alice", "b"), usdt("501"), 0, btc("0.01")),
         cancel_all("alice"),
         credit("alice", "USDT", 5, tid="later"),
         credit("alice", "USDT", 5, tid="seed-USDT"),
@@ -362,8 +367,7 @@ def test_a_wallet_stays_bounded_over_100k_orders() -> None:
     for i in range(100_000):
         cmd = limit("alice", f"o{i}", "buy", PRICE, btc("0.01"), ts=T0 + i * step)
         w.apply(cmd, out.append, out.append)
-        w.apply(Release(user_id="alice", src="BTC-USDT", seq=i + 1, order_id=cmd.order_id,
-                        status="CANCELED", ts=cmd.ts, prev=i), out.append, out.append)  # fmt: skip
+        w.apply(release("alice", i + 1, cmd.order_id), out.append, out.append)
         if i % 1000 == 999:
             w.flush(out.append)
             sizes.append(len(msgspec.msgpack.encode(w.snapshot())))
@@ -390,8 +394,7 @@ def test_a_hot_wallets_snapshot_is_8_bytes_an_id_of_its_window() -> None:
                          market="BTC-USDT", side="buy", type="limit", price=PRICE,
                          quantity=btc("0.01"), ts=T0 + i * 100)  # fmt: skip
         w.apply(cmd, out.append, out.append)
-        w.apply(Release(user_id="alice", src="BTC-USDT", seq=i + 1, order_id=order_id,
-                        status="CANCELED", ts=cmd.ts, prev=i), out.append, out.append)  # fmt: skip
+        w.apply(release("alice", i + 1, order_id), out.append, out.append)
         if i % 20 == 19:
             w.flush(out.append)
             out.clear()
@@ -453,8 +456,8 @@ def test_an_idle_users_next_command_is_not_stale() -> None:
 def test_reports_from_the_books_do_not_age_the_users_commands() -> None:
     w = wallet(USDT=usdt("1000"))
     w.handle(limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0))
-    w.handle(Release(user_id="alice", src="BTC-USDT", seq=1, order_id=oid("alice", "b"),
-                     status="CANCELED", ts=T0 + 10 * 600_000))  # fmt: skip
+    late = msgspec.structs.replace(release("alice", 1, oid("alice", "b")), ts=T0 + 10 * 600_000)
+    w.handle(late)
     assert w.clock == T0
     out = w.handle(credit("alice", "USDT", 1, tid="t", ts=T0 + 1))
     assert [m.status for m in only(out, TransferState)] == ["ACCEPTED"]
