@@ -94,7 +94,8 @@ def applied_or_refused(msg: Any) -> None:
     except Exception:
         assert _funds(machine) == before, msg
         return
-    for asset, (available, held) in machine.balances.items():
+    for asset in machine.balances:
+        available, held = machine.balance(asset)
         assert available >= 0 and held >= 0, (msg, asset, available, held)
 
 

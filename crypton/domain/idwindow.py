@@ -43,6 +43,9 @@ from crypton.domain.sequencing import DEDUPE_WINDOW_MS
 
 __all__ = ["IdWindow", "id_digest"]
 
+_xxh3: Final = xxh3_64_intdigest
+"""A C static, compiled (``make mypyc``): an imported name is looked up at each use."""
+
 
 def id_digest(key: str) -> int:
     """The 64-bit digest ``IdWindow`` keeps of a command id: XXH3 of its UTF-8 bytes.
@@ -52,7 +55,7 @@ def id_digest(key: str) -> int:
     >>> id_digest("a") == id_digest("a") != id_digest("b"), id_digest("b" * 8) < 2**64
     (True, True)
     """
-    return xxh3_64_intdigest(key.encode())
+    return _xxh3(key.encode())
 
 
 class IdWindow:

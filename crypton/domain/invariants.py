@@ -167,7 +167,7 @@ def hold_problems(wallet: WalletMachine) -> list[str]:
 
     >>> from crypton.config import load_markets
     >>> w = WalletMachine("a", load_markets())
-    >>> w.balances["BTC"] = [0, 5]
+    >>> w.funds("BTC").held = 5
     >>> hold_problems(w)
     ['a BTC: held 5, open holds sum to 0']
     """

@@ -63,6 +63,10 @@ _Settlement: Final = Settlement
 _Trade: Final = Trade
 
 STP_REASON: Final = "self-trade prevented"
+
+_Fields = tuple[Any, ...]
+"""A book inbox message's fields (``msgspec.structs.astuple``), as its handler gets them:
+read once, where the compiled core looks each field up by name."""
 _PLACE_FIELDS = PlaceOrder.__struct_fields__
 
 
@@ -128,11 +132,11 @@ class BookMachine:
         if last is not None and not inbound.parked and prev <= last < seq:
             applied[src] = seq
             self.seq += 1
-            _HANDLERS[kind](self, msg, send, emit)
+            _HANDLERS[kind](self, fields, send, emit)
             return
         for due in inbound.accept(src, seq, prev, msg, ts):
             self.seq += 1
-            _HANDLERS[type(due)](self, due, send, emit)
+            _HANDLERS[type(due)](self, _astuple(due), send, emit)
 
     def flush(self, emit: Emit) -> None:
         """Emit the latest state of every order that changed since the last flush."""
@@ -148,31 +152,32 @@ class BookMachine:
 
     # --- cancel --------------------------------------------------------------------
 
-    def _cancel(self, msg: BookCancel, send: Emit, emit: Emit) -> None:
+    def _cancel(self, fields: _Fields, send: Emit, emit: Emit) -> None:
+        _market, src, _seq, order_id, ts, _prev, _v = fields  # a ``BookCancel``'s
         # Check the owner before taking the order out: removing first would let a
         # cancel naming someone else's order drop it from the book with its funds
         # held for ever.
-        resting = self.book.orders.get(msg.order_id)
-        order = self.book.remove(msg.order_id) if resting and resting.user_id == msg.src else None
+        resting = self.book.orders.get(order_id)
+        order = self.book.remove(order_id) if resting and resting.user_id == src else None
         if order is None:
             # Filled or expired while the cancel was on its way: say so, don't drop it.
             emit(
                 Rejection(
-                    user_id=msg.src,
+                    user_id=src,
                     command="cancel_order",
-                    ref=msg.order_id,
+                    ref=order_id,
                     reason="order is not open",
                     reason_code="order_not_open",
-                    ts=msg.ts,
+                    ts=ts,
                 )
             )
             return
-        self._close(order, CANCELED, "canceled by user", msg.ts, send)
+        self._close(order, CANCELED, "canceled by user", ts, send)
 
     # --- matching ------------------------------------------------------------------
 
-    def _order(self, msg: BookOrder, send: Emit, emit: Emit) -> None:
-        taker = RestingOrder(msg.order, msg.hold)
+    def _order(self, fields: _Fields, send: Emit, emit: Emit) -> None:
+        taker = RestingOrder(fields[3], fields[4])  # a ``BookOrder``'s order and hold
         side = taker.side
         buying = side == "buy"
         opposite = "sell" if buying else "buy"
@@ -197,7 +202,8 @@ class BookMachine:
         # taker's price improvement (a limit buy's refund) and the fees collected.
         refund = fees = 0
         # Locals for the loop: it runs once per fill and once more to stop.
-        makers, limit = book.asks if buying else book.bids, taker.price
+        makers = book.asks if buying else book.bids
+        limited, limit = taker.price is not None, taker.price or 0
         while True:
             if not by_funds and taker.remaining == 0:
                 break
@@ -205,7 +211,7 @@ class BookMachine:
             if level is None:
                 reason = "no more liquidity"
                 break
-            if limit is not None and (level.price > limit if buying else level.price < limit):
+            if limited and (level.price > limit if buying else level.price < limit):
                 break
             maker = level.orders[0]
             if not maker.live:
@@ -577,7 +583,7 @@ def _unpack_order(row: Any, side: str, price: int, clock: int, symbol: str) -> R
     return order
 
 
-_Handler = Callable[[BookMachine, Any, Emit, Emit], None]
+_Handler = Callable[[BookMachine, _Fields, Emit, Emit], None]
 _HANDLERS: Final[dict[type[Message], _Handler]] = {
     BookOrder: BookMachine._order,
     BookCancel: BookMachine._cancel,

@@ -205,11 +205,11 @@ def test_batches_publish_the_latest_state_of_everything_they_change(size: int) -
     for user, wallet in ex.wallets.items():
         state = view.balances.get(user)
         if state is None:
-            assert not any(any(row) for row in wallet.balances.values()), user
+            assert not any(any(wallet.balance(a)) for a in wallet.balances), user
             continue
         assert state.version == wallet.version
         assert {a: (b.available, b.held) for a, b in state.balances.items()} == {
-            a: (row[0], row[1]) for a, row in wallet.balances.items()
+            a: wallet.balance(a) for a in wallet.balances
         }
     resting = {oid: o for book in ex.books.values() for oid, o in book.book.orders.items()}
     for order_id, state in view.orders.items():

@@ -65,7 +65,7 @@ def test_supply(ex: AuditedExchange) -> None:
     assert exchange_problems(ex, {"USDT": usdt("10000")}) == [
         "BTC: balances total 100000000, credits minus debits 0"
     ]
-    ex.wallet("bob").balances["USDT"][0] += 1
+    ex.wallet("bob").balances["USDT"].available += 1
     assert exchange_problems(ex, SUPPLY) == ["USDT: balances total 10000000001, credits minus "
                                              "debits 10000000000"]  # fmt: skip
 
@@ -79,8 +79,8 @@ def test_negative_balances() -> None:
 
 def test_held_must_equal_open_holds(ex: AuditedExchange) -> None:
     alice = ex.wallet("alice")
-    alice.balances["USDT"][1] -= 7
-    alice.balances["USDT"][0] += 7
+    alice.balances["USDT"].held -= 7
+    alice.balances["USDT"].available += 7
     held = alice.balance("USDT")[1]
     assert hold_problems(alice) == [f"alice USDT: held {held}, open holds sum to {held + 7}"]
 

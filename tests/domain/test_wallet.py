@@ -127,7 +127,7 @@ def test_rejected_transfers(user: str, asset: str, amount: int, reason: str) -> 
         out = w.handle(command)
         assert [(s.status, s.reason) for s in only(out, TransferState)] == [("REJECTED", reason)]
         assert len(out) == 1
-    assert w.balances.get(asset, [0, 0]) == [0, 0]
+    assert w.balance(asset) == (0, 0)
 
 
 def test_credit_beyond_the_largest_amount_is_rejected() -> None:
