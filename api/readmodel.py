@@ -30,7 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from crypton import codec, schema, signing
 from crypton.config import Settings
-from crypton.kafka import consumer_config
+from crypton.kafka import consume_now, consumer_config
 from crypton.readmodel import ReadModel
 
 from ._view import VIEW_DIR, View
@@ -162,7 +162,7 @@ class LiveReadModel:
                 # Catching up, large batches (one transaction each); then small ones:
                 # queries wait for a batch's transaction, so it must stay short.
                 batch = _BATCH if not self.ready.is_set() else _LIVE_BATCH
-                messages = consumer.consume(batch, 0.1)
+                messages = consume_now(consumer, batch, 0.1)
                 if messages:
                     self._apply(messages)
         except Exception:  # a dead read model must be loud: /ready turns false

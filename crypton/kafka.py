@@ -11,12 +11,19 @@ import socket
 import time
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka.admin import AdminClient
 
 from crypton.config import Settings
 
-__all__ = ["KafkaUnavailableError", "admin", "consumer_config", "producer_config", "wait_for_kafka"]
+__all__ = [
+    "KafkaUnavailableError",
+    "admin",
+    "consume_now",
+    "consumer_config",
+    "producer_config",
+    "wait_for_kafka",
+]
 
 # The Java client's partitioner: ksqlDB, Kafka Streams and our own producers
 # must all put one key in one partition, or a key's state would see two logs.
@@ -53,6 +60,20 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+def consume_now(consumer: Consumer, most: int, wait: float) -> list[Message]:
+    """Up to ``most`` records, waiting at most ``wait`` seconds for the first one and
+    handing it over as soon as it arrives, with whatever else arrived by then.
+
+    ``Consumer.consume(most, wait)`` itself returns only when it has ``most`` records or
+    the whole ``wait`` has passed: at a few records a second, a record waited for the
+    batch to fill, adding up to ``wait`` (about half of it on average) to its latency.
+    """
+    first = consumer.consume(1, wait)
+    if not first or most == 1:
+        return first
+    return first + consumer.consume(most - 1, 0)
 
 
 class KafkaUnavailableError(RuntimeError):

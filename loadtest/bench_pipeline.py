@@ -40,7 +40,7 @@ from crypton.broker import EmbeddedBroker
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Side
 from crypton.kafka import admin as kafka_admin
-from crypton.kafka import consumer_config, producer_config
+from crypton.kafka import consume_now, consumer_config, producer_config
 from crypton.process import Child, free_ports, settings_env
 from loadtest import report
 
@@ -150,7 +150,9 @@ class _Watcher(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for record in self.consumer.consume(5000, 0.1):
+            # Each record as soon as it arrives: a batch consume waits for 5,000 or
+            # the whole timeout, and would stamp early records up to 100 ms late.
+            for record in consume_now(self.consumer, 5000, 0.1):
                 if record.error():
                     continue
                 now = _now_ms()
