@@ -317,7 +317,9 @@ class WalletMachine:
         amount = hold_amount(market, side, price, quantity, funds)
         base, quote = market.base.code, market.quote.code
         asset, receives = (base, quote) if side == "sell" else (quote, base)
-        have = self.funds(asset)
+        have = self.balances.get(asset)  # ``funds``, inlined: once per order
+        if have is None:
+            have = self.balances[asset] = Funds()
         if have.available < amount:
             precision = self.markets.asset(asset).precision
             reason = (
@@ -459,7 +461,8 @@ class WalletMachine:
         hold = self.holds.get(order_id)
         if hold is None:
             raise InvariantBreach(f"{self.user_id}: settlement of {order_id}, which is not open")
-        funds = self.balances[hold.asset]  # the order holds it: it has funds
+        balances = self.balances
+        funds = balances[hold.asset]  # the order holds it: it has funds
         if take:
             if take > hold.amount or take > funds.held or refund > take:
                 raise InvariantBreach(
@@ -469,7 +472,10 @@ class WalletMachine:
             hold.amount -= take
             funds.held -= take
             funds.available += refund
-            self.funds(hold.receives).available += receive
+            gets = balances.get(hold.receives)  # ``funds``, inlined: once per settlement
+            if gets is None:
+                gets = balances[hold.receives] = Funds()
+            gets.available += receive
         elif receive or refund:
             raise InvariantBreach(f"{self.user_id}: {order_id} receives with nothing taken")
         if closed:
