@@ -73,6 +73,7 @@ from crypton.domain.messages import (
     Trade,
 )
 from crypton.domain.wallet import WalletMachine
+from crypton.runtime import tune_gc
 from dataflows import metrics, recovery
 from dataflows.bases import DELTA, Bases, Delta, KafkaBases
 from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged
@@ -561,6 +562,7 @@ def build_flow(
 
 
 def _kafka_flow() -> Dataflow:
+    tune_gc()
     settings = Settings.from_env()
     store = recovery.this_runs_directory()
     if store is not None and store.is_dir():

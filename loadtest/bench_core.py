@@ -49,6 +49,7 @@ from crypton.domain.messages import (
     Trade,
     WalletInbox,
 )
+from crypton.runtime import tune_gc
 from loadtest import report
 
 MARKETS = ("BTC-USDT", "ETH-USDT")
@@ -231,6 +232,9 @@ def _timed(
     # view, as a long-running process would, so its pauses measure the work.
     gc.collect()
     gc.freeze()
+    # And collect as the dataflow does (``crypton.runtime``).
+    thresholds = gc.get_threshold()
+    tune_gc()
     batches = [commands[i : i + batch] for i in range(0, len(commands), batch)]
     latencies = array("q", bytes(8 * len(batches)))
     tally = _Tally()
@@ -254,6 +258,7 @@ def _timed(
     if profiler:
         profiler.disable()
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
     return latencies, wall, cpu, tally
 
 
