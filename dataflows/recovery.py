@@ -46,6 +46,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 
 __all__ = [
@@ -110,7 +111,9 @@ def prepare(directory: Path, settle_after: int = SETTLE_AFTER_EPOCHS) -> int:
     into ``snaps`` for Bytewax to resume from. Return how many rows moved back."""
     moved = 0
     for path in sorted(directory.glob("part-*.sqlite3")):
-        with _open(path) as store:
+        # Closed here, not when the collector finds it (a connection sits in a reference
+        # cycle of its own): Bytewax opens the file next.
+        with closing(_open(path)) as store:
             moved += _prepare_part(store, _schema(settle_after))
     return moved
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def _read(server: ApiServer, logical: str) -> float:
 
 def _committed(path: Path, logical: str, prefix: str) -> int:
     """The offsets the view file has committed for ``logical``, summed over partitions."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db, db:
         row = db.execute(
             "SELECT COALESCE(SUM(next), 0) FROM offsets WHERE topic = ?",
             (topics.topic_name(logical, prefix),),
@@ -149,7 +150,7 @@ def test_a_kill_between_batches_neither_loses_nor_repeats_a_record(
     try:
         # Exactly the records after the last committed batch, each once.
         assert _read(server, topics.ORDERS) == records - committed
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db, db:
             (orders, open_orders, latest) = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(open), 0), MIN(version) FROM orders"
             ).fetchone()
@@ -182,7 +183,7 @@ def test_an_unusable_view_is_discarded_and_rebuilt(
             f.write(b"\xff" * 4096)
         Path(f"{path}-wal").unlink(missing_ok=True)
     else:
-        with sqlite3.connect(path) as db:
+        with closing(sqlite3.connect(path)) as db, db:
             if damage == "ahead of the log":
                 db.execute("UPDATE offsets SET next = next + 1000")
             else:

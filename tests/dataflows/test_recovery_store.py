@@ -5,6 +5,7 @@ store so kept resumes exactly as Bytewax's own store does, crash included."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def _balances(outputs: list[Any]) -> dict[str, dict[str, tuple[int, int]]]:
 
 
 def _rows(db: Path, query: str) -> list[Any]:
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store, store:
         return list(store.execute(query))
 
 
@@ -138,7 +139,7 @@ def test_a_commit_settles_idle_keys_and_prepare_moves_them_back(tmp_path: Path) 
     init_db_dir(tmp_path, 2)
     assert recovery.prepare(tmp_path, settle_after=0) == 0
     db = tmp_path / "part-0.sqlite3"
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store, store:
         store.execute(
             "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change)"
             " VALUES ('s', 'a', 1, x'01'), ('s', 'a', 3, x'03'), ('s', 'b', 2, x'02'),"
@@ -159,15 +160,15 @@ def test_a_commit_settles_idle_keys_and_prepare_moves_them_back(tmp_path: Path) 
     assert _rows(db, settled) == []
     # Settling after two epochs: the commit of 4 settles b (last written at 2), not a (3),
     # and the commit of 5 settles a.
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store, store:
         store.execute("UPDATE commits SET commit_epoch = 4")
     assert sorted(_rows(db, "SELECT state_key, snap_epoch FROM snaps")) == [("a", 3), ("c", 5)]
     assert _rows(db, settled) == [("b", 2, b"\x02")]
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store, store:
         store.execute("UPDATE commits SET commit_epoch = 5")
     assert _rows(db, "SELECT state_key, snap_epoch FROM snaps") == [("c", 5)]
     # b written again at 6 and idle after: the commit of 8 replaces its settled row.
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store, store:
         store.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change)"
                       " VALUES ('s', 'b', 6, x'06')")  # fmt: skip
         store.execute("UPDATE commits SET commit_epoch = 8")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,7 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
 
     run(timedelta(seconds=10))
     (db,) = recovery.iterdir()
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store, store:
         store.executescript(
             """CREATE TABLE written (step_id TEXT, state_key TEXT, size INTEGER);
             CREATE TRIGGER written_snaps AFTER INSERT ON snaps BEGIN
@@ -318,7 +319,7 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
             END;"""
         )
     out = run(timedelta(0))
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store, store:
         written = list(store.execute("SELECT state_key, size FROM written WHERE step_id = ?",
                                      ("crypton.wallet",)))  # fmt: skip
         users_stored = store.execute(
