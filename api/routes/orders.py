@@ -1,8 +1,9 @@
 """Orders: place, cancel, cancel all, get and list (the caller's own only).
 
 Commands are acknowledged once they are in the log (202); the order's state
-comes later from ``crypton.orders``. ``?wait=true`` waits for it (bounded)
-so a client can read its own write.
+comes later from ``crypton.orders``. ``?wait=true`` waits (bounded) for the
+book's answer to a new order (resting, filled, expired, or the wallet's refusal),
+and for a canceled order to close, so a client can read its own write.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 
 from crypton import codec, topics
-from crypton.domain.messages import TERMINAL, CancelAll, CancelOrder, OrderState
+from crypton.domain.messages import NEW, TERMINAL, CancelAll, CancelOrder, OrderState
 
 from .. import schemas
 from .._body import strict_json
@@ -115,13 +116,21 @@ async def place_order(
         raise
     if wait:
 
-        def placed() -> OrderState | None:
+        def latest() -> OrderState | None:
             with ctx.readmodel.read() as model:
                 return model.order_of(user, command.order_id)
 
+        def answered() -> OrderState | None:
+            # The book's answer (resting, filled, expired...) or the wallet's refusal:
+            # NEW only says that the funds are held and the order is on its way.
+            state = latest()
+            return state if state is not None and state.status != NEW else None
+
         state = await ctx.hub.wait_for(
-            ("order", command.order_id), placed, ctx.config.wait_timeout_s
+            ("order", command.order_id), answered, ctx.config.wait_timeout_s
         )
+        if state is None:
+            state = latest()  # the book is slow: what is known so far
         if state is not None:
             return answer(state)
     market = ctx.markets.market(command.market)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -280,8 +281,9 @@ def test_wait_true_reads_your_writes(
     new_user: Callable[..., ApiUser],
     state_writer: StateWriter,
 ) -> None:
-    """?wait=true returns once the dataflow's state record is in, here written by the test
-    in the dataflow's place as soon as the command shows up on the inbox."""
+    """?wait=true returns once the dataflow's answer is in (an order's from the book, not
+    the wallet's NEW), here written by the test in the dataflow's place as soon as the
+    command shows up on the inbox."""
     alice = new_user("alice")
     results: dict[str, httpx.Response] = {}
 
@@ -308,7 +310,11 @@ def test_wait_true_reads_your_writes(
     commands = [cmd for _, cmd in read_wallet_inbox(settings, expect=2)]
     for cmd in commands:
         if isinstance(cmd, PlaceOrder):
-            state_writer.send(topics.ORDERS, cmd.order_id, state_of(cmd, status="OPEN"))
+            # The wallet's NEW first, on its own: ?wait=true waits past it for the book's.
+            state_writer.send(topics.ORDERS, cmd.order_id, state_of(cmd, status="NEW"))
+            state_writer.flush()
+            time.sleep(0.5)
+            state_writer.send(topics.ORDERS, cmd.order_id, state_of(cmd, version=2, status="OPEN"))
         elif isinstance(cmd, Debit):
             state_writer.send(
                 topics.TRANSFERS,
