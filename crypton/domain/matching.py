@@ -213,7 +213,7 @@ class BookMachine:
                 break
             if limited and (level.price > limit if buying else level.price < limit):
                 break
-            maker = level.orders[0]
+            maker = level.queue[level.head]
             if not maker.live:
                 maker = level.front()
             if maker.user_id == taker.user_id:
@@ -333,7 +333,7 @@ class BookMachine:
         level.packed = None
         closed = maker.remaining == 0
         if closed:
-            level.orders.popleft()
+            level.pop_front()
             self.book.unlink(level, maker)
         release = 0
         if taker.side == "buy":
