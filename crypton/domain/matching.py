@@ -82,8 +82,7 @@ class BookMachine:
 
     def __init__(self, market: Market) -> None:
         self.market = market
-        # Read on every fill: kept as plain attributes (compiled, reading a field of the
-        # msgspec ``Market`` costs a generic attribute lookup each time).
+        # Read on every fill: kept on the machine, one attribute read each.
         self.scale = market.base.scale  # notional = price * quantity // scale
         self.symbol = market.symbol
         self.taker_fee_bps = market.taker_fee_bps
@@ -111,8 +110,9 @@ class BookMachine:
     def apply(self, msg: BookInbox, send: Emit, emit: Emit) -> None:
         """Apply one inbox message: reports to the wallets go to ``send``, trades to ``emit``."""
         kind = type(msg)
-        # (market, src, seq, order or order_id, hold or ts, prev, v): every field in one
-        # call, where the compiled core (``make mypyc``) looks each up by name.
+        # (market, src, seq, order or order_id, hold or ts, prev, v), both kinds: every
+        # field in one call, where the compiled core (``make mypyc``) looks each up by
+        # name (``messages`` checks the order of the fields).
         fields = _astuple(msg)
         src: str = fields[1]
         seq: int = fields[2]

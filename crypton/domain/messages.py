@@ -251,6 +251,11 @@ class BookCancel(Message, tag="book_cancel", array_like=True):
 
 BookInbox = BookOrder | BookCancel
 
+assert (
+    BookOrder.__struct_fields__[:3] == BookCancel.__struct_fields__[:3] == ("market", "src", "seq")
+    and BookOrder.__struct_fields__[5] == BookCancel.__struct_fields__[5] == "prev"
+), "the book unpacks both kinds' ``msgspec.structs.astuple`` alike"
+
 
 # --- State topics: upserts by key with a version --------------------------------------
 
