@@ -426,7 +426,9 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                 f"{self.name} {key}: base {partition}@{offset} or its inbox after"
                 f" {base_offset} unreadable: {type(exc).__name__}: {exc}"
             ) from exc
-        self.step.counts.replayed += len(replay)
+        counts = self.step.counts
+        counts.restored += 1
+        counts.replayed += len(replay)
         for msg in replay:
             try:
                 machine.apply(msg, _drop, _drop)  # written the first time: dropped now

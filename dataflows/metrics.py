@@ -85,6 +85,7 @@ class StepCounts:
         "latency_sum",
         "messages",
         "replayed",
+        "restored",
         "snapshot_bytes",
         "snapshot_s",
         "stale",
@@ -95,7 +96,7 @@ class StepCounts:
     def __init__(self, step: str) -> None:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
-        self.stale = self.base_bytes = self.replayed = 0
+        self.stale = self.base_bytes = self.replayed = self.restored = 0
         self.snapshot_s = self.latency_sum = 0.0
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
@@ -227,6 +228,10 @@ class _Counts(Collector):
             "replayed": (
                 "crypton_dataflow_replayed_messages",
                 "Inbox messages applied again to rebuild a machine from its base",
+            ),
+            "restored": (
+                "crypton_dataflow_restored_from_base",
+                "Machines rebuilt from a base and their inbox since (a delta snapshot)",
             ),
             "snapshot_s": (
                 "crypton_dataflow_snapshot_seconds",
