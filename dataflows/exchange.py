@@ -77,10 +77,17 @@ from crypton.domain.wallet import WalletMachine
 from dataflows import metrics, recovery
 from dataflows.bases import DELTA, Bases, Delta, KafkaBases
 from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged
+from dataflows.recovery import SettledSnapshots
 
 __all__ = ["LIVE_MACHINES", "BookLogic", "StateUnavailable", "WalletLogic", "build_flow", "flow"]
 
 log = logging.getLogger("crypton.dataflow")
+
+FLOW_ID = "crypton"
+"""The dataflow's id: a step's state is stored under ``crypton.<step>``."""
+
+STATE_STEPS = (f"{FLOW_ID}.wallet", f"{FLOW_ID}.book")
+"""The keyed steps, whose settled snapshots the flow can read on demand."""
 
 DEPTH_LEVELS = 50
 """Levels per side in the depth snapshots published to the depth topic."""
@@ -230,8 +237,10 @@ class _Step:
         "live",
         "live_max",
         "markets",
+        "settled",
         "snapped",
         "stall",
+        "state_id",
     )
 
     def __init__(
@@ -242,9 +251,15 @@ class _Step:
         live_max: int,
         depth_levels: int,
         bases: Bases | None = None,
+        settled: SettledSnapshots | None = None,
     ) -> None:
         self.bases = bases
         """Where large states keep their base (``dataflows.bases``); None: always whole."""
+        self.settled = settled
+        """Where a key Bytewax resumed without state reads its settled snapshot
+        (``dataflows.recovery``); None: Bytewax resumes every key itself."""
+        self.state_id = f"{FLOW_ID}.{name}"
+        """The step's id in the recovery store."""
         self.markets = markets
         self.encode = encode
         self.live: OrderedDict[_KeyLogic, None] = OrderedDict()
@@ -267,8 +282,9 @@ class _Steps:
         live_max: int,
         depth_levels: int = DEPTH_LEVELS,
         bases: Bases | None = None,
+        settled: SettledSnapshots | None = None,
     ) -> None:
-        self.args = (name, markets, encode, live_max, depth_levels, bases)
+        self.args = (name, markets, encode, live_max, depth_levels, bases, settled)
         self.by_thread: dict[int, _Step] = {}
 
     def here(self) -> _Step:
@@ -398,6 +414,16 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     def _wake(self, msg: Message) -> Any:
         key = self.key = self.key_of(msg)
         packed = self.packed
+        step = self.step
+        if packed is None and step.settled is not None:
+            try:
+                state = step.settled.get(step.state_id, key)
+            except Exception as exc:  # the store, not the message: stop and resume
+                raise StateUnavailable(f"{self.name} {key}: settled snapshot unreadable") from exc
+            if state is not None:
+                assert isinstance(state, bytes), f"{self.name} {key}: settled {type(state)}"
+                packed = self.packed = state
+                step.counts.settled += 1
         if packed is None:
             machine = self.create(key)
         elif packed.startswith(_DELTA_PREFIX):
@@ -534,6 +560,7 @@ def build_flow(
     depth_levels: int = DEPTH_LEVELS,
     live_machines: int = LIVE_MACHINES,
     bases: Bases | None = None,
+    settled: SettledSnapshots | None = None,
 ) -> Dataflow:
     """The exchange flow over any sources and sink (Kafka in production, in-memory in tests).
 
@@ -541,12 +568,14 @@ def build_flow(
     inbox, markets from the book inbox (dead letters under any key); the sink receives
     ``(key, [(offset, record), ...])``. With ``bases``, a machine larger than
     ``bases.inline_bytes`` is snapshotted as a delta on a base (``dataflows.bases``); the
-    offsets must then be the inbox offsets ``bases`` reads.
+    offsets must then be the inbox offsets ``bases`` reads. With ``settled``, a key
+    Bytewax resumed without state reads its settled snapshot there on its first message
+    (``dataflows.recovery``; the store must have been prepared ``on_demand``).
     """
-    flow = Dataflow("crypton")
+    flow = Dataflow(FLOW_ID)
     encode = schema.record_encoder(prefix)
-    wallets = _Steps("wallet", markets, encode, live_machines, bases=bases)
-    books = _Steps("book", markets, encode, live_machines, depth_levels, bases)
+    wallets = _Steps("wallet", markets, encode, live_machines, bases=bases, settled=settled)
+    books = _Steps("book", markets, encode, live_machines, depth_levels, bases, settled)
     # Input -> keyed step -> output and nothing else: every operator a record passes
     # costs the flow's one Python thread.
     wallet_out = op.stateful_batch(
@@ -566,10 +595,13 @@ def build_flow(
 def _kafka_flow() -> Dataflow:
     settings = Settings.from_env()
     store = recovery.this_runs_directory()
+    settled = None
     if store is not None and store.is_dir():
         # Before Bytewax opens the store: see ``dataflows.recovery``.
-        moved = recovery.prepare(store)
-        log.info("recovery store %s: %d settled snapshots ready to resume from", store, moved)
+        steps = STATE_STEPS if recovery.complete(store) else ()
+        moved = recovery.prepare(store, on_demand=steps)
+        settled = recovery.SettledSnapshots(store) if steps else None
+        log.info("recovery store %s: %d settled snapshots moved", store, moved)
     port = os.environ.get("CRYPTON_DATAFLOW_METRICS_PORT")
     if port:
         metrics.serve(int(port))
@@ -580,6 +612,7 @@ def _kafka_flow() -> Dataflow:
         LogSink(settings, parts=int(os.environ.get("CRYPTON_SINK_PARTS", "1"))),
         prefix=settings.topic_prefix,
         bases=KafkaBases(settings),
+        settled=settled,
     )
 
 

@@ -86,6 +86,7 @@ class StepCounts:
         "messages",
         "replayed",
         "restored",
+        "settled",
         "snapshot_bytes",
         "snapshot_s",
         "stale",
@@ -97,6 +98,7 @@ class StepCounts:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
         self.stale = self.base_bytes = self.replayed = self.restored = 0
+        self.settled = 0
         self.snapshot_s = self.latency_sum = 0.0
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
@@ -232,6 +234,11 @@ class _Counts(Collector):
             "restored": (
                 "crypton_dataflow_restored_from_base",
                 "Machines rebuilt from a base and their inbox since (a delta snapshot)",
+            ),
+            "settled": (
+                "crypton_dataflow_settled_reads",
+                "Machines resumed from their settled snapshot, read on their first message"
+                " (dataflows.recovery)",
             ),
             "snapshot_s": (
                 "crypton_dataflow_snapshot_seconds",

@@ -102,7 +102,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
 class Exchange:
     """The broker, the dataflow (one or two processes) and API launches of one run."""
 
-    def __init__(self, settings: Settings, logs: Path, bytewax_api: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        logs: Path,
+        bytewax_api: bool = False,
+        recovery_partitions: int = 1,
+    ) -> None:
         self.settings = settings
         self.logs = logs
         self.env = settings_env(settings) | {
@@ -116,7 +122,7 @@ class Exchange:
         # interface, not only loopback: opt-in.
         self.bytewax_port = free_ports(2) if bytewax_api else None
         self.flows: list[Child] = []
-        self.recovery = ensure_recovery_store(settings, 2)
+        self.recovery = ensure_recovery_store(settings, recovery_partitions)
 
     def start_dataflow(self, processes: int) -> None:
         self.stop_dataflow()
@@ -380,7 +386,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         broker.start().wait_ready(120)
         _say(f"bench_scale on {broker.ready_line()}; data in {data}")
         topics.ensure_topics(settings)
-        ex = Exchange(settings, logs, args.bytewax_metrics)
+        ex = Exchange(settings, logs, args.bytewax_metrics, args.recovery_partitions)
         ex.start_dataflow(1)
         _say(f"dataflow (1 process) answers after {wait_flowing(ex):.1f} s")
         _say(f"building the state: {args.users:,} users, {args.orders:,} lifetime orders")
@@ -479,6 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe-seconds", type=float, default=30, help="probed phase (stall)")
     parser.add_argument("--snapshot-seconds", type=int, default=2, help="epoch interval")
     parser.add_argument(
+        "--recovery-partitions", type=int, default=1,
+        help="partitions of the recovery store (1: what `crypton dataflow` makes)",
+    )  # fmt: skip
+    parser.add_argument(
         "--throughput-orders", type=int, default=20_000, help="orders per throughput run"
     )
     parser.add_argument(
@@ -497,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = {
         k: getattr(args, k)
         for k in ("users", "orders", "partitions", "nodes", "rate", "seconds", "probe_seconds",
-                  "snapshot_seconds", "throughput_orders")
+                  "snapshot_seconds", "throughput_orders", "recovery_partitions")
     }  # fmt: skip
     nodes = f"{args.nodes} node{'s' * (args.nodes > 1)}"
     broker = f"Apache Kafka {KAFKA_VERSION} ({nodes}, KRaft)"
