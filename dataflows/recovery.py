@@ -80,6 +80,7 @@ __all__ = [
     "complete",
     "prepare",
     "recovery_directory",
+    "rename_inputs",
     "resume_epoch",
     "this_runs_directory",
 ]
@@ -180,6 +181,29 @@ def prepare(
                     store, schema, settled=settled, steps=tuple(on_demand), resume=resume
                 )
     return moved
+
+
+def rename_inputs(directory: Path, renames: Mapping[str, tuple[str, str]]) -> int:
+    """Give the positions an input of a former flow stored (``step: (new step, key
+    prefix)``) to the input that replaced it, in every partition file of ``directory``:
+    the row of ``step``/``key`` becomes ``new step``/``prefix + key``. Idempotent;
+    returns how many rows it renamed."""
+    renamed = 0
+    for path in sorted(directory.glob("part-*.sqlite3")):
+        with closing(_open(path)) as store:
+            tables = {name for (name,) in store.execute("SELECT name FROM sqlite_master")}
+            store.execute("BEGIN IMMEDIATE")
+            for table in ("snaps", SETTLED_TABLE):
+                if table not in tables:
+                    continue
+                for old, (new, prefix) in renames.items():
+                    renamed += store.execute(
+                        f"UPDATE {table} SET step_id = ?, state_key = ? || state_key"
+                        " WHERE step_id = ?",
+                        (new, prefix, old),
+                    ).rowcount
+            store.execute("COMMIT")
+    return renamed
 
 
 def resume_epoch(directory: Path) -> int | None:

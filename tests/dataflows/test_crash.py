@@ -186,11 +186,12 @@ def _committed_offsets(run: Settings) -> dict[str, int]:
     with closing(sqlite3.connect(run.data_dir / "recovery" / "part-0.sqlite3")) as store:
         (epoch,) = store.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
         rows = store.execute(
-            "SELECT step_id, ser_change FROM snaps WHERE step_id LIKE '%_inbox'"
+            "SELECT state_key, ser_change FROM snaps WHERE step_id = 'crypton.inboxes'"
             " AND snap_epoch <= ? ORDER BY snap_epoch",
             (epoch or 0,),
         ).fetchall()
-    return {step.split(".")[-1]: pickle.loads(value) for step, value in rows}
+    # Partitions `wallet/0` and `book/0` of the one input of both inboxes.
+    return {f"{key.split('/')[0]}_inbox": pickle.loads(value) for key, value in rows}
 
 
 def _unsettled(run: Settings) -> int:

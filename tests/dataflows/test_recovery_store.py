@@ -19,7 +19,7 @@ from crypton import schema
 from crypton.config import load_markets
 from crypton.domain.messages import Credit, Debit
 from dataflows import recovery
-from dataflows.exchange import build_flow
+from dataflows.exchange import STATE_STEPS, build_flow
 
 MARKETS = load_markets()
 USERS = [f"u{i}" for i in range(300)]
@@ -54,13 +54,11 @@ def _run(
     settled = None
     if settle is not None:
         # As `dataflows.exchange` does before Bytewax opens it.
-        steps = ("crypton.wallet", "crypton.book") if on_demand else ()
+        steps = STATE_STEPS if on_demand else ()
         recovery.prepare(store, settle_after=settle, on_demand=steps)
         settled = recovery.SettledSnapshots(store) if on_demand else None
     out: list[Any] = []
-    flow = build_flow(
-        MARKETS, TestingSource(items), TestingSource([]), TestingSink(out), settled=settled
-    )
+    flow = build_flow(MARKETS, TestingSource(items), TestingSink(out), settled=settled)
     # TestingSource.ABORT stops the run as a crash would, without a last snapshot.
     run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(store)))
     return out
@@ -148,9 +146,10 @@ def test_settled_store_resumes_as_bytewax_own_store(
     # testing source's position: where its last epoch ended depends on timing.)
     (plain,) = stores["plain"].iterdir()
     (settled,) = stores["settled"].glob("part-*.sqlite3")
-    machines = {k: v for k, v in _latest(settled).items() if not k[0].endswith("_inbox")}
+    steps = STATE_STEPS
+    machines = {k: v for k, v in _latest(settled).items() if k[0] in steps}
     assert len(machines) == len(USERS)
-    assert machines == {k: v for k, v in _latest(plain).items() if not k[0].endswith("_inbox")}
+    assert machines == {k: v for k, v in _latest(plain).items() if k[0] in steps}
 
 
 def test_a_commit_settles_idle_keys_and_prepare_moves_them_back(tmp_path: Path) -> None:
@@ -255,3 +254,26 @@ def test_on_demand_leaves_settled_rows_and_drops_what_follows_the_resume_epoch(
     assert settled.get("s", "c") is None  # Bytewax resumes it
     assert settled.get("s", "d") is None  # discarded
     assert settled.get("t", "a") is None
+
+
+def test_the_positions_of_the_former_inputs_go_to_the_one_input(tmp_path: Path) -> None:
+    """A store written when each inbox was an input of its own resumes reading where it
+    stood: its input positions become the merged input's partitions."""
+    from dataflows.exchange import _FORMER_INPUTS  # noqa: PLC0415 - the flow's own table
+
+    init_db_dir(tmp_path, 1)
+    db = tmp_path / "part-0.sqlite3"
+    with sqlite3.connect(db) as store:
+        store.execute(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES"
+            " ('crypton.wallet_inbox', '3', 7, x'01'), ('crypton.book_inbox', '0', 7, x'02'),"
+            " ('crypton.wallet', 'u1', 7, x'03')"
+        )
+    assert recovery.rename_inputs(tmp_path, _FORMER_INPUTS) == 2
+    assert recovery.rename_inputs(tmp_path, _FORMER_INPUTS) == 0
+    rows = "SELECT step_id, state_key, ser_change FROM snaps ORDER BY ser_change"
+    assert _rows(db, rows) == [
+        ("crypton.inboxes", "wallet/3", b"\x01"),
+        ("crypton.inboxes", "book/0", b"\x02"),
+        ("crypton.wallet", "u1", b"\x03"),
+    ]

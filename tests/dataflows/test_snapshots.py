@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -286,13 +287,15 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
 
     def run(epoch: timedelta) -> list[Any]:
         out: list[Any] = []
-        flow = build_flow(MARKETS, TestingSource(items), TestingSource([]), TestingSink(out))
+        flow = build_flow(MARKETS, TestingSource(items), TestingSink(out))
         run_main(flow, epoch_interval=epoch, recovery_config=RecoveryConfig(str(recovery)))
         return out
 
     run(timedelta(seconds=10))
     (db,) = recovery.iterdir()
-    with sqlite3.connect(db) as store:
+    # Closed before the flow runs: a connection of Python's SQLite left open in the
+    # process that runs Bytewax's own SQLite on the same file breaks both's locks.
+    with closing(sqlite3.connect(db)) as store:
         store.executescript(
             """CREATE TABLE written (step_id TEXT, state_key TEXT, size INTEGER);
             CREATE TRIGGER written_snaps AFTER INSERT ON snaps BEGIN
@@ -300,7 +303,7 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
             END;"""
         )
     out = run(timedelta(0))
-    with sqlite3.connect(db) as store:
+    with closing(sqlite3.connect(db)) as store:
         written = list(store.execute("SELECT state_key, size FROM written WHERE step_id = ?",
                                      ("crypton.wallet",)))  # fmt: skip
         users_stored = store.execute(
