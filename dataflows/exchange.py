@@ -76,11 +76,27 @@ from crypton.domain.wallet import WalletMachine
 from crypton.runtime import tune_gc
 from dataflows import metrics, recovery
 from dataflows.bases import DELTA, Bases, Delta, KafkaBases
-from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged
+from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged, is_book
+from dataflows.recovery import SettledSnapshots
 
 __all__ = ["LIVE_MACHINES", "BookLogic", "StateUnavailable", "WalletLogic", "build_flow", "flow"]
 
 log = logging.getLogger("crypton.dataflow")
+
+FLOW_ID = "crypton"
+"""The dataflow's id: a step's state is stored under ``crypton.<step>``."""
+
+STATE_STEPS = (f"{FLOW_ID}.wallet", f"{FLOW_ID}.book")
+"""The keyed steps, whose settled snapshots the flow can read on demand."""
+
+INPUT_ID = "inboxes"
+"""The input of both inboxes; its partitions are ``wallet/N`` and ``book/N``."""
+
+_FORMER_INPUTS = {
+    f"{FLOW_ID}.wallet_inbox": (f"{FLOW_ID}.{INPUT_ID}", "wallet/"),
+    f"{FLOW_ID}.book_inbox": (f"{FLOW_ID}.{INPUT_ID}", "book/"),
+}
+"""The inputs of each inbox before they were one, and where their positions go."""
 
 DEPTH_LEVELS = 50
 """Levels per side in the depth snapshots published to the depth topic."""
@@ -230,8 +246,9 @@ class _Step:
         "live",
         "live_max",
         "markets",
+        "settled",
         "snapped",
-        "stall",
+        "state_id",
     )
 
     def __init__(
@@ -242,16 +259,21 @@ class _Step:
         live_max: int,
         depth_levels: int,
         bases: Bases | None = None,
+        settled: SettledSnapshots | None = None,
     ) -> None:
         self.bases = bases
         """Where large states keep their base (``dataflows.bases``); None: always whole."""
+        self.settled = settled
+        """Where a key Bytewax resumed without state reads its settled snapshot
+        (``dataflows.recovery``); None: Bytewax resumes every key itself."""
+        self.state_id = f"{FLOW_ID}.{name}"
+        """The step's id in the recovery store."""
         self.markets = markets
         self.encode = encode
         self.live: OrderedDict[_KeyLogic, None] = OrderedDict()
         self.live_max = max(1, live_max)
         self.depth_levels = depth_levels
         self.counts = metrics.StepCounts(name)
-        self.stall = metrics.EpochStall.here()
         self.snapped: float | None = None
         """Seconds of ``snapshot()`` since the current epoch close began, if one did."""
 
@@ -267,8 +289,9 @@ class _Steps:
         live_max: int,
         depth_levels: int = DEPTH_LEVELS,
         bases: Bases | None = None,
+        settled: SettledSnapshots | None = None,
     ) -> None:
-        self.args = (name, markets, encode, live_max, depth_levels, bases)
+        self.args = (name, markets, encode, live_max, depth_levels, bases, settled)
         self.by_thread: dict[int, _Step] = {}
 
     def here(self) -> _Step:
@@ -398,6 +421,16 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     def _wake(self, msg: Message) -> Any:
         key = self.key = self.key_of(msg)
         packed = self.packed
+        step = self.step
+        if packed is None and step.settled is not None:
+            try:
+                state = step.settled.get(step.state_id, key)
+            except Exception as exc:  # the store, not the message: stop and resume
+                raise StateUnavailable(f"{self.name} {key}: settled snapshot unreadable") from exc
+            if state is not None:
+                assert isinstance(state, bytes), f"{self.name} {key}: settled {type(state)}"
+                packed = self.packed = state
+                step.counts.settled += 1
         if packed is None:
             machine = self.create(key)
         elif packed.startswith(_DELTA_PREFIX):
@@ -426,7 +459,9 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                 f"{self.name} {key}: base {partition}@{offset} or its inbox after"
                 f" {base_offset} unreadable: {type(exc).__name__}: {exc}"
             ) from exc
-        self.step.counts.replayed += len(replay)
+        counts = self.step.counts
+        counts.restored += 1
+        counts.replayed += len(replay)
         for msg in replay:
             try:
                 machine.apply(msg, _drop, _drop)  # written the first time: dropped now
@@ -467,7 +502,6 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         packed = self.packed
         assert packed is not None, "a logic without state is discarded, never snapshotted"
         step = self.step
-        step.stall.mark()
         spent = time.perf_counter() - began
         step.snapped = (step.snapped or 0.0) + spent
         counts = step.counts
@@ -524,38 +558,39 @@ class BookLogic(_KeyLogic):
 
 def build_flow(
     markets: Markets,
-    wallet_inbox: Source[tuple[str, list[Inbound]]],
-    book_inbox: Source[tuple[str, list[Inbound]]],
+    inboxes: Source[tuple[str, list[Inbound]]],
     sink: Sink[tuple[str, list[Tagged]]],
     *,
     prefix: str = "",
     depth_levels: int = DEPTH_LEVELS,
     live_machines: int = LIVE_MACHINES,
     bases: Bases | None = None,
+    settled: SettledSnapshots | None = None,
 ) -> Dataflow:
-    """The exchange flow over any sources and sink (Kafka in production, in-memory in tests).
+    """The exchange flow over any source and sink (Kafka in production, in-memory in tests).
 
-    The sources yield ``(key, [(offset, message), ...])``: user ids from the wallet
-    inbox, markets from the book inbox (dead letters under any key); the sink receives
-    ``(key, [(offset, record), ...])``. With ``bases``, a machine larger than
-    ``bases.inline_bytes`` is snapshotted as a delta on a base (``dataflows.bases``); the
-    offsets must then be the inbox offsets ``bases`` reads.
+    The source yields ``(key, [(offset, message), ...])`` from both inboxes: user ids
+    from the wallet inbox, markets from the book inbox as ``BookBatch``es (dead letters
+    under any key); the sink receives ``(key, [(offset, record), ...])``. With ``bases``,
+    a machine larger than ``bases.inline_bytes`` is snapshotted as a delta on a base
+    (``dataflows.bases``); the offsets must then be the inbox offsets ``bases`` reads.
+    With ``settled``, a key Bytewax resumed without state reads its settled snapshot
+    there on its first message (``dataflows.recovery``; the store must have been
+    prepared ``on_demand``).
     """
-    flow = Dataflow("crypton")
+    flow = Dataflow(FLOW_ID)
     encode = schema.record_encoder(prefix)
-    wallets = _Steps("wallet", markets, encode, live_machines, bases=bases)
-    books = _Steps("book", markets, encode, live_machines, depth_levels, bases)
-    # Input -> keyed step -> output and nothing else: every operator a record passes
-    # costs the flow's one Python thread.
+    wallets = _Steps("wallet", markets, encode, live_machines, bases=bases, settled=settled)
+    books = _Steps("book", markets, encode, live_machines, depth_levels, bases, settled)
+    # Input -> keyed step -> output and little else: every operator a record passes
+    # costs the flow's one Python thread. One input for both inboxes, so that their
+    # partitions close each epoch together (``InboxSource``).
+    routed = op.branch("route", op.input(INPUT_ID, flow, inboxes), is_book)
     wallet_out = op.stateful_batch(
-        "wallet",
-        op.input("wallet_inbox", flow, wallet_inbox),
-        lambda packed: WalletLogic(wallets.here(), packed),
+        "wallet", routed.falses, lambda packed: WalletLogic(wallets.here(), packed)
     )
     book_out = op.stateful_batch(
-        "book",
-        op.input("book_inbox", flow, book_inbox),
-        lambda packed: BookLogic(books.here(), packed),
+        "book", routed.trues, lambda packed: BookLogic(books.here(), packed)
     )
     op.output("log", op.merge("outputs", wallet_out, book_out), sink)
     return flow
@@ -565,20 +600,25 @@ def _kafka_flow() -> Dataflow:
     tune_gc()
     settings = Settings.from_env()
     store = recovery.this_runs_directory()
+    settled = None
     if store is not None and store.is_dir():
         # Before Bytewax opens the store: see ``dataflows.recovery``.
-        moved = recovery.prepare(store)
-        log.info("recovery store %s: %d settled snapshots ready to resume from", store, moved)
+        # A store written when each inbox was an input of its own.
+        recovery.rename_inputs(store, _FORMER_INPUTS)
+        steps = STATE_STEPS if recovery.complete(store) else ()
+        moved = recovery.prepare(store, on_demand=steps)
+        settled = recovery.SettledSnapshots(store) if steps else None
+        log.info("recovery store %s: %d settled snapshots moved", store, moved)
     port = os.environ.get("CRYPTON_DATAFLOW_METRICS_PORT")
     if port:
         metrics.serve(int(port))
     return build_flow(
         settings.markets(),
-        InboxSource(settings, schema.WALLET_INBOX),
-        InboxSource(settings, schema.BOOK_INBOX),
+        InboxSource(settings),
         LogSink(settings, parts=int(os.environ.get("CRYPTON_SINK_PARTS", "1"))),
         prefix=settings.topic_prefix,
         bases=KafkaBases(settings),
+        settled=settled,
     )
 
 

@@ -39,17 +39,19 @@ from crypton import signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
 from crypton.kafka import admin, consumer_config, producer_config
-from crypton.schema import TopicSpec
+from crypton.schema import BOOK_INBOX, WALLET_INBOX, TopicSpec
 from dataflows import metrics
 
 __all__ = [
     "DEAD_LETTER_KEY",
+    "BookBatch",
     "Inbound",
     "InboxSource",
     "LogSink",
     "Record",
     "SinkDeliveryError",
     "Tagged",
+    "is_book",
 ]
 
 log = logging.getLogger("crypton.dataflow")
@@ -179,6 +181,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         spec: TopicSpec,
         batch_size: int,
         signed: bytes | None = None,
+        batch: type[list[Inbound]] = list,
     ) -> None:
         self._signed = signed
         self._shared = _SharedConsumer.join(settings, topic, partition, offset, batch_size)
@@ -188,16 +191,12 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         self._key_of = spec.key_of
         self._awake: datetime | None = None
         self._quiet_since: float | None = None
-        self._stall = metrics.EpochStall.here()
-        self._epochs = 0
+        self._stall = metrics.PartitionStall()
+        self._batch: type[list[Inbound]] = batch
 
     def next_batch(self) -> list[tuple[str, list[Inbound]]]:
-        stall = self._stall
-        stall.enter(time.perf_counter())
-        try:
-            return self._next_batch()
-        finally:
-            stall.leave(time.perf_counter())
+        self._stall.polled(time.monotonic())
+        return self._next_batch()
 
     def _next_batch(self) -> list[tuple[str, list[Inbound]]]:
         records = self._shared.take(self._partition)
@@ -207,13 +206,17 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
             if self._quiet_since is None:
                 self._quiet_since = now
             quiet = now - self._quiet_since >= _QUIET_AFTER_S
-            self._awake = datetime.now(UTC) + (_QUIET if quiet else _IDLE)
+            back_off = _QUIET if quiet else _IDLE
+            self._awake = datetime.now(UTC) + back_off
+            self._stall.backing_off(now + back_off.total_seconds())
             return []
         self._awake = None
+        self._stall.backing_off(0.0)
         self._quiet_since = None
         # One Bytewax item per key and consumer batch: an item costs the flow's one
         # thread about 2 us in Bytewax, more than grouping here (measured).
         items: dict[str, list[Inbound]] = {}
+        batch = self._batch
         decode, key_of, topic, signed = self._decode, self._key_of, self._topic, self._signed
         for record in records:
             offset = record.offset()
@@ -222,16 +225,18 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
             self._offset = offset + 1
             msg = inbox_message(record, decode, topic, signed)
             if type(msg) is str:  # undecodable or unsigned input is kept, with its reason
-                items.setdefault(DEAD_LETTER_KEY, []).append(self._dead(record, offset, msg))
+                dead = items.get(DEAD_LETTER_KEY)
+                if dead is None:
+                    dead = items[DEAD_LETTER_KEY] = batch()
+                dead.append(self._dead(record, offset, msg))
                 continue
             # Keyed by user or market: Bytewax runs each key's logic on its messages
             # in this order, and snapshots only the keys an epoch awoke.
             key = key_of(msg)
             group = items.get(key)
             if group is None:
-                items[key] = [(offset, msg)]
-            else:
-                group.append((offset, msg))
+                group = items[key] = batch()
+            group.append((offset, msg))
         return list(items.items())
 
     def _dead(self, record: Any, offset: int, reason: str) -> Inbound:
@@ -249,44 +254,74 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         return self._awake
 
     def snapshot(self) -> int:
-        self._epochs += 1
-        self._stall.epoch(self._epochs)
+        self._stall.closing(time.monotonic())
         return self._offset
 
     def close(self) -> None:
         self._shared.leave(self._partition)
 
 
-class InboxSource(FixedPartitionedSource[tuple[str, list[Inbound]], int]):
-    """Every partition of the inbox topic of ``spec``: items are
-    ``(key, [(offset, message), ...])``, one per key and consumer batch, keyed by the
-    topic's key (user or market), so each key's machine receives its messages in
-    log order."""
+class BookBatch(list[Inbound]):
+    """A batch read from the book inbox: the one source of both inboxes (``InboxSource``)
+    hands wallet batches as plain lists and book batches as these, and the flow routes
+    them to their step by that (``is_book``)."""
 
-    def __init__(self, settings: Settings, spec: TopicSpec, batch_size: int = 1000) -> None:
+    __slots__ = ()
+
+
+def is_book(item: tuple[str, list[Inbound]]) -> bool:
+    """Whether an item of ``InboxSource`` comes from the book inbox."""
+    return item[1].__class__ is BookBatch
+
+
+class InboxSource(FixedPartitionedSource[tuple[str, list[Inbound]], int]):
+    """Every partition of both inbox topics, as one Bytewax input: items are
+    ``(key, [(offset, message), ...])``, one per key and consumer batch, keyed by the
+    topic's key (user or market), so each key's machine receives its messages in log
+    order; book inbox batches are ``BookBatch``es.
+
+    One input, not one per inbox: Bytewax closes each input partition's epoch on the
+    partition's own clock and then polls it again only once the whole flow finished
+    the epoch, so partitions of two inputs, whose clocks drift apart (each input's
+    operator is woken at its own moments), waited at every close for the other input's
+    close as well: 150 ms an epoch after a few minutes (``bench_scale``, 1,000,000
+    users). The partitions of one input are woken together, close in the same
+    activation and stay in step.
+    """
+
+    def __init__(self, settings: Settings, batch_size: int = 1000) -> None:
         self._settings = settings
-        self._topic = spec.name(settings.topic_prefix)
-        self._spec = spec
+        self._inboxes: dict[str, tuple[TopicSpec, type[list[Inbound]]]] = {
+            "wallet": (WALLET_INBOX, list),
+            "book": (BOOK_INBOX, BookBatch),
+        }
         self._batch_size = batch_size
         # With CRYPTON_API_SECRET set, commands the API did not sign are dead letters.
         self._signed = signing.required_secret()
 
     def list_parts(self) -> list[str]:
-        metadata = admin(self._settings).list_topics(self._topic, timeout=30)
-        topic = metadata.topics.get(self._topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise RuntimeError(f"topic {self._topic} is missing: run `crypton topics` first")
-        return [str(p) for p in sorted(topic.partitions)]
+        parts = []
+        for name, (spec, _batch) in self._inboxes.items():
+            topic = spec.name(self._settings.topic_prefix)
+            metadata = admin(self._settings).list_topics(topic, timeout=30)
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                raise RuntimeError(f"topic {topic} is missing: run `crypton topics` first")
+            parts += [f"{name}/{p}" for p in sorted(found.partitions)]
+        return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _InboxPartition:
+        name, _, partition = for_part.partition("/")
+        spec, batch = self._inboxes[name]
         return _InboxPartition(
             self._settings,
-            self._topic,
-            int(for_part),
+            spec.name(self._settings.topic_prefix),
+            int(partition),
             resume_state,
-            self._spec,
+            spec,
             self._batch_size,
             self._signed,
+            batch,
         )
 
 
@@ -322,7 +357,6 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
             },
         )
         self._producer = Producer(config)
-        self._stall = metrics.EpochStall.here()
 
     # The two callbacks run inside poll() and flush() on the worker's thread; they
     # only record what happened, the sink raises after the call returns.
@@ -361,7 +395,6 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
 
     def snapshot(self) -> None:
         # The epoch may commit only once its output is acknowledged by the broker.
-        self._stall.mark()
         remaining = self._producer.flush(self._timeout + 5)
         self._raise_if_failed()
         if remaining:

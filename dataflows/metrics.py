@@ -13,11 +13,11 @@ Besides counters of what the steps process and emit:
   recovery store at epoch closes (the packed state of the keys awoken in the epoch)
   and the time ``snapshot()`` took; their rates are the store's write rate and the
   share of the flow's thread the epochs' snapshots cost;
-- ``crypton_dataflow_epoch_stall_seconds``: how long the flow's thread was away
-  from the inboxes at each epoch close (``EpochStall``): per epoch, the longest gap
-  between two ``next_batch`` calls of the inbox partitions that spans the steps'
-  ``snapshot()``, the sink's flush or Bytewax writing and committing the epoch in
-  the recovery store. A message that arrives then waits that long.
+- ``crypton_dataflow_epoch_stall_seconds``: how long the inbox partitions wait at
+  each epoch close (``EpochStall``): per epoch, the longest time an inbox partition
+  was polled after it was due, from its close until the flow finished the epoch (the
+  steps' ``snapshot()``, the sink's flush, Bytewax writing and committing the epoch).
+  A message that arrives then waits that long.
 
 The steps call into these once per key and batch, so they count in plain integers
 (``StepCounts``) that a collector reads when Prometheus scrapes, rather than
@@ -42,6 +42,7 @@ __all__ = [
     "EPOCH_SNAPSHOT",
     "EPOCH_STALL_BUCKETS",
     "EpochStall",
+    "PartitionStall",
     "StepCounts",
     "observe_lag",
     "serve",
@@ -85,6 +86,8 @@ class StepCounts:
         "latency_sum",
         "messages",
         "replayed",
+        "restored",
+        "settled",
         "snapshot_bytes",
         "snapshot_s",
         "stale",
@@ -95,7 +98,8 @@ class StepCounts:
     def __init__(self, step: str) -> None:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
-        self.stale = self.base_bytes = self.replayed = 0
+        self.stale = self.base_bytes = self.replayed = self.restored = 0
+        self.settled = 0
         self.snapshot_s = self.latency_sum = 0.0
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
@@ -115,50 +119,42 @@ class StepCounts:
 
 
 class EpochStall:
-    """How long one worker thread is away from its inbox partitions at each epoch close.
+    """How long the inbox partitions of one worker wait at each epoch close.
 
-    Bytewax closes an epoch on the worker's one thread, in steps between two
-    ``next_batch`` calls: each input closes on its own clock (the wallet inbox and the
-    book inbox some hundred milliseconds apart), with its partitions' ``snapshot()``
-    and then the ``snapshot()`` of the keys its step awoke; once the last input closed,
-    the sinks' ``snapshot()`` (ours flushes the producer), the write of the snapshots to
-    the recovery store and the commit of the epoch, which garbage-collects superseded
-    snapshots. The inbox partitions call ``enter``/``leave`` around ``next_batch``, the
-    steps' and the sinks' ``snapshot()`` call ``mark``: a gap between two ``next_batch``
-    calls in which something was marked is part of a close. Each partition counts its
-    own ``snapshot()`` calls and reports them with ``epoch``; the longest marked gap of
-    an epoch is observed, once, when the next epoch begins (a message that arrives
-    during a close waits for the longest gap, not for their sum).
+    Bytewax advances an input partition to the next epoch (calling its ``snapshot()``)
+    and then polls it again only once the whole flow has finished the epoch before:
+    the steps' ``snapshot()``, the sink's flush, the recovery store's write and commit,
+    and every other input partition's own close (each closes when *its* interval has
+    elapsed). A message arriving then waits. Each inbox partition reports, at its first
+    ``next_batch`` after a ``snapshot()``, how long after it was due it was polled
+    (``waited``): due at its close, or later if its own back-off asked for later. The
+    longest wait of an epoch is observed, once, when the next epoch begins.
 
-    Plain numbers on the hot path (two clock reads per ``next_batch``), rendered at scrape.
+    Plain numbers on the hot path, rendered at scrape.
 
     >>> stall = EpochStall()
-    >>> stall.epoch(1); stall.leave(1.000); stall.mark(); stall.enter(1.030)  # 30 ms
-    >>> stall.leave(1.031); stall.mark(); stall.enter(1.036)  # the same epoch, 5 ms
+    >>> stall.epoch(1); stall.waited(0.030); stall.waited(0.005)  # two partitions
     >>> stall.count, stall.epoch(2), stall.count, round(stall.total, 3)
     (0, None, 1, 0.03)
     """
 
-    __slots__ = ("buckets", "count", "current", "last", "marked", "total", "worst")
+    __slots__ = ("buckets", "count", "current", "total", "worst")
 
     all: ClassVar[list[EpochStall]] = []
     _by_thread: ClassVar[dict[int, EpochStall]] = {}
 
     def __init__(self) -> None:
-        self.last: float | None = None
-        """When the thread last left a ``next_batch`` (``time.perf_counter``)."""
-        self.marked = False
         self.current = 0
         """The epoch under way, counted in ``snapshot()`` calls of a partition."""
-        self.worst = 0.0
-        """The longest marked gap of the epoch under way."""
+        self.worst: float | None = None
+        """The longest wait of the epoch under way, if a partition reported one."""
         self.count = 0
         self.total = 0.0
         self.buckets = [0] * (len(EPOCH_STALL_BUCKETS) + 1)
 
     @classmethod
     def here(cls) -> EpochStall:
-        """The tracker of the calling thread (a worker's sources, steps and sinks)."""
+        """The tracker of the calling thread (a worker's inbox partitions)."""
         ident = threading.get_ident()
         stall = cls._by_thread.get(ident)
         if stall is None:
@@ -166,19 +162,10 @@ class EpochStall:
             cls.all.append(stall)
         return stall
 
-    def mark(self) -> None:
-        """An epoch close did work since the thread left ``next_batch``."""
-        self.marked = True
-
-    def enter(self, now: float) -> None:
-        """The thread is back at an inbox partition at ``now``."""
-        if self.marked:
-            self.marked = False
-            if self.last is not None and now - self.last > self.worst:
-                self.worst = now - self.last
-
-    def leave(self, now: float) -> None:
-        self.last = now
+    def waited(self, seconds: float) -> None:
+        """A partition was polled ``seconds`` after it was due, after its close."""
+        if self.worst is None or seconds > self.worst:
+            self.worst = seconds
 
     def epoch(self, closing: int) -> None:
         """A partition closes its ``closing``-th epoch: the one before it is over."""
@@ -186,11 +173,51 @@ class EpochStall:
             return
         self.current = closing
         worst = self.worst
-        if worst:
-            self.worst = 0.0
+        if worst is not None:
+            self.worst = None
             self.count += 1
             self.total += worst
             self.buckets[bisect_left(EPOCH_STALL_BUCKETS, worst)] += 1
+
+
+class PartitionStall:
+    """What one inbox partition reports to its worker's ``EpochStall``: it is due to be
+    polled when its epoch closes, or when its own back-off ends if that is later; its
+    first poll after a close reports how long past due it came.
+
+    >>> part = PartitionStall(EpochStall())
+    >>> part.closing(10.0); part.polled(10.030)  # polled 30 ms after its close
+    >>> part.backing_off(20.050); part.closing(20.0); part.polled(20.060)  # 10 ms late
+    >>> part.stall.epoch(3); part.stall.count, round(part.stall.total, 3)
+    (2, 0.04)
+    """
+
+    __slots__ = ("closed", "due", "epochs", "stall")
+
+    def __init__(self, stall: EpochStall | None = None) -> None:
+        self.stall = stall or EpochStall.here()
+        self.closed: float | None = None
+        """When (``time.monotonic``) its last epoch closed, until it is polled again."""
+        self.due = 0.0
+        """When its back-off asked to be polled next (0: at once)."""
+        self.epochs = 0
+
+    def polled(self, now: float) -> None:
+        """``next_batch`` was called at ``now``."""
+        closed = self.closed
+        if closed is not None:
+            self.closed = None
+            self.stall.waited(max(0.0, now - max(closed, self.due)))
+
+    def backing_off(self, until: float) -> None:
+        """The partition asked to be polled no earlier than ``until`` (0: at once)."""
+        self.due = until
+
+    def closing(self, now: float) -> None:
+        """``snapshot()`` was called: the partition's epoch closed at ``now``."""
+        self.epochs += 1
+        self.stall.epoch(self.epochs)
+        self.closed = now
 
 
 def _histogram(
@@ -227,6 +254,15 @@ class _Counts(Collector):
             "replayed": (
                 "crypton_dataflow_replayed_messages",
                 "Inbox messages applied again to rebuild a machine from its base",
+            ),
+            "restored": (
+                "crypton_dataflow_restored_from_base",
+                "Machines rebuilt from a base and their inbox since (a delta snapshot)",
+            ),
+            "settled": (
+                "crypton_dataflow_settled_reads",
+                "Machines resumed from their settled snapshot, read on their first message"
+                " (dataflows.recovery)",
             ),
             "snapshot_s": (
                 "crypton_dataflow_snapshot_seconds",
@@ -266,7 +302,7 @@ class _Counts(Collector):
         stalls = list(EpochStall.all)
         stall = HistogramMetricFamily(
             "crypton_dataflow_epoch_stall_seconds",
-            "How long a worker's thread was away from the inboxes at an epoch close",
+            "How long an inbox partition waited past its wake-up at an epoch close",
         )
         counts = [sum(s.buckets[i] for s in stalls) for i in range(len(EPOCH_STALL_BUCKETS) + 1)]
         _histogram(stall, [], EPOCH_STALL_BUCKETS, counts, sum(s.total for s in stalls))

@@ -4,14 +4,17 @@ Prometheus endpoints. Nothing here imports the code it measures."""
 from __future__ import annotations
 
 import contextlib
+import os
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
     "EPOCH_STALL",
+    "cpu_seconds",
     "dir_bytes",
     "histogram_quantile",
+    "machine_busy",
     "metric_sums",
     "metrics_text",
     "rss_mib",
@@ -44,6 +47,27 @@ def written_bytes(pid: int | None) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of ``pid`` (``/proc/<pid>/stat``), 0 if it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command's closing parenthesis: utime and stime are fields 12 and 13.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    total = sum(values[:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
 
 
 def dir_bytes(path: Path) -> int:

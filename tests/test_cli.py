@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
 import types
 import urllib.error
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -179,6 +181,11 @@ def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
 def test_recovery_store_gets_a_partition_per_process(tmp_path: Path) -> None:
     store = cli.ensure_recovery_store(Settings(data_dir=tmp_path), 2)
     assert sorted(p.name for p in store.glob("*.sqlite3")) == ["part-0.sqlite3", "part-1.sqlite3"]
+    for part in store.glob("*.sqlite3"):  # small pages, still Bytewax's WAL store
+        with closing(sqlite3.connect(part)) as db:
+            assert db.execute("PRAGMA page_size").fetchone() == (cli.RECOVERY_PAGE_SIZE,)
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert db.execute("SELECT part_index FROM parts").fetchone() is not None
     assert not list(tmp_path.glob(".recovery-*"))  # made aside, renamed into place
     # Made once: a later call with another count keeps the store as it is.
     cli.ensure_recovery_store(Settings(data_dir=tmp_path), 4)

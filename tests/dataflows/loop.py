@@ -5,6 +5,8 @@ logs standing in for the inbox topics, with a real recovery store, so every
 round resumes from the last one's snapshot exactly as the process would after
 a restart. What the flow writes to an inbox is appended to that log for the
 next round; rounds go on until the flow writes nothing more to either inbox.
+The flow reads both logs through one source (as ``InboxSource`` reads both topics),
+in the order their messages were appended.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from crypton import schema, topics
 from crypton.domain.markets import Markets
 from crypton.domain.messages import Message
 from dataflows.exchange import build_flow
+from dataflows.kafka_io import BookBatch
 
 
 class Loop:
@@ -38,14 +41,27 @@ class Loop:
         self.live_machines = live_machines
         self.wallet_log: list[Any] = []
         self.book_log: list[Any] = []
+        self.items: list[Any] = []
+        """Both logs as the flow's one source yields them, in the order appended."""
         self.written: dict[str, list[Message]] = defaultdict(list)
         self.rounds = 0
 
     def send(self, *commands: Message | bytes) -> None:
         """Append commands (or raw bytes, decoded as the Kafka source would) to the wallet inbox."""
-        self.wallet_log.extend(
-            schema.WALLET_INBOX.decode(c) if isinstance(c, bytes) else c for c in commands
-        )
+        for command in commands:
+            self.append_wallet(
+                schema.WALLET_INBOX.decode(command) if isinstance(command, bytes) else command
+            )
+
+    def append_wallet(self, message: Any) -> None:
+        """Append a message to the wallet inbox: keyed by user, with its offset there."""
+        self.items.append((message.user_id, [(len(self.wallet_log), message)]))
+        self.wallet_log.append(message)
+
+    def append_book(self, message: Any) -> None:
+        """Append a message to the book inbox: keyed by market, with its offset there."""
+        self.items.append((message.market, BookBatch([(len(self.book_log), message)])))
+        self.book_log.append(message)
 
     def run(self, max_rounds: int = 50) -> None:
         """Run rounds until the loop is quiet."""
@@ -58,13 +74,7 @@ class Loop:
         out: list[Any] = []
         flow = build_flow(
             self.markets,
-            # Keyed by user and by market, each message with its offset in its log.
-            TestingSource(
-                [(m.user_id, [(i, m)]) for i, m in enumerate(self.wallet_log)], batch_size=7
-            ),
-            TestingSource(
-                [(m.market, [(i, m)]) for i, m in enumerate(self.book_log)], batch_size=7
-            ),
+            TestingSource(list(self.items), batch_size=7),
             TestingSink(out),
             **({} if self.live_machines is None else {"live_machines": self.live_machines}),
         )
@@ -88,10 +98,10 @@ class Loop:
             logical = topic.removeprefix("crypton.")
             message = schema.BY_LOGICAL[logical].decode(value)
             if logical == topics.WALLET_INBOX:
-                self.wallet_log.append(message)
+                self.append_wallet(message)
                 more = True
             elif logical == topics.BOOK_INBOX:
-                self.book_log.append(message)
+                self.append_book(message)
                 more = True
             self.written[logical].append(message)
         return more

@@ -1,11 +1,11 @@
-"""``crypton_dataflow_epoch_stall_seconds``: the gap an epoch close leaves between two
-``next_batch`` calls, measured where the inbox source measures it.
+"""``crypton_dataflow_epoch_stall_seconds``: how long an inbox partition waits past its
+wake-up at an epoch close, measured where the inbox source measures it.
 
-- Unit: an epoch is observed once, as the longest gap its close left, however many
-  steps (inputs closing on their own clocks) the close took.
-- Through a real Bytewax run: Bytewax calls the steps' and the sink's ``snapshot()``
-  and writes the epoch between two ``next_batch`` calls, so a sink whose flush takes
-  30 ms shows up as closes of at least 30 ms, one per epoch.
+- Unit: an epoch is observed once, as the longest wait any partition reported, and a
+  partition's own back-off is not counted as a wait.
+- Through a real Bytewax run: Bytewax polls a partition whose epoch closed only once
+  the flow finished the epoch, so a sink whose flush takes 30 ms shows up as closes
+  of at least 30 ms, one per epoch.
 """
 
 from __future__ import annotations
@@ -22,30 +22,25 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
-from dataflows.metrics import EPOCH_STALL_BUCKETS, EpochStall
+from dataflows.metrics import EPOCH_STALL_BUCKETS, EpochStall, PartitionStall
 
 
-def test_an_epoch_is_observed_once_as_its_longest_close_gap() -> None:
+def test_an_epoch_is_observed_once_as_its_longest_wait() -> None:
     stall = EpochStall()
-    stall.epoch(1)  # the wallet inbox closes epoch 1
-    stall.leave(0.0)
-    stall.enter(0.5)  # a plain gap (an idle back-off) is no stall
-    stall.leave(1.0)
-    stall.mark()  # the wallet step snapshots
-    stall.enter(1.002)
-    stall.epoch(1)  # the book inbox closes epoch 1, later
-    stall.leave(1.2)
-    stall.mark()  # the book step, the sink, the recovery store and its commit
-    stall.enter(1.240)
-    stall.leave(1.241)
-    stall.enter(1.3)
+    wallet, book = PartitionStall(stall), PartitionStall(stall)
+    wallet.closing(1.0)  # the wallet partition closes epoch 1
+    book.backing_off(1.100)  # the book partition is quiet: due again at 1.1 anyway
+    book.closing(1.050)
+    wallet.polled(1.040)  # 40 ms after its close
+    book.polled(1.110)  # 10 ms after its back-off ended: its close cost it 10 ms
+    wallet.polled(1.2)  # a later poll in the same epoch is no wait
     assert stall.count == 0  # observed when the next epoch begins
-    stall.epoch(2)
-    stall.epoch(2)
+    wallet.closing(3.0)
+    book.closing(3.0)
     assert stall.count == 1
     assert abs(stall.total - 0.040) < 1e-9
     assert stall.buckets[EPOCH_STALL_BUCKETS.index(0.05)] == 1
-    stall.epoch(3)  # an epoch with no marked gap is not observed
+    stall.epoch(3)  # an epoch no partition reported a wait for is not observed
     assert stall.count == 1
 
 
@@ -53,27 +48,25 @@ FLUSH_S = 0.03
 
 
 class _Partition(StatefulSourcePartition[tuple[str, int], int]):
-    """Times ``next_batch`` as ``dataflows.kafka_io._InboxPartition`` does."""
+    """Reports to ``PartitionStall`` as ``dataflows.kafka_io._InboxPartition`` does."""
 
     def __init__(self, stall: EpochStall, name: str) -> None:
-        self.stall, self.name, self.sent, self.epochs = stall, name, 0, 0
+        self.stall, self.name, self.sent = PartitionStall(stall), name, 0
 
     def next_batch(self) -> list[tuple[str, int]]:
-        self.stall.enter(time.perf_counter())
-        try:
-            self.sent += 1
-            if self.sent > 150:
-                raise StopIteration
-            return [(f"{self.name}-{self.sent % 3}", self.sent)]
-        finally:
-            self.stall.leave(time.perf_counter())
+        now = time.monotonic()
+        self.stall.polled(now)
+        self.sent += 1
+        if self.sent > 150:
+            raise StopIteration
+        self.stall.backing_off(now + 0.002)
+        return [(f"{self.name}-{self.sent % 3}", self.sent)]
 
     def next_awake(self) -> datetime:
         return datetime.now(UTC) + timedelta(milliseconds=2)
 
     def snapshot(self) -> int:
-        self.epochs += 1
-        self.stall.epoch(self.epochs)
+        self.stall.closing(time.monotonic())
         return self.sent
 
 
@@ -96,7 +89,6 @@ class _SlowFlush(StatefulSinkPartition[int, None]):
         pass
 
     def snapshot(self) -> None:
-        self.stall.mark()
         time.sleep(FLUSH_S)  # a producer flush waiting for acknowledgements
 
 

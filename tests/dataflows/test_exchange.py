@@ -158,8 +158,10 @@ def test_replayed_inbox_messages_have_no_effect(loop: Loop) -> None:
     loop.run()
     before = flow_view(loop)
     # Everything written to both inboxes arrives a second time, as after a crash.
-    loop.wallet_log.extend(list(loop.wallet_log))
-    loop.book_log.extend(list(loop.book_log))
+    for message in list(loop.wallet_log):
+        loop.append_wallet(message)
+    for message in list(loop.book_log):
+        loop.append_book(message)
     loop.run()
     after = flow_view(loop)
     assert after.balances == before.balances
@@ -171,7 +173,7 @@ def test_unprocessable_input_goes_to_dead_letters(loop: Loop) -> None:
     stray = BookOrder(
         market="XRP-USDT", src="u", seq=1, hold=1, order=order("u", "o", "buy", "1", "1")
     )
-    loop.book_log.append(stray)
+    loop.append_book(stray)
     loop.send(Credit(user_id="u", asset="USDT", amount=1, transfer_id="t", ts=1))
     loop.run()
     (dead,) = loop.written["deadletters"]

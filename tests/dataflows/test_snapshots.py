@@ -305,12 +305,14 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
 
     def run(epoch: timedelta) -> list[Any]:
         out: list[Any] = []
-        flow = build_flow(MARKETS, TestingSource(items), TestingSource([]), TestingSink(out))
+        flow = build_flow(MARKETS, TestingSource(items), TestingSink(out))
         run_main(flow, epoch_interval=epoch, recovery_config=RecoveryConfig(str(recovery)))
         return out
 
     run(timedelta(seconds=10))
     (db,) = recovery.iterdir()
+    # Closed before the flow runs: a connection of Python's SQLite left open in the
+    # process that runs Bytewax's own SQLite on the same file breaks both's locks.
     with closing(sqlite3.connect(db)) as store, store:
         store.executescript(
             """CREATE TABLE written (step_id TEXT, state_key TEXT, size INTEGER);

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from loadtest.bench_scale import stall
 from loadtest.scale_measure import (
+    cpu_seconds,
     dir_bytes,
     histogram_quantile,
+    machine_busy,
     metric_sums,
     rss_mib,
     snapshot_metrics,
@@ -57,6 +59,12 @@ def test_the_stall_of_an_epoch_is_its_slowest_probe_over_the_median() -> None:
 def test_proc_readings_of_this_process(tmp_path: Path) -> None:
     assert rss_mib(os.getpid()) > 1
     assert written_bytes(os.getpid()) >= 0
+    spent = cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))  # some CPU time of this process
+    assert cpu_seconds(os.getpid()) > spent
+    assert cpu_seconds(None) == 0.0
+    busy, total = machine_busy()
+    assert 0 < busy <= total
     (tmp_path / "a").write_bytes(b"x" * 100)
     (tmp_path / "b").write_bytes(b"x" * 20)
     assert dir_bytes(tmp_path) == 120
