@@ -70,9 +70,11 @@ def say(line: str) -> None:
 # --- what the processes are -----------------------------------------------------------
 
 
-def _set_page_size(path: Path, size: int) -> None:
+def set_page_size(path: Path, size: int = RECOVERY_PAGE_SIZE) -> None:
     """Rewrite a (new, nearly empty) SQLite file with pages of ``size`` bytes; the page
-    size of a WAL database changes only through a vacuum outside WAL mode."""
+    size of a WAL database changes only through a vacuum outside WAL mode. Recovery
+    partitions made by ``python -m bytewax.recovery`` get ``RECOVERY_PAGE_SIZE`` this
+    way (k8s/dataflow.yaml's init container calls it too)."""
     with closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode = DELETE")
         db.execute(f"PRAGMA page_size = {int(size)}")
@@ -102,7 +104,7 @@ def ensure_recovery_store(settings: Settings, partitions: int = RECOVERY_PARTITI
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CliError(f"cannot create the recovery store in {store}: {last}")
     for part in made.glob("*.sqlite3"):
-        _set_page_size(part, RECOVERY_PAGE_SIZE)
+        set_page_size(part)
     try:
         if store.is_dir():
             store.rmdir()  # empty, or another process filled it first

@@ -4,7 +4,7 @@ Run it with Bytewax's CLI (``crypton dataflow`` wraps this and creates the
 recovery store)::
 
     python -m bytewax.recovery .crypton/recovery 1
-    python -m bytewax.run dataflows.exchange:flow -r .crypton/recovery -s 2 -b 0
+    python -m bytewax.run dataflows.exchange:flow -r .crypton/recovery -s 10 -b 0
 
 Graphs are acyclic and steps share no state, so the loop "hold funds (per
 user) -> match (per market) -> settle (per user)" goes through Kafka: each

@@ -112,9 +112,9 @@ CREATE TABLE IF NOT EXISTS {SETTLED_TABLE} (
 ) WITHOUT ROWID
 """
 
-SETTLE_AFTER_EPOCHS = int(os.environ.get("CRYPTON_SETTLE_AFTER_EPOCHS", "16"))
-"""Epochs a key stays idle before its snapshot moves out of ``snaps`` (32 s at the
-default 2-s epoch): ``snaps`` holds the keys touched in that many epochs, which is
+SETTLE_AFTER_EPOCHS = int(os.environ.get("CRYPTON_SETTLE_AFTER_EPOCHS", "3"))
+"""Epochs a key stays idle before its snapshot moves out of ``snaps`` (30 s at the
+default 10-s epoch): ``snaps`` holds the keys touched in that many epochs, which is
 what a commit scans and what Bytewax loads at a resume."""
 
 # SQLite takes the bare columns of a query with one MAX() from the row of the maximum,

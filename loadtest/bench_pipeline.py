@@ -22,7 +22,6 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +36,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from crypton import schema, topics
 from crypton.broker import EmbeddedBroker
+from crypton.cli import ensure_recovery_store
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Side
 from crypton.kafka import admin as kafka_admin
@@ -270,9 +270,7 @@ def bench_exchange(
     logs: Path,
     broker_pid: int | None,
 ) -> dict[str, Any]:
-    recovery = settings.data_dir / "recovery"
-    recovery.mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+    recovery = ensure_recovery_store(settings, 1)  # as `crypton dataflow` makes it
     flow = Child(
         "dataflow",
         [

@@ -521,7 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10, help="paced orders/s")
     parser.add_argument("--seconds", type=float, default=60, help="paced phase (bytes/min)")
     parser.add_argument("--probe-seconds", type=float, default=30, help="probed phase (stall)")
-    parser.add_argument("--snapshot-seconds", type=int, default=2, help="epoch interval")
+    parser.add_argument(
+        "--snapshot-seconds", type=int, default=Settings().snapshot_seconds, help="epoch interval"
+    )
     parser.add_argument(
         "--recovery-partitions", type=int, default=1,
         help="partitions of the recovery store (1: what `crypton dataflow` makes)",

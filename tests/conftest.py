@@ -27,6 +27,7 @@ from crypton.config import Settings
 from crypton.kafka import admin
 from crypton.process import Child, free_port, free_ports, log_tail, settings_env
 from crypton.topics import ensure_topics, topic_names
+from tests.processes import SNAPSHOT_SECONDS
 
 Spawn = Callable[..., Child]
 
@@ -53,7 +54,12 @@ def kafka_broker(
         yield None
         return
     data_dir = tmp_path_factory.mktemp("kafka")
-    settings = Settings(data_dir=data_dir, broker=broker_kind, kafka_port=free_ports(2))
+    settings = Settings(
+        data_dir=data_dir,
+        broker=broker_kind,
+        kafka_port=free_ports(2),
+        snapshot_seconds=SNAPSHOT_SECONDS,
+    )
     broker = EmbeddedBroker(settings).start()
     try:
         broker.wait_ready(90)
@@ -69,7 +75,11 @@ def kafka(
     """Settings of the test cluster, with no topic prefix and no topics created."""
     data_dir = tmp_path_factory.mktemp("crypton")
     if kafka_broker is None:
-        return Settings(data_dir=data_dir, bootstrap=os.environ["CRYPTON_TEST_BOOTSTRAP"])
+        return Settings(
+            data_dir=data_dir,
+            bootstrap=os.environ["CRYPTON_TEST_BOOTSTRAP"],
+            snapshot_seconds=SNAPSHOT_SECONDS,
+        )
     return dataclasses.replace(kafka_broker.settings, data_dir=data_dir)
 
 

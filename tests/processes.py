@@ -12,6 +12,10 @@ from pathlib import Path
 
 from crypton.config import Settings
 
+SNAPSHOT_SECONDS = 2
+"""The epoch interval of every exchange the tests run (the default is 10 s): the crash
+and fault tests kill processes within seconds and must find epochs committed."""
+
 
 def read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
     """stdout of ``proc`` up to (at least) the first line containing ``text``."""

@@ -37,7 +37,7 @@ from crypton.kafka import admin
 from crypton.process import free_port, free_ports, settings_env
 from tests.api.support import ADMIN_TOKEN, ApiUser, create_user
 from tests.dataflows.kafka_support import state_view, wait_clean_audit
-from tests.processes import CryptonUp
+from tests.processes import SNAPSHOT_SECONDS, CryptonUp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,6 +83,7 @@ def exchange(
         nodes=nodes,
         kafka_port=free_ports(2 * nodes),
         api_port=free_port(),
+        snapshot_seconds=SNAPSHOT_SECONDS,
     )
     env = settings_env(settings) | {
         "CRYPTON_ADMIN_TOKEN": ADMIN_TOKEN,

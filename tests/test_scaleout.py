@@ -26,7 +26,7 @@ from crypton.config import Settings
 from crypton.process import free_ports, settings_env
 from tests.api.support import ADMIN_TOKEN
 from tests.dataflows.kafka_support import state_view, wait_clean_audit
-from tests.processes import CryptonUp
+from tests.processes import SNAPSHOT_SECONDS, CryptonUp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,7 +60,11 @@ def cluster(broker_kind: str, tmp_path: Path) -> Iterator[Cluster]:
     if broker_kind != "kafka" or os.environ.get("CRYPTON_TEST_BOOTSTRAP"):
         pytest.skip("runs its own embedded Apache Kafka (a restart must keep the log)")
     settings = Settings(
-        data_dir=tmp_path / "data", kafka_port=free_ports(2), api_port=free_ports(2), partitions=4
+        data_dir=tmp_path / "data",
+        kafka_port=free_ports(2),
+        api_port=free_ports(2),
+        partitions=4,
+        snapshot_seconds=SNAPSHOT_SECONDS,
     )
     metrics_port = free_ports(2)
     env = settings_env(settings) | {

@@ -39,6 +39,7 @@ from crypton.process import Child, free_port, free_ports
 from crypton.topics import ensure_topics
 from tests.api.support import ADMIN_TOKEN, create_user, start_api
 from tests.dataflows.kafka_support import start_dataflow, wait_clean_audit
+from tests.processes import SNAPSHOT_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,12 @@ def secure_log(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) -> It
         pytest.skip("SASL and ACLs need Apache Kafka (CRYPTON_TEST_BROKER=tansu)")
     root = tmp_path_factory.mktemp("secure")
     security = ScramSecurity(admin_password=secrets.token_urlsafe(16))
-    settings = Settings(data_dir=root / "crypton", kafka_port=free_ports(2), topic_prefix=PREFIX)
+    settings = Settings(
+        data_dir=root / "crypton",
+        kafka_port=free_ports(2),
+        topic_prefix=PREFIX,
+        snapshot_seconds=SNAPSHOT_SECONDS,
+    )
     operator = dataclasses.replace(settings, security=security.admin_security())
     broker = EmbeddedBroker(
         dataclasses.replace(operator, data_dir=root / "broker"), security=security

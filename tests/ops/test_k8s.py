@@ -202,6 +202,7 @@ def test_dataflow_cluster_is_consistent() -> None:
     # Each process must hold at least one recovery partition to share the work.
     assert int(init_env["RECOVERY_PARTITIONS"]) >= replicas
     assert "python -m bytewax.recovery" in init["command"][-1]
+    assert "set_page_size" in init["command"][-1]  # the pages `crypton dataflow` makes
     (main,) = pod["containers"]
     command = main["command"][-1]
     for flag in ("dataflows.exchange:flow", "-r /recovery", "-b 0", "-i ", "-a "):
