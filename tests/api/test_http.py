@@ -233,6 +233,9 @@ def test_read_model_serves_the_state_topics(
     )
     w.flush()
     wait_for(lambda: alice.client.get("/v1/balances").json()["USDT"]["held"] == "2")
+    # Each state topic is read on its own: the order and the depth may land after the
+    # balance (a loaded CI machine saw the order 404 here).
+    wait_for(lambda: alice.client.get("/v1/orders/o1").status_code == 200)
     got = alice.client.get("/v1/orders/o1").json()
     assert (got["status"], got["filled_quantity"], got["average_price"], got["quantity"]) == (
         "PARTIALLY_FILLED",
@@ -247,6 +250,7 @@ def test_read_model_serves_the_state_topics(
     assert trades["items"][0]["price"] == "50000.03" and trades["items"][0]["quantity"] == "0.0001"
     older = alice.client.get("/v1/markets/BTC-USDT/trades", params={"before_seq": 2}).json()
     assert [t["seq"] for t in older["items"]] == [1] and older["next_cursor"] is None
+    wait_for(lambda: alice.client.get("/v1/markets/BTC-USDT/depth").json().get("seq") == 9)
     depth = alice.client.get("/v1/markets/BTC-USDT/depth").json()
     assert depth == {
         "market": "BTC-USDT",
