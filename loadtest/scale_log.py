@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from crypton import schema, topics
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Side
-from crypton.kafka import consumer_config, producer_config
+from crypton.kafka import consume_now, consumer_config, producer_config
 
 __all__ = [
     "MARKET",
@@ -105,7 +105,8 @@ class Watcher(threading.Thread):
         orders = schema.ORDERS.decode
         transfers = schema.TRANSFERS.decode
         while not self.stop.is_set():
-            for record in self.consumer.consume(5000, 0.05):
+            # Stamped as each record arrives: consume(n, t) would hold it for up to t.
+            for record in consume_now(self.consumer, 5000, 0.05):
                 if record.error():
                     continue
                 now = now_ms()
