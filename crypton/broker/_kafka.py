@@ -163,6 +163,10 @@ class KafkaLayout:
     '127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094'
     >>> layout.voters
     '1@127.0.0.1:9095,2@127.0.0.1:9096,3@127.0.0.1:9097'
+    >>> layout.properties(2)["controlled.shutdown.enable"]
+    'false'
+    >>> "controlled.shutdown.enable" in KafkaLayout(Path("/d"), "127.0.0.1", 9092).properties(1)
+    False
     """
 
     root: Path
@@ -243,6 +247,13 @@ class KafkaLayout:
             "log.cleaner.threads": "1",
             "log.cleaner.dedupe.buffer.size": str(16 << 20),
         }
+        if self.nodes > 1:
+            # The nodes stop together (crypton.supervisor). A node's controlled shutdown
+            # waits for the controller quorum to approve it, and the last node to stop
+            # has no quorum left: it waited until its SIGKILL (the 3-node fault test's
+            # teardown, now and then). Without it a stopping node still closes its logs
+            # cleanly; its partitions' leadership moves when it is gone, as on a crash.
+            props["controlled.shutdown.enable"] = "false"
         if self.security is not None:
             props.update(self.security.listeners(self.host, client, controller))
             props.update(self.security.properties())
