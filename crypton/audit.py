@@ -249,25 +249,32 @@ def audit(settings: Settings, progress: Any = None) -> AuditReport:
             report.dead_letters += 1
             continue
         if logical in (topics.WALLET_INBOX, topics.BOOK_INBOX):
+            spec = schema.BY_LOGICAL[logical]
             try:
-                msg = schema.BY_LOGICAL[logical].decode(record.value or b"")
+                messages = spec.decode_all(record.value or b"")
             except Exception:
                 continue  # undecodable input is the dead-letter topic's business
-            if (
-                signed is not None
-                and isinstance(msg, signing.API_COMMANDS)
-                and not signing.verify(
-                    signed, record.topic, record.key or b"", record.value or b"", record.headers
-                )
-            ):
-                # Not the API's: the dataflow dead-lettered it, so it is no ground truth.
-                unsigned.append(f"{where}: {type(msg).__name__} without a valid MAC")
-                continue
-            if type(msg) is Settlement:
-                received[logical][(msg.user_id, msg.src, msg.seq)].add(record.value or b"")
-            elif isinstance(msg, BookOrder | BookCancel):
-                received[logical][(msg.market, msg.src, msg.seq)].add(record.value or b"")
-            replay.feed(logical, msg, where)
+            batched = len(messages) != 1 or record.key is None
+            for index, msg in enumerate(messages):
+                here = f"{where}#{index}" if batched else where
+                if (
+                    signed is not None
+                    and isinstance(msg, signing.API_COMMANDS)
+                    and not signing.verify(
+                        signed, record.topic, record.key or b"", record.value or b"", record.headers
+                    )
+                ):
+                    # Not the API's: the dataflow dead-lettered it, so it is no ground truth.
+                    unsigned.append(f"{here}: {type(msg).__name__} without a valid MAC")
+                    break
+                # What the replay's machine sends is compared, as bytes, with what was
+                # received: a batch's message as it is encoded alone.
+                value = spec.encode(msg) if batched else record.value or b""
+                if type(msg) is Settlement:
+                    received[logical][(msg.user_id, msg.src, msg.seq)].add(value)
+                elif isinstance(msg, BookOrder | BookCancel):
+                    received[logical][(msg.market, msg.src, msg.seq)].add(value)
+                replay.feed(logical, msg, here)
             continue
         try:
             state = schema.BY_LOGICAL[logical].decode(record.value or b"")

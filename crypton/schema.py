@@ -28,6 +28,7 @@ import functools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import GenericAlias
 from typing import Any, Final
 
 import msgspec
@@ -72,6 +73,7 @@ __all__ = [
     "Record",
     "TopicSpec",
     "Upsert",
+    "batch_value",
     "record_encoder",
     "spec_of",
     "topic_name",
@@ -149,6 +151,8 @@ class TopicSpec:
     array_decoder: msgspec.json.Decoder[Any] | None = field(init=False, repr=False)
     """Decodes the types encoded as JSON arrays (``array_like``), when there are both:
     a topic may carry commands as objects and the machines' messages as arrays."""
+    batch_decoder: msgspec.json.Decoder[Any] | None = field(init=False, repr=False)
+    """Decodes a batch of the ``array_like`` types (``batch_value``), if there are any."""
 
     def __post_init__(self) -> None:
         arrays = tuple(t for t in self.types if t.__struct_config__.array_like)
@@ -157,8 +161,14 @@ class TopicSpec:
             decoder, array_decoder = _union_decoder(objects), _union_decoder(arrays)
         else:
             decoder, array_decoder = _union_decoder(self.types), None
+        batches = None
+        if arrays:
+            batches = msgspec.json.Decoder(
+                GenericAlias(list, (functools.reduce(operator.or_, arrays),))
+            )
         object.__setattr__(self, "decoder", decoder)
         object.__setattr__(self, "array_decoder", array_decoder)
+        object.__setattr__(self, "batch_decoder", batches)
 
     def name(self, prefix: str = "") -> str:
         """The Kafka topic name under ``prefix``."""
@@ -196,6 +206,38 @@ class TopicSpec:
             if first in (b"[", "["):
                 return arrays.decode(data)
         return self.decoder.decode(data)
+
+    def decode_all(self, data: bytes) -> list[Any]:
+        """The messages of one record: its message, or each message of a batch.
+
+        The dataflow writes what one step sends the other as batches, one record per
+        inbox partition and sink call (``batch_value``): a JSON array of the messages'
+        own arrays, in order. Only ``array_like`` types travel in batches, so a command
+        (an object) is never inside one; an empty batch holds no message.
+
+        >>> from crypton.domain.messages import BookCancel
+        >>> one = BookCancel(market="BTC-USDT", src="alice", seq=1, order_id="o1", ts=0)
+        >>> two = BookCancel(market="BTC-USDT", src="bob", seq=1, order_id="o2", ts=0)
+        >>> BOOK_INBOX.decode_all(BOOK_INBOX.encode(one)) == [one]
+        True
+        >>> batch = batch_value([BOOK_INBOX.encode(one), BOOK_INBOX.encode(two)])
+        >>> BOOK_INBOX.decode_all(batch) == [one, two]
+        True
+        """
+        batches = self.batch_decoder
+        if batches is not None and data[:1] == b"[":
+            second = data[1:2]
+            if second.isspace():
+                second = data[1:].lstrip()[:1]
+            if second in (b"[", b"]"):
+                return batches.decode(data)  # type: ignore[no-any-return]
+        return [self.decode(data)]
+
+
+def batch_value(values: list[bytes]) -> bytes:
+    """One record value holding the encoded ``array_like`` messages ``values``, in order
+    (``TopicSpec.decode_all`` reads it back)."""
+    return b"[" + b",".join(values) + b"]"
 
 
 def _union_decoder(types: tuple[type[msgspec.Struct], ...]) -> msgspec.json.Decoder[Any]:

@@ -30,8 +30,8 @@ replays precisely that. What per-key processing may change is the interleaving
 *between* keys in what the steps write to the other inbox (Bytewax runs an
 activation's keys in key order, and with several workers, keys of one partition
 run on different threads). The sink restores it where it can: every output
-carries the inbox offset of the message that caused it and the sink writes each
-batch in offset order, so with one worker (the default process) a batch's
+carries the inbox position of the message that caused it and the sink writes each
+batch in that order, so with one worker (the default process) a batch's
 writes follow the log whatever batches the consumer returned, and a run from
 a written inbox, crashed or not, is a function of that inbox. With several
 workers, or after a crash, messages from *different* users may reach a book in
@@ -76,7 +76,15 @@ from crypton.domain.wallet import WalletMachine
 from crypton.runtime import tune_gc
 from dataflows import metrics, recovery
 from dataflows.bases import DELTA, Bases, Delta, KafkaBases
-from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged, is_book
+from dataflows.kafka_io import (
+    POSITION_BITS,
+    Inbound,
+    InboxSource,
+    LogSink,
+    Record,
+    Tagged,
+    is_book,
+)
 from dataflows.recovery import SettledSnapshots
 
 __all__ = ["LIVE_MACHINES", "BookLogic", "StateUnavailable", "WalletLogic", "build_flow", "flow"]
@@ -327,7 +335,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         """Whether the machine changed since ``packed`` was made."""
         self.key = ""
         self.applied = -1
-        """The inbox offset of the last message applied (``dataflows.bases``)."""
+        """The inbox offset of the last record applied (``dataflows.bases``): a key's
+        messages of one record arrive in one item, so a record is applied wholly."""
         self.base: tuple[int, int, int] | None = None
         """(partition, offset, inbox offset) of the base a delta snapshot names."""
 
@@ -359,8 +368,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         for batch in values:
             processed += len(batch)
             for tag, msg in batch:
-                # Each output carries the offset of the message that caused it (marked
-                # here by the offset itself): the sink writes in offset order what Bytewax
+                # Each output carries the position of the message that caused it (marked
+                # here by the position itself): the sink writes in that order what Bytewax
                 # hands it grouped by key (module docstring).
                 emit(tag)
                 if type(msg) is DeadLetter:  # undecodable input, kept as it came
@@ -377,7 +386,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                 except Exception as exc:
                     emit(_failed(self.name, msg, exc))
         if processed:
-            self.applied = values[-1][-1][0]
+            self.applied = values[-1][-1][0] >> POSITION_BITS
         if last is not None:
             # One state record per balance and order the batch changed, not one per change.
             machine.flush(emit)
@@ -569,11 +578,13 @@ def build_flow(
 ) -> Dataflow:
     """The exchange flow over any source and sink (Kafka in production, in-memory in tests).
 
-    The source yields ``(key, [(offset, message), ...])`` from both inboxes: user ids
+    The source yields ``(key, [(position, message), ...])`` from both inboxes: user ids
     from the wallet inbox, markets from the book inbox as ``BookBatch``es (dead letters
-    under any key); the sink receives ``(key, [(offset, record), ...])``. With ``bases``,
-    a machine larger than ``bases.inline_bytes`` is snapshotted as a delta on a base
-    (``dataflows.bases``); the offsets must then be the inbox offsets ``bases`` reads.
+    under any key); the sink receives ``(key, [(position, record), ...])``. A position
+    is an inbox offset and an index in its record (``kafka_io.position``). With
+    ``bases``, a machine larger than ``bases.inline_bytes`` is snapshotted as a delta on
+    a base (``dataflows.bases``); the positions must then be of the inbox offsets
+    ``bases`` reads.
     With ``settled``, a key Bytewax resumed without state reads its settled snapshot
     there on its first message (``dataflows.recovery``; the store must have been
     prepared ``on_demand``).
@@ -612,12 +623,15 @@ def _kafka_flow() -> Dataflow:
     port = os.environ.get("CRYPTON_DATAFLOW_METRICS_PORT")
     if port:
         metrics.serve(int(port))
+    bases = KafkaBases(settings)
+    parts = int(os.environ.get("CRYPTON_SINK_PARTS", "1"))
     return build_flow(
         settings.markets(),
         InboxSource(settings),
-        LogSink(settings, parts=int(os.environ.get("CRYPTON_SINK_PARTS", "1"))),
+        # The bases' topic and producer are made ready when the flow starts (not at import).
+        LogSink(settings, parts=parts, on_start=bases.prepare),
         prefix=settings.topic_prefix,
-        bases=KafkaBases(settings),
+        bases=bases,
         settled=settled,
     )
 

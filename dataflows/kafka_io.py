@@ -1,14 +1,20 @@
 """Kafka input and output for the exchange flow, leaner than Bytewax's stock connectors.
 
 The source reads one inbox topic, one Bytewax partition per Kafka partition,
-decodes each record straight into a domain message (undecodable ones become
-``DeadLetter``s) and yields it keyed by the topic's key (user or market) with its
-offset, and snapshots the next offset, so a resumed flow rereads exactly what
-followed its last snapshot.
+decodes each record straight into domain messages (undecodable ones become
+``DeadLetter``s) and yields them keyed by the topic's key (user or market) with
+their position (``position``: the record's offset and the message's index in it),
+and snapshots the next offset, so a resumed flow rereads exactly what followed its
+last snapshot.
 
-The sink writes each batch in the order of the offsets its records carry: the
+The sink writes each batch in the order of the positions its records carry: the
 steps run per key, so Bytewax hands over one key's outputs after another's, and
-the offsets put back the order in which the inbox asked for them.
+the positions put back the order in which the inbox asked for them. What one step
+sends the other goes to the other's inbox as **one record per inbox partition and
+sink call** (``TopicSpec.decode_all``), in that order: a record costs the flow's one
+thread a ``produce`` call and a decode, and the broker an entry, whatever its size,
+and under load most of a step's outputs are for the other step. A lone message is
+written as its own keyed record, as a command is.
 
 The sink produces asynchronously and waits for the broker's acknowledgements
 only when an epoch closes (in ``snapshot``): Bytewax commits an epoch only
@@ -28,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -39,11 +45,13 @@ from crypton import signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
 from crypton.kafka import admin, consumer_config, producer_config
-from crypton.schema import BOOK_INBOX, WALLET_INBOX, TopicSpec
+from crypton.schema import BOOK_INBOX, WALLET_INBOX, TopicSpec, batch_value
+from crypton.topics import partition_for
 from dataflows import metrics
 
 __all__ = [
     "DEAD_LETTER_KEY",
+    "POSITION_BITS",
     "BookBatch",
     "Inbound",
     "InboxSource",
@@ -52,6 +60,8 @@ __all__ = [
     "SinkDeliveryError",
     "Tagged",
     "is_book",
+    "offset_of",
+    "position",
 ]
 
 log = logging.getLogger("crypton.dataflow")
@@ -60,12 +70,32 @@ Record = tuple[str, bytes, bytes]
 """What the sink writes: (topic, key, value)."""
 
 Inbound = tuple[int, Message]
-"""An inbox message with its offset in its inbox partition."""
+"""An inbox message with its position in its inbox partition (``position``)."""
 
 Tagged = tuple[int, Record]
-"""A record to write with the inbox offset of the message that caused it."""
+"""A record to write with the inbox position of the message that caused it."""
 
-_offset = itemgetter(0)
+_position = itemgetter(0)
+
+POSITION_BITS: Final = 20
+"""An inbox message's position is its record's offset shifted left by this, plus its
+index in the record: positions order messages as the log does, and a record holds at
+most ``_BATCH_MESSAGES`` (fewer than 2 ** 20) messages."""
+
+
+def position(offset: int, index: int = 0) -> int:
+    """The position of message ``index`` of the record at ``offset``.
+
+    >>> offset_of(position(7, 3)), position(7, 3) > position(7, 2) > position(6, 999)
+    (7, True)
+    """
+    return (offset << POSITION_BITS) | index
+
+
+def offset_of(position: int) -> int:
+    """The offset of the record holding the message at ``position``."""
+    return position >> POSITION_BITS
+
 
 DEAD_LETTER_KEY = ""
 """The state key of undecodable records: they reach no machine and leave no state."""
@@ -151,24 +181,27 @@ class _SharedConsumer:
             self.consumer.close()
 
 
-def inbox_message(
-    record: Any, decode: Callable[[bytes], Any], topic: str, signed: bytes | None
-) -> Any:
-    """The message of an inbox record, or (a str) why it is a dead letter: undecodable,
-    or, with ``signed`` (the API's secret), an API command without a valid MAC. The
-    source and a delta's replay (``dataflows.bases``) both read records through it."""
+def inbox_messages(
+    record: Any, decode_all: Callable[[bytes], list[Any]], topic: str, signed: bytes | None
+) -> list[Any] | str:
+    """The messages of an inbox record (``TopicSpec.decode_all``), or (a str) why it is
+    a dead letter: undecodable, or, with ``signed`` (the API's secret), holding an API
+    command without a valid MAC. The source and a delta's replay
+    (``dataflows.bases``) both read records through it."""
     value = record.value()
     try:
-        msg = decode(value)
+        messages = decode_all(value)
     except Exception as exc:
         return f"undecodable: {exc}"
-    if (
-        signed is not None
-        and isinstance(msg, signing.API_COMMANDS)
-        and not signing.verify(signed, topic, record.key() or b"", value or b"", record.headers())
-    ):
-        return "unsigned: no valid MAC of the API"
-    return msg
+    if signed is not None:
+        for msg in messages:
+            if isinstance(msg, signing.API_COMMANDS):
+                if not signing.verify(
+                    signed, topic, record.key() or b"", value or b"", record.headers()
+                ):
+                    return "unsigned: no valid MAC of the API"
+                break
+    return messages
 
 
 class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
@@ -187,7 +220,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         self._shared = _SharedConsumer.join(settings, topic, partition, offset, batch_size)
         self._topic, self._partition = topic, partition
         self._offset = offset if offset is not None else 0
-        self._decode = spec.decode
+        self._decode_all = spec.decode_all
         self._key_of = spec.key_of
         self._awake: datetime | None = None
         self._quiet_since: float | None = None
@@ -217,26 +250,32 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         # thread about 2 us in Bytewax, more than grouping here (measured).
         items: dict[str, list[Inbound]] = {}
         batch = self._batch
-        decode, key_of, topic, signed = self._decode, self._key_of, self._topic, self._signed
+        decode_all, key_of = self._decode_all, self._key_of
+        topic, signed = self._topic, self._signed
         for record in records:
             offset = record.offset()
             if offset < self._offset:
                 continue  # already read: a fetch raced a resume
             self._offset = offset + 1
-            msg = inbox_message(record, decode, topic, signed)
-            if type(msg) is str:  # undecodable or unsigned input is kept, with its reason
+            messages = inbox_messages(record, decode_all, topic, signed)
+            if isinstance(messages, str):  # undecodable or unsigned input is kept, with why
                 dead = items.get(DEAD_LETTER_KEY)
                 if dead is None:
                     dead = items[DEAD_LETTER_KEY] = batch()
-                dead.append(self._dead(record, offset, msg))
+                dead.append(self._dead(record, offset, messages))
                 continue
-            # Keyed by user or market: Bytewax runs each key's logic on its messages
-            # in this order, and snapshots only the keys an epoch awoke.
-            key = key_of(msg)
-            group = items.get(key)
-            if group is None:
-                group = items[key] = batch()
-            group.append((offset, msg))
+            at = offset << POSITION_BITS
+            for msg in messages:
+                # Keyed by user or market: Bytewax runs each key's logic on its messages
+                # in this order, and snapshots only the keys an epoch awoke. A key's
+                # messages of one record all go in this one item (``dataflows.bases``
+                # counts on it: a machine has applied a record wholly or not at all).
+                key = key_of(msg)
+                group = items.get(key)
+                if group is None:
+                    group = items[key] = batch()
+                group.append((at, msg))
+                at += 1
         return list(items.items())
 
     def _dead(self, record: Any, offset: int, reason: str) -> Inbound:
@@ -248,7 +287,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
             value=record.value(),
             reason=reason,
         )
-        return offset, dead
+        return offset << POSITION_BITS, dead
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -341,6 +380,13 @@ flush): a broker that restarts within it costs a pause, a longer outage a restar
 the dataflow."""
 
 
+_BATCH_MESSAGES: Final = 1_000
+_BATCH_BYTES: Final = 256 * 1024
+"""A batch record closes at either bound, well under Kafka's 1 MB record limit."""
+_PARTITION_CACHE: Final = 100_000
+_POLL_EVERY_S: Final = 0.01
+
+
 class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
     def __init__(self, settings: Settings, delivery_timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
         self._errors: list[str] = []
@@ -357,6 +403,13 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
             },
         )
         self._producer = Producer(config)
+        prefix = settings.topic_prefix
+        self._inboxes = frozenset((WALLET_INBOX.name(prefix), BOOK_INBOX.name(prefix)))
+        # Per inbox topic, key -> partition (Kafka's murmur2, as the producer's own
+        # partitioner puts a keyed record), bounded; the counts are read on first use.
+        self._partition_of: dict[str, dict[bytes, int]] = {}
+        self._counts: dict[str, int] = {}
+        self._polled = 0.0
 
     # The two callbacks run inside poll() and flush() on the worker's thread; they
     # only record what happened, the sink raises after the call returns.
@@ -375,14 +428,30 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         if len(values) == 1:
             tagged = values[0]
         else:
-            # Stable: a message's records keep their order, and so do a key's. Offsets of
-            # different partitions (or inboxes) interleave arbitrarily, as they may.
+            # Stable: a message's records keep their order, and so do a key's. Positions
+            # of different partitions (or inboxes) interleave arbitrarily, as they may.
             tagged = [record for records in values for record in records]
-            tagged.sort(key=_offset)
-        for _, (topic, key, value) in tagged:
+            tagged.sort(key=_position)
+        inboxes = self._inboxes
+        # Messages for the other step, per (inbox, partition), in order: one record each.
+        batches: dict[tuple[str, int], tuple[list[Record], list[int]]] = {}
+        for _, record in tagged:
+            topic = record[0]
+            if topic in inboxes:
+                where = (topic, self._partition(topic, record[1]))
+                batch = batches.get(where)
+                if batch is None:
+                    batch = batches[where] = ([], [0])
+                records, size = batch
+                records.append(record)
+                size[0] += len(record[2])
+                if len(records) >= _BATCH_MESSAGES or size[0] >= _BATCH_BYTES:
+                    self._write_batch(where, records)
+                    del batches[where]
+                continue
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=delivered)
+                    produce(topic, record[2], record[1], on_delivery=delivered)
                     break
                 except BufferError:  # the local queue is full: let it drain
                     self._producer.poll(0.05)
@@ -390,8 +459,58 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
                 except KafkaException as exc:  # a fatal error refuses new records
                     self._errors.append(exc.args[0].str() if exc.args else str(exc))
                     self._raise_if_failed()
-        self._producer.poll(0)
+        for where, (records, _size) in batches.items():
+            self._write_batch(where, records)
+        now = time.monotonic()
+        if now - self._polled >= _POLL_EVERY_S:  # serves error callbacks only
+            self._polled = now
+            self._producer.poll(0)
         self._raise_if_failed()
+
+    def _write_batch(self, where: tuple[str, int], records: list[Record]) -> None:
+        """One inbox record for ``records``: itself if alone (keyed, as a command is),
+        else a batch in the partition all their keys map to."""
+        topic, partition = where
+        if len(records) == 1:
+            value, key, explicit = records[0][2], records[0][1], -1
+        else:
+            value, key, explicit = batch_value([r[2] for r in records]), None, partition
+        while True:
+            try:
+                if explicit < 0:
+                    self._producer.produce(topic, value, key, on_delivery=self._delivered)
+                else:
+                    self._producer.produce(
+                        topic, value, key, partition=explicit, on_delivery=self._delivered
+                    )
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+                self._raise_if_failed()
+            except KafkaException as exc:
+                self._errors.append(exc.args[0].str() if exc.args else str(exc))
+                self._raise_if_failed()
+
+    def _partition(self, topic: str, key: bytes) -> int:
+        cache = self._partition_of.get(topic)
+        if cache is None:
+            cache = self._partition_of[topic] = {}
+        found = cache.get(key)
+        if found is None:
+            count = self._counts.get(topic)
+            if count is None:
+                count = self._counts[topic] = self._partition_count(topic)
+            if len(cache) >= _PARTITION_CACHE:
+                cache.clear()
+            found = cache[key] = partition_for(key, count)
+        return found
+
+    def _partition_count(self, topic: str) -> int:
+        metadata = self._producer.list_topics(topic, timeout=30)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise RuntimeError(f"topic {topic} is missing: run `crypton topics` first")
+        return len(found.partitions)
 
     def snapshot(self) -> None:
         # The epoch may commit only once its output is acknowledged by the broker.
@@ -426,11 +545,17 @@ class LogSink(FixedPartitionedSink[list[Tagged], None]):
     """
 
     def __init__(
-        self, settings: Settings, parts: int = 1, delivery_timeout_s: float = DELIVERY_TIMEOUT_S
+        self,
+        settings: Settings,
+        parts: int = 1,
+        delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._parts = parts
         self._delivery_timeout_s = delivery_timeout_s
+        self._on_start = on_start
+        """Called as each sink partition is built, when the flow starts running."""
 
     def list_parts(self) -> list[str]:
         return [str(i) for i in range(self._parts)]
@@ -441,4 +566,6 @@ class LogSink(FixedPartitionedSink[list[Tagged], None]):
         return zlib.crc32(item_key.encode()) if self._parts > 1 else 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LogPartition:
+        if self._on_start is not None:
+            self._on_start()
         return _LogPartition(self._settings, self._delivery_timeout_s)

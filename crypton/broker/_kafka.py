@@ -39,6 +39,13 @@ KAFKA_VERSION = "4.4.0"
 """The Apache Kafka release the embedded broker runs (also pinned in ``pom.xml``)."""
 
 MIN_JAVA = 17
+JAVA_OPTS = "-XX:TieredStopAtLevel=1"
+"""Extra JVM options of each node (``CRYPTON_KAFKA_JAVA_OPTS`` replaces them; empty for
+none). The client JIT only: on a small machine shared with the exchange, the server JIT's
+compiler threads took 0.5-0.7 of a core for the broker's first minutes (its request work
+took less), and its code did not beat the client JIT's even after a million records
+(``python -m loadtest.bench_pipeline --warmup 1000000``: the broker at 23-24% of a core
+for the baseline loop with it, 35-49% without)."""
 WITHOUT_JAVA = "or run without Java: CRYPTON_BROKER=tansu (memory only; see the README)"
 
 
@@ -296,10 +303,11 @@ class KafkaLayout:
     def java_command(self, java: str, libs: Path, node: int, main: str, *args: str) -> list[str]:
         """``java ... MAIN ARGS`` with Kafka's classpath, logging and a small heap."""
         heap = os.environ.get("CRYPTON_KAFKA_HEAP", "512m")
+        extra = os.environ.get("CRYPTON_KAFKA_JAVA_OPTS", JAVA_OPTS).split()
         return [
             java, f"-Xmx{heap}", "-Xms128m", "-Xss1m",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
-            "-XX:+DisableExplicitGC", "-Djava.awt.headless=true",
+            "-XX:+DisableExplicitGC", "-Djava.awt.headless=true", *extra,
             f"-Dlog4j2.configurationFile={libs.parent / 'log4j2.yaml'}",
             "-cp", f"{libs}/*", main, *args,
         ]  # fmt: skip

@@ -24,7 +24,7 @@ from crypton import schema, topics
 from crypton.domain.markets import Markets
 from crypton.domain.messages import Message
 from dataflows.exchange import build_flow
-from dataflows.kafka_io import BookBatch
+from dataflows.kafka_io import BookBatch, position
 
 
 class Loop:
@@ -54,13 +54,13 @@ class Loop:
             )
 
     def append_wallet(self, message: Any) -> None:
-        """Append a message to the wallet inbox: keyed by user, with its offset there."""
-        self.items.append((message.user_id, [(len(self.wallet_log), message)]))
+        """Append a message to the wallet inbox: keyed by user, with its position there."""
+        self.items.append((message.user_id, [(position(len(self.wallet_log)), message)]))
         self.wallet_log.append(message)
 
     def append_book(self, message: Any) -> None:
-        """Append a message to the book inbox: keyed by market, with its offset there."""
-        self.items.append((message.market, BookBatch([(len(self.book_log), message)])))
+        """Append a message to the book inbox: keyed by market, with its position there."""
+        self.items.append((message.market, BookBatch([(position(len(self.book_log)), message)])))
         self.book_log.append(message)
 
     def run(self, max_rounds: int = 50) -> None:

@@ -23,6 +23,7 @@ from crypton.domain.messages import (
 )
 from dataflows.bases import DELTA, MemoryBases
 from dataflows.exchange import BookLogic, StateUnavailable, WalletLogic, _KeyLogic, _Steps
+from dataflows.kafka_io import position
 from tests.domain.support import btc, contents, limit, usdt
 
 MARKETS = load_markets()
@@ -84,7 +85,8 @@ def _wallet_inbox() -> list[tuple[int, Message]]:
 
 
 def _feed(logic: _KeyLogic, batch: list[tuple[int, Message]]) -> list[Any]:
-    outputs, _retain = logic.on_batch([batch])
+    """Feed (offset, message)s as the source does: each at its position, one a record."""
+    outputs, _retain = logic.on_batch([[(position(o), m) for o, m in batch]])
     return [record for tagged in outputs for _tag, record in tagged]
 
 

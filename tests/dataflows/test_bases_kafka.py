@@ -1,7 +1,7 @@
 """``KafkaBases`` on the real broker: a base larger than Kafka's default record limit
-goes and comes back whole, a delta's replay reads exactly its key's inbox records in
-the offset range, as the source read them, and a wallet rebuilt that way is the wallet
-it was taken of."""
+goes and comes back whole, a delta's replay reads exactly its key's inbox messages in
+the offset range, as the source read them (a batch record's one by one), and a wallet
+rebuilt that way is the wallet it was taken of."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 
 from crypton import schema
 from crypton.config import Settings, load_markets
-from crypton.domain.messages import Credit, Message, PlaceOrder
+from crypton.domain.messages import Credit, Message, PlaceOrder, Settlement
 from crypton.logreader import read_topics
 from dataflows.bases import KafkaBases
 from dataflows.exchange import WalletLogic, _Steps
+from dataflows.kafka_io import Inbound, _LogPartition, position
 from tests.dataflows.kafka_support import produce, produce_raw
 from tests.domain.support import btc, limit, usdt
 
@@ -23,17 +24,26 @@ pytestmark = pytest.mark.integration
 MARKETS = load_markets()
 
 
-def _inbox(settings: Settings) -> list[tuple[int, Message]]:
-    """The wallet inbox as the source reads it: (offset, message), dead letters left out
-    (offsets of different partitions mixed: callers keep one user's)."""
+def _inbox(settings: Settings) -> tuple[list[tuple[int, Message]], int]:
+    """The wallet inbox as the source reads it: (offset, message), a batch's messages at
+    their record's offset, dead letters left out (offsets of different partitions
+    mixed: callers keep one user's); and how many records were batches (no key)."""
     topic = schema.WALLET_INBOX.name(settings.topic_prefix)
     out = []
+    batches = 0
     for record in read_topics(settings, [topic]):
         try:
-            out.append((record.offset, schema.WALLET_INBOX.decode(record.value or b"")))
+            messages = schema.WALLET_INBOX.decode_all(record.value or b"")
         except ValueError:
             continue
-    return out
+        batches += record.key is None
+        out += [(record.offset, msg) for msg in messages]
+    return out, batches
+
+
+def _at(mine: list[tuple[int, Message]]) -> list[Inbound]:
+    """(offset, message)s at their positions, as the source hands them to a step."""
+    return [(position(offset), msg) for offset, msg in mine]
 
 
 def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(settings: Settings) -> None:
@@ -48,31 +58,42 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(settings: 
         commands.append(Credit(user_id="other", asset="USDT", amount=1, transfer_id=f"t{i}", ts=5))
     produce(settings, commands[:250])
     produce_raw(settings, b"{not json", key=b"mm")  # a dead letter in the middle
+    # What the book step sends a wallet, written by the dataflow's own sink: one batch
+    # record (no key) of mm's two settlements.
+    settlements = [
+        Settlement("mm", "BTC-USDT", seq, seq - 1, "", 0, 0, 1, False, 7) for seq in (1, 2)
+    ]
+    sink = _LogPartition(settings)
+    encode = schema.record_encoder(settings.topic_prefix)
+    sink.write_batch([[(position(0, i), encode(m)) for i, m in enumerate(settlements)]])
+    sink.snapshot()
+    sink.close()
     produce(settings, commands[250:])
 
     bases = KafkaBases(settings, inline_bytes=0, rebase_offsets=10**9)
     big = os.urandom(3 * 2**20)  # three times Kafka's default record limit
     assert bases.get(*bases.put("wallet", "probe", big)) == big
 
-    inbox = _inbox(settings)
+    inbox, batches = _inbox(settings)
+    assert batches == 1
     mine = [(o, m) for o, m in inbox if getattr(m, "user_id", None) == "mm"]
     first, last = mine[10][0], mine[-5][0]
     replayed = list(bases.since("wallet", "mm", first, last))
     assert replayed == [m for o, m in mine if first < o <= last]
-    assert all(isinstance(m, PlaceOrder) for m in replayed)
+    assert [m for m in replayed if not isinstance(m, PlaceOrder)] == settlements
 
     # A wallet taken as a delta after 40 messages, rebuilt from Kafka, carries on exactly.
     original = WalletLogic(
         _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases).here(), None
     )
-    original.on_batch([mine[:40]])
+    original.on_batch([_at(mine[:40])])
     delta = original.snapshot()
     assert len(delta) < 40
-    original.on_batch([mine[40:80]])
+    original.on_batch([_at(mine[40:80])])
     later = original.snapshot()
     restored = WalletLogic(
         _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases).here(), later
     )
-    restored.on_batch([mine[80:81]])
-    original.on_batch([mine[80:81]])
+    restored.on_batch([_at(mine[80:81])])
+    original.on_batch([_at(mine[80:81])])
     assert restored.machine.snapshot() == original.machine.snapshot()
