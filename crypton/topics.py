@@ -23,6 +23,7 @@ from crypton.kafka import admin
 from crypton.schema import TopicSpec, topic_name
 
 __all__ = [
+    "BASES",
     "TOPICS",
     "TopicError",
     "TopicSpec",
@@ -46,6 +47,10 @@ USERS: Final = schema.USERS.logical
 
 TOPICS: Final = schema.SPECS
 """Every topic, as declared in ``crypton.schema``."""
+
+BASES: Final = "dataflow.bases"
+"""The dataflow's own topic of machine bases (``dataflows.bases``): no messages, one
+partition; the dataflow creates it on its start if it is missing."""
 
 
 def topic_names(prefix: str = "") -> list[str]:

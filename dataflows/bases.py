@@ -48,7 +48,7 @@ from crypton import schema, signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
 from crypton.kafka import admin, consumer_config, producer_config
-from crypton.topics import partition_for
+from crypton.topics import BASES, partition_for
 from dataflows.kafka_io import inbox_messages
 
 __all__ = [
@@ -106,7 +106,7 @@ class KafkaBases:
     ) -> None:
         self.settings = settings
         self.inline_bytes, self.rebase_offsets = inline_bytes, rebase_offsets
-        self.topic = schema.topic_name("dataflow.bases", settings.topic_prefix)
+        self.topic = schema.topic_name(BASES, settings.topic_prefix)
         self.inboxes = {
             "wallet": schema.WALLET_INBOX.name(settings.topic_prefix),
             "book": schema.BOOK_INBOX.name(settings.topic_prefix),

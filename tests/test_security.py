@@ -151,7 +151,10 @@ def test_api_and_dataflow_trade_each_with_its_own_credentials(
     )
     # What `crypton dataflow` does first: check every topic exists (create none).
     assert ensure_topics(secure_log.as_user("dataflow")) == []
-    start_dataflow(spawn, settings, env=secure_log.env("dataflow"))
+    # Every machine's state a delta on a base: the dataflow writes its bases topic (which
+    # it creates) with its own grants too.
+    bases = {"CRYPTON_STATE_INLINE_BYTES": "0"}
+    start_dataflow(spawn, settings, env=secure_log.env("dataflow") | bases)
     api = start_api(settings, tmp_path / "logs", env=secure_log.env("api"))
     try:
         with api.client(ADMIN_TOKEN) as admin_client:
@@ -185,6 +188,15 @@ def test_api_and_dataflow_trade_each_with_its_own_credentials(
     # The read-only auditor reads every topic and finds the books balanced.
     report = wait_clean_audit(secure_log.as_user("auditor"))
     assert report.clean, "\n".join(report.lines)
+    # And the dataflow wrote its bases, on its own grants.
+    bases = TopicPartition(topics.topic_name(topics.BASES, settings.topic_prefix), 0)
+    reader = Consumer(
+        consumer_config(secure_log.as_user("dataflow"), **{"group.id": "crypton-dataflow-t"})
+    )
+    try:
+        eventually(lambda: reader.get_watermark_offsets(bases, timeout=10)[1] > 0)
+    finally:
+        reader.close()
 
 
 def test_no_credit_without_the_right_credentials(secure_log: SecureLog) -> None:

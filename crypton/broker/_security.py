@@ -59,7 +59,7 @@ MECHANISM: Final = "SCRAM-SHA-512"
 _ITERATIONS = 8192
 
 Resource = Literal["topic", "group", "cluster"]
-Operation = Literal["Read", "Write", "Describe", "IdempotentWrite"]
+Operation = Literal["Read", "Write", "Describe", "Create", "IdempotentWrite"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,8 @@ ACCESS: Final[Mapping[str, tuple[Grant, ...]]] = {
         # `crypton dataflow` checks that every topic exists before it starts: it must
         # see the users topic in the metadata, never read it.
         Grant("topic", topics.USERS, ("Describe",)),
+        # Its own topic of machine bases (``dataflows.bases``), made on its start.
+        Grant("topic", topics.BASES, ("Read", "Write", "Create")),
         Grant("group", "crypton-dataflow-", ("Read",)),
         _IDEMPOTENT,
     ),
@@ -128,6 +130,7 @@ _OPERATION = {
     "Read": AclOperation.READ,
     "Write": AclOperation.WRITE,
     "Describe": AclOperation.DESCRIBE,
+    "Create": AclOperation.CREATE,
     "IdempotentWrite": AclOperation.IDEMPOTENT_WRITE,
 }
 

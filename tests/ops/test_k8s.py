@@ -22,7 +22,7 @@ import yaml
 
 from crypton.broker import ACCESS
 from crypton.config import load_markets
-from crypton.topics import TOPICS
+from crypton.topics import BASES, TOPICS, topic_name
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "k8s"
@@ -302,8 +302,12 @@ def test_the_acls_let_each_component_do_its_job_and_no_more() -> None:
     }
     assert writes["crypton-api"] == {name["wallet.inbox"], name["users"]}
     assert writes["crypton-auditor"] == set()
-    # The dataflow writes every topic but the users (API keys belong to the API).
-    assert writes["crypton-dataflow"] == set(name.values()) - {name["users"]}
+    # The dataflow writes every topic but the users (API keys belong to the API), and
+    # its own topic of bases, which it may create.
+    bases = topic_name(BASES, prefix)
+    assert writes["crypton-dataflow"] == set(name.values()) - {name["users"]} | {bases}
+    dataflow = _acls(_one("KafkaUser", "crypton-dataflow"))
+    assert {op for t, n, _, op in dataflow if n == bases} == {"Read", "Write", "Create"}
     reads = {n for t, n, _, op in _acls(_one("KafkaUser", "crypton-auditor")) if op == "Read"}
     assert reads >= set(name.values())
 
