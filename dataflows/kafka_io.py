@@ -393,11 +393,13 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         self._timeout = delivery_timeout_s
         # Delivery reports for failures only: a Python callback per acknowledged record
         # cost the flow's one thread as much as producing it; success is still
-        # checked, by flush() when the epoch closes.
+        # checked, by flush() when the epoch closes. The callback is the producer's,
+        # not passed to each produce() (0.2 of its 0.7 us, measured).
         config = producer_config(
             settings,
             **{
                 "error_cb": self._on_error,
+                "on_delivery": self._delivered,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "delivery.report.only.error": True,
             },
@@ -424,7 +426,7 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
             self._errors.append(error.str())
 
     def write_batch(self, values: list[list[Tagged]]) -> None:
-        produce, delivered = self._producer.produce, self._delivered
+        produce = self._producer.produce
         if len(values) == 1:
             tagged = values[0]
         else:
@@ -451,7 +453,7 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
                 continue
             while True:
                 try:
-                    produce(topic, record[2], record[1], on_delivery=delivered)
+                    produce(topic, record[2], record[1])
                     break
                 except BufferError:  # the local queue is full: let it drain
                     self._producer.poll(0.05)
@@ -478,11 +480,9 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         while True:
             try:
                 if explicit < 0:
-                    self._producer.produce(topic, value, key, on_delivery=self._delivered)
+                    self._producer.produce(topic, value, key)
                 else:
-                    self._producer.produce(
-                        topic, value, key, partition=explicit, on_delivery=self._delivered
-                    )
+                    self._producer.produce(topic, value, key, partition=explicit)
                 return
             except BufferError:
                 self._producer.poll(0.05)
