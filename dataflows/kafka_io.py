@@ -451,16 +451,10 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
                     self._write_batch(where, records)
                     del batches[where]
                 continue
-            while True:
-                try:
-                    produce(topic, record[2], record[1])
-                    break
-                except BufferError:  # the local queue is full: let it drain
-                    self._producer.poll(0.05)
-                    self._raise_if_failed()
-                except KafkaException as exc:  # a fatal error refuses new records
-                    self._errors.append(exc.args[0].str() if exc.args else str(exc))
-                    self._raise_if_failed()
+            try:
+                produce(topic, record[2], record[1])
+            except (BufferError, KafkaException):  # the queue is full, or a fatal error
+                self._produce(topic, record[2], record[1])
         for where, (records, _size) in batches.items():
             self._write_batch(where, records)
         now = time.monotonic()
@@ -474,20 +468,21 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         else a batch in the partition all their keys map to."""
         topic, partition = where
         if len(records) == 1:
-            value, key, explicit = records[0][2], records[0][1], -1
+            self._produce(topic, records[0][2], records[0][1])
         else:
-            value, key, explicit = batch_value([r[2] for r in records]), None, partition
+            self._produce(topic, batch_value([r[2] for r in records]), None, partition)
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
+        """Write one record (``partition`` -1: where its key maps), waiting while the local
+        queue is full; a record refused for good fails the sink (``SinkDeliveryError``)."""
         while True:
             try:
-                if explicit < 0:
-                    self._producer.produce(topic, value, key)
-                else:
-                    self._producer.produce(topic, value, key, partition=explicit)
+                self._producer.produce(topic, value, key, partition=partition)
                 return
-            except BufferError:
+            except BufferError:  # the local queue is full: let it drain
                 self._producer.poll(0.05)
                 self._raise_if_failed()
-            except KafkaException as exc:
+            except KafkaException as exc:  # a fatal error refuses new records
                 self._errors.append(exc.args[0].str() if exc.args else str(exc))
                 self._raise_if_failed()
 

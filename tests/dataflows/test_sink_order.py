@@ -25,7 +25,8 @@ class _Recorder:
     ) -> None:
         self.written.append((topic, value))
         self.keys.append(key)
-        self.partitions.append(partition)
+        # -1 is librdkafka's "unassigned": the producer's partitioner picks by the key.
+        self.partitions.append(None if partition in (None, -1) else partition)
 
     def poll(self, _timeout: float) -> int:
         return 0
