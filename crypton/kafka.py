@@ -22,6 +22,7 @@ __all__ = [
     "consume_now",
     "consumer_config",
     "producer_config",
+    "topic_partitions",
     "wait_for_kafka",
 ]
 
@@ -78,6 +79,15 @@ def consume_now(consumer: Consumer, most: int, wait: float) -> list[Message]:
 
 class KafkaUnavailableError(RuntimeError):
     """The cluster did not answer in time; the message names the address and the cause."""
+
+
+def topic_partitions(client: Any, topic: str, timeout: float = 30.0) -> list[int]:
+    """The partition ids of ``topic``, in order, from ``client``'s metadata (an admin
+    client, producer or consumer); a missing topic is one clear error."""
+    found = client.list_topics(topic, timeout=timeout).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise RuntimeError(f"topic {topic} is missing: run `crypton topics` first")
+    return sorted(found.partitions)
 
 
 def _quiet_logger() -> logging.Logger:

@@ -47,7 +47,7 @@ from confluent_kafka.cimpl import NewTopic
 from crypton import schema, signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
-from crypton.kafka import admin, consumer_config, producer_config
+from crypton.kafka import admin, consumer_config, producer_config, topic_partitions
 from crypton.topics import BASES, partition_for
 from dataflows.kafka_io import inbox_messages
 
@@ -196,8 +196,8 @@ class KafkaBases:
     def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)
         if count is None:
-            metadata = admin(self.settings).list_topics(topic, timeout=_TIMEOUT)
-            count = self._partitions[topic] = len(metadata.topics[topic].partitions)
+            partitions = topic_partitions(admin(self.settings), topic, _TIMEOUT)
+            count = self._partitions[topic] = len(partitions)
         return count
 
     def _read(self, topic: str, partition: int, first: int, last: int) -> Iterator[Any]:

@@ -76,15 +76,7 @@ from crypton.domain.wallet import WalletMachine
 from crypton.runtime import tune_gc
 from dataflows import metrics, recovery
 from dataflows.bases import DELTA, Bases, Delta, KafkaBases
-from dataflows.kafka_io import (
-    POSITION_BITS,
-    Inbound,
-    InboxSource,
-    LogSink,
-    Record,
-    Tagged,
-    is_book,
-)
+from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged, is_book, offset_of
 from dataflows.recovery import SettledSnapshots
 
 __all__ = ["LIVE_MACHINES", "BookLogic", "StateUnavailable", "WalletLogic", "build_flow", "flow"]
@@ -386,7 +378,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                 except Exception as exc:
                     emit(_failed(self.name, msg, exc))
         if processed:
-            self.applied = values[-1][-1][0] >> POSITION_BITS
+            self.applied = offset_of(values[-1][-1][0])
         if last is not None:
             # One state record per balance and order the batch changed, not one per change.
             machine.flush(emit)

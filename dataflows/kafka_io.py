@@ -44,7 +44,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from crypton import signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
-from crypton.kafka import admin, consumer_config, producer_config
+from crypton.kafka import admin, consumer_config, producer_config, topic_partitions
 from crypton.schema import BOOK_INBOX, WALLET_INBOX, TopicSpec, batch_value
 from crypton.topics import partition_for
 from dataflows import metrics
@@ -264,7 +264,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
                     dead = items[DEAD_LETTER_KEY] = batch()
                 dead.append(self._dead(record, offset, messages))
                 continue
-            at = offset << POSITION_BITS
+            at = position(offset)
             for msg in messages:
                 # Keyed by user or market: Bytewax runs each key's logic on its messages
                 # in this order, and snapshots only the keys an epoch awoke. A key's
@@ -287,7 +287,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
             value=record.value(),
             reason=reason,
         )
-        return offset << POSITION_BITS, dead
+        return position(offset), dead
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -342,11 +342,7 @@ class InboxSource(FixedPartitionedSource[tuple[str, list[Inbound]], int]):
         parts = []
         for name, (spec, _batch) in self._inboxes.items():
             topic = spec.name(self._settings.topic_prefix)
-            metadata = admin(self._settings).list_topics(topic, timeout=30)
-            found = metadata.topics.get(topic)
-            if found is None or found.error is not None or not found.partitions:
-                raise RuntimeError(f"topic {topic} is missing: run `crypton topics` first")
-            parts += [f"{name}/{p}" for p in sorted(found.partitions)]
+            parts += [f"{name}/{p}" for p in topic_partitions(admin(self._settings), topic)]
         return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _InboxPartition:
@@ -494,18 +490,11 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         if found is None:
             count = self._counts.get(topic)
             if count is None:
-                count = self._counts[topic] = self._partition_count(topic)
+                count = self._counts[topic] = len(topic_partitions(self._producer, topic))
             if len(cache) >= _PARTITION_CACHE:
                 cache.clear()
             found = cache[key] = partition_for(key, count)
         return found
-
-    def _partition_count(self, topic: str) -> int:
-        metadata = self._producer.list_topics(topic, timeout=30)
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None or not found.partitions:
-            raise RuntimeError(f"topic {topic} is missing: run `crypton topics` first")
-        return len(found.partitions)
 
     def snapshot(self) -> None:
         # The epoch may commit only once its output is acknowledged by the broker.
