@@ -47,7 +47,7 @@ from confluent_kafka.cimpl import NewTopic
 from crypton import schema, signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
-from crypton.kafka import admin, consumer_config, producer_config, topic_partitions
+from crypton.kafka import admin, consume_now, consumer_config, producer_config, topic_partitions
 from crypton.topics import BASES, partition_for
 from dataflows.kafka_io import inbox_messages
 
@@ -116,6 +116,8 @@ class KafkaBases:
         self._producer: Producer | None = None
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._reader: Consumer | None = None
+        self._read_lock = threading.Lock()
 
     def _producing(self) -> Producer:
         if self._producer is None:
@@ -200,35 +202,58 @@ class KafkaBases:
             count = self._partitions[topic] = len(partitions)
         return count
 
-    def _read(self, topic: str, partition: int, first: int, last: int) -> Iterator[Any]:
-        """Records of one partition from offset ``first`` until one at ``last`` or past."""
-        consumer = Consumer(
-            consumer_config(
-                self.settings,
-                **{
-                    "group.id": "crypton-bases",
-                    "fetch.max.bytes": _MAX_BYTES,
-                    "max.partition.fetch.bytes": _MAX_BYTES,
-                    "receive.message.max.bytes": _MAX_BYTES + 2**20,
-                },
-            )
-        )
-        try:
+    def _read(self, topic: str, partition: int, first: int, last: int) -> list[Any]:
+        """Records of one partition from offset ``first`` until one at ``last`` or past.
+
+        One consumer per process does every read, assigned to the partition for it and
+        unassigned after (so it fetches nothing in between): after a restart every
+        large machine replays its inbox since its base on first use, and a consumer
+        made for each read paid its start (connection, metadata, first fetch) every
+        time, about as much as the read itself.
+        """
+        with self._read_lock:
+            consumer = self._reader
+            if consumer is None:
+                consumer = self._reader = Consumer(
+                    consumer_config(
+                        self.settings,
+                        **{
+                            "group.id": "crypton-bases",
+                            # A fetch waiting at a partition's end holds the next
+                            # read's first fetch behind it (one in flight per broker):
+                            # 500 ms a read at the default.
+                            "fetch.wait.max.ms": 1,
+                            "fetch.max.bytes": _MAX_BYTES,
+                            "max.partition.fetch.bytes": _MAX_BYTES,
+                            "receive.message.max.bytes": _MAX_BYTES + 2**20,
+                        },
+                    )
+                )
             consumer.assign([TopicPartition(topic, partition, first)])
-            deadline = time.monotonic() + _TIMEOUT
-            while True:
-                batch = consumer.consume(1000, 0.5)
-                if not batch and time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic}[{partition}] stopped before offset {last}")
-                for record in batch:
-                    if record.error() is not None:
-                        continue
-                    deadline = time.monotonic() + _TIMEOUT
-                    yield record
-                    if (record.offset() or 0) >= last:
-                        return
-        finally:
-            consumer.close()
+            try:
+                records: list[Any] = []
+                deadline = time.monotonic() + _TIMEOUT
+                while True:
+                    # Not consume(1000, 0.5): it holds a short range's last records
+                    # for the whole 0.5 s, which every replay and every base paid.
+                    batch = consume_now(consumer, 1000, 0.5)
+                    if not batch and time.monotonic() > deadline:
+                        raise TimeoutError(f"{topic}[{partition}] stopped before offset {last}")
+                    for record in batch:
+                        offset = record.offset() or 0
+                        if (
+                            record.error() is not None
+                            or offset < first
+                            or record.partition() != partition
+                            or record.topic() != topic
+                        ):
+                            continue  # an error, or left over from an earlier read
+                        deadline = time.monotonic() + _TIMEOUT
+                        records.append(record)
+                        if offset >= last:
+                            return records
+            finally:
+                consumer.unassign()
 
 
 class MemoryBases:

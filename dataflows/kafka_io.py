@@ -25,17 +25,19 @@ the stock sink's ``flush()`` after every ``write_batch`` costs.
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import os
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
+import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
@@ -59,9 +61,11 @@ __all__ = [
     "Record",
     "SinkDeliveryError",
     "Tagged",
+    "WalletBatch",
     "is_book",
     "offset_of",
     "position",
+    "worker_hash",
 ]
 
 log = logging.getLogger("crypton.dataflow")
@@ -204,6 +208,69 @@ def inbox_messages(
     return messages
 
 
+# What crosses between the processes of a cluster. Bytewax pickles each item routed to
+# a worker of another process (twice: Timely sizes a message, then writes it), and
+# pickle takes a msgspec struct apart field by field through Python (2.4 us a message
+# there and back, and a dict each for the commands). An inbox batch pickles instead as
+# one msgpack value: 0.5 us a message. A union may not mix struct layouts, so the
+# messages travel in two lists, objects and arrays, and are merged back by position.
+_ARRAY_LIKE: Final = frozenset(
+    kind for kind in (*WALLET_INBOX.types, *BOOK_INBOX.types) if kind.__struct_config__.array_like
+)
+_OBJECTS: Final = functools.reduce(
+    operator.or_,
+    [k for k in (*WALLET_INBOX.types, *BOOK_INBOX.types) if k not in _ARRAY_LIKE] + [DeadLetter],
+)
+_ARRAYS: Final = functools.reduce(operator.or_, sorted(_ARRAY_LIKE, key=lambda k: k.__name__))
+_WIRE_ENCODER: Final = msgspec.msgpack.Encoder()
+_WIRE_DECODER: Final = msgspec.msgpack.Decoder(
+    tuple[list[tuple[int, _OBJECTS]], list[tuple[int, _ARRAYS]]]  # type: ignore[valid-type]
+)
+
+
+def _to_wire(batch: list[Inbound]) -> bytes:
+    arrays = [inbound for inbound in batch if inbound[1].__class__ in _ARRAY_LIKE]
+    objects = (
+        [inbound for inbound in batch if inbound[1].__class__ not in _ARRAY_LIKE]
+        if len(arrays) < len(batch)
+        else []
+    )
+    return _WIRE_ENCODER.encode((objects, arrays))
+
+
+def _from_wire(kind: type[list[Inbound]], value: bytes) -> list[Inbound]:
+    """A batch as ``_to_wire`` wrote it, in the order of its positions."""
+    objects, arrays = _WIRE_DECODER.decode(value)
+    if objects and arrays:
+        return kind(sorted(objects + arrays, key=_position))
+    return kind(objects or arrays)
+
+
+class WalletBatch(list[Inbound]):
+    """A batch read from the wallet inbox (``InboxSource``): a list of ``(position,
+    message)``, pickled as one msgpack value when Bytewax sends it to another process."""
+
+    __slots__ = ("_wire",)
+    _wire: bytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Encoded once: Timely pickles a message to size it, then again to write it, and
+        # a batch is not changed once the source has handed it over.
+        try:
+            wire = self._wire
+        except AttributeError:
+            wire = self._wire = _to_wire(self)
+        return _from_wire, (self.__class__, wire)
+
+
+class BookBatch(WalletBatch):
+    """A batch read from the book inbox: the one source of both inboxes (``InboxSource``)
+    hands wallet batches as ``WalletBatch``es and book batches as these, and the flow
+    routes them to their step by that (``is_book``)."""
+
+    __slots__ = ()
+
+
 class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
     def __init__(
         self,
@@ -214,7 +281,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         spec: TopicSpec,
         batch_size: int,
         signed: bytes | None = None,
-        batch: type[list[Inbound]] = list,
+        batch: type[list[Inbound]] = WalletBatch,
     ) -> None:
         self._signed = signed
         self._shared = _SharedConsumer.join(settings, topic, partition, offset, batch_size)
@@ -300,14 +367,6 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         self._shared.leave(self._partition)
 
 
-class BookBatch(list[Inbound]):
-    """A batch read from the book inbox: the one source of both inboxes (``InboxSource``)
-    hands wallet batches as plain lists and book batches as these, and the flow routes
-    them to their step by that (``is_book``)."""
-
-    __slots__ = ()
-
-
 def is_book(item: tuple[str, list[Inbound]]) -> bool:
     """Whether an item of ``InboxSource`` comes from the book inbox."""
     return item[1].__class__ is BookBatch
@@ -331,7 +390,7 @@ class InboxSource(FixedPartitionedSource[tuple[str, list[Inbound]], int]):
     def __init__(self, settings: Settings, batch_size: int = 1000) -> None:
         self._settings = settings
         self._inboxes: dict[str, tuple[TopicSpec, type[list[Inbound]]]] = {
-            "wallet": (WALLET_INBOX, list),
+            "wallet": (WALLET_INBOX, WalletBatch),
             "book": (BOOK_INBOX, BookBatch),
         }
         self._batch_size = batch_size
@@ -519,6 +578,51 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         self._producer.flush(self._timeout)
 
 
+_MASK64: Final = (1 << 64) - 1
+
+
+def _sip_round(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    v0 = (v0 + v1) & _MASK64
+    v1 = ((v1 << 13) | (v1 >> 51)) & _MASK64 ^ v0
+    v0 = ((v0 << 32) | (v0 >> 32)) & _MASK64
+    v2 = (v2 + v3) & _MASK64
+    v3 = ((v3 << 16) | (v3 >> 48)) & _MASK64 ^ v2
+    v0 = (v0 + v3) & _MASK64
+    v3 = ((v3 << 21) | (v3 >> 43)) & _MASK64 ^ v0
+    v2 = (v2 + v1) & _MASK64
+    v1 = ((v1 << 17) | (v1 >> 47)) & _MASK64 ^ v2
+    v2 = ((v2 << 32) | (v2 >> 32)) & _MASK64
+    return v0, v1, v2, v3
+
+
+@functools.lru_cache(maxsize=100_000)
+def worker_hash(key: str) -> int:
+    """The hash by which Bytewax 0.21.1 sends a state key to a worker: Rust's
+    ``DefaultHasher`` (SipHash-1-3, keys 0) of the key's ``str`` (its bytes, then 0xff);
+    a keyed step runs ``key`` on worker ``worker_hash(key) % workers``. The sink picks
+    its partition the same way, so a key's outputs are written by the process that
+    computed them instead of being pickled to another (``tests/dataflows/test_wire.py``
+    checks the two agree on a real cluster). Cached: it runs once per item, in Python.
+    """
+    data = key.encode() + b"\xff"
+    v0, v1 = 0x736F6D6570736575, 0x646F72616E646F6D
+    v2, v3 = 0x6C7967656E657261, 0x7465646279746573
+    whole = len(data) - len(data) % 8
+    for at in range(0, whole, 8):
+        word = int.from_bytes(data[at : at + 8], "little")
+        v3 ^= word
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+        v0 ^= word
+    last = (len(data) & 0xFF) << 56 | int.from_bytes(data[whole:], "little")
+    v3 ^= last
+    v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    v0 ^= last
+    v2 ^= 0xFF
+    for _ in range(3):
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
 class LogSink(FixedPartitionedSink[list[Tagged], None]):
     """Writes lists of ``(offset, (topic, key, value))``, keyed by the user or market
     whose machine emitted them: one key, one sink partition, one producer, one order.
@@ -546,8 +650,10 @@ class LogSink(FixedPartitionedSink[list[Tagged], None]):
 
     def part_fn(self, item_key: str) -> int:
         # Called once per item (a key's outputs of one batch): stable across processes,
-        # unlike hash(), so every worker routes a key to the same producer.
-        return zlib.crc32(item_key.encode()) if self._parts > 1 else 0
+        # unlike hash(), so every worker routes a key to the same producer; and with as
+        # many sink partitions as workers, the one on the worker that ran the key's
+        # step (``worker_of``), so outputs never cross to another process.
+        return worker_hash(item_key) if self._parts > 1 else 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LogPartition:
         if self._on_start is not None:

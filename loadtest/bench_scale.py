@@ -29,9 +29,13 @@ the state topics as the API's read model would find them. Then it prints:
 - **resident memory** (VmRSS) of the dataflow and of the API;
 - **API ready time** after a restart: launch until ``/ready`` answers 200;
 - **orders/s** to final state, one dataflow process and then two (``-i 0/1 -a``) on
-  the same recovery store and the same load. On this 2-core machine the second
-  process has no core of its own (Kafka, the first process and the load generator
-  share both), so the ratio shows coordination cost more than capacity.
+  the same recovery store and the same load, each on one market (BTC-USDT) and then
+  spread over ``--markets`` USDT markets (16; listings ``M1-USDT``... in the run's own
+  markets file). A market's book is one machine on one worker, so one hot market is
+  what a second process cannot split; markets (and users) are what it splits. Each
+  process's share of the CPU and of the book messages is printed. On this 2-core
+  machine the second process has no core of its own (Kafka, the first process and the
+  load generator share both).
 
 Traffic goes only to 127.0.0.1. Results as JSON in ``--out`` (``loadtest/report.py``).
 """
@@ -62,6 +66,7 @@ from crypton.supervisor import Together
 from dataflows.recovery import SETTLE_AFTER_EPOCHS
 from loadtest import report
 from loadtest.scale_log import (
+    MARKET,
     TRADERS,
     Watcher,
     Writer,
@@ -70,6 +75,7 @@ from loadtest.scale_log import (
     resting_orders,
     stamp,
     trading_orders,
+    write_markets,
     write_order_history,
 )
 from loadtest.scale_measure import (
@@ -334,15 +340,19 @@ def stall(
     }
 
 
-def full_speed(ex: Exchange, count: int, tag: str) -> dict[str, float]:
-    """Orders/s to final state for ``count`` trading orders written at once, with the
-    dataflow processes' CPU time per 1,000 orders and how busy the machine's cores were
-    meanwhile (what bounds a second process on a machine without a core for it)."""
+def full_speed(ex: Exchange, count: int, tag: str, symbols: Sequence[str]) -> dict[str, Any]:
+    """Orders/s to final state for ``count`` trading orders on ``symbols`` written at
+    once, with the dataflow processes' CPU time per 1,000 orders, how busy the machine's
+    cores were meanwhile (what bounds a second process on a machine without a core for
+    it), and each process's share of the CPU and of the book messages (a market's book
+    lives on one process: Bytewax routes each key to one worker)."""
     writer, watcher = Writer(ex.settings), Watcher(ex.settings)
-    cpu0 = sum(cpu_seconds(p) for p in ex.flow_pids)
+    pids = ex.flow_pids
+    cpu0 = [cpu_seconds(p) for p in pids]
+    books0 = [_book_messages(text) for text in ex.flow_metrics()]
     busy0, total0 = machine_busy()
     try:
-        orders = trading_orders(count, random.Random(tag), tag)
+        orders = trading_orders(count, random.Random(tag), tag, ex.settings.markets(), symbols)
         began_ms = now_ms()
         writer.send(stamp(o) for o in orders)
         writer.flush()
@@ -354,23 +364,92 @@ def full_speed(ex: Exchange, count: int, tag: str) -> dict[str, float]:
 
         watcher.wait(done, 1800, f"{count} orders")
         last = max(watcher.final[i] for i in ids)
-        cpu = sum(cpu_seconds(p) for p in ex.flow_pids) - cpu0
+        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+        books = [
+            _book_messages(text) - b for text, b in zip(ex.flow_metrics(), books0, strict=True)
+        ]
         busy, total = machine_busy()
     finally:
         watcher.close()
     return {
         "orders_per_s": count / max(0.001, (last - began_ms) / 1000),
-        "dataflow_cpu_ms_per_1000_orders": 1e6 * cpu / count,
+        "dataflow_cpu_ms_per_1000_orders": 1e6 * sum(cpu) / count,
         "machine_busy": (busy - busy0) / max(1e-9, total - total0),
+        "cpu_share": [c / max(1e-9, sum(cpu)) for c in cpu],
+        "book_message_share": [b / max(1.0, sum(books)) for b in books],
     }
 
 
-def _throughput_line(what: str, run: dict[str, float]) -> str:
-    return (
+def _book_messages(text: str) -> float:
+    return sum(metric_sums([text], "crypton_dataflow_messages", 'step="book"').values())
+
+
+def _throughput_line(what: str, run: dict[str, Any]) -> str:
+    line = (
         f"  {what}: {run['orders_per_s']:,.0f} orders/s to final state; dataflow CPU"
         f" {run['dataflow_cpu_ms_per_1000_orders']:.0f} ms per 1,000 orders, machine"
         f" {100 * run['machine_busy']:.0f}% busy"
     )
+    if len(run["cpu_share"]) > 1:
+        cpu = "/".join(f"{100 * c:.0f}" for c in run["cpu_share"])
+        books = "/".join(f"{100 * b:.0f}" for b in run["book_message_share"])
+        line += f"; per process: CPU {cpu}%, book messages {books}%"
+    return line
+
+
+def throughput(ex: Exchange, count: int, symbols: Sequence[str]) -> dict[str, Any]:
+    """Orders/s with one dataflow process, then two (``-i 0/1 -a``), each trading one
+    market and then all of ``symbols``: one market's book is one machine, so it is
+    where two processes cannot help; the markets are how an exchange spreads."""
+    loads = {"one_market": (MARKET,), "markets": tuple(symbols)}
+    runs: dict[str, dict[str, Any]] = {}
+    # The traders get the other markets' base assets only now: a wallet holding more
+    # assets snapshots larger, and the phases before measure bytes with BTC and USDT.
+    markets = ex.settings.markets()
+    assets = {markets.market(s).base.code: 10**13 for s in symbols if s != MARKET}
+    writer, watcher = Writer(ex.settings), Watcher(ex.settings)
+    try:
+        credits = writer.send(fund((f"t{n}" for n in range(TRADERS)), assets, now_ms()))
+        writer.flush()
+        watcher.wait(lambda: len(watcher.transfers) >= credits, 600, "funding the markets")
+    finally:
+        watcher.close()
+    # Each measured run follows a warm-up of a tenth as many orders: after a restart
+    # the first orders also pay for reading the book back (its base and the inbox
+    # since), which is a restart's cost, not the processes' rate.
+    warm = max(1, count // 10)
+    for processes in (1, 2):
+        if processes > 1:
+            ex.start_dataflow(processes)
+            _say(f"  {processes} processes (-i 0/1 -a ...) answer after {wait_flowing(ex):.1f} s")
+        label = f"{processes} process{'es' * (processes > 1)}"
+        for load, trading in loads.items():
+            what = f"{len(trading)} market{'s' * (len(trading) > 1)}"
+            _say(f"throughput: {count:,} orders at once on {what}, {label}")
+            restarted = full_speed(ex, warm, f"{processes}-{load}-warm", trading)
+            if processes > 1 and load == "one_market":
+                _say(_throughput_line(f"  the first {warm:,} after the restart", restarted))
+                runs["two_processes_first_after_restart"] = restarted
+            run = runs[f"{load}_{processes}"] = full_speed(
+                ex, count, f"{processes}-{load}", trading
+            )
+            _say(_throughput_line(f"{label}, {what}", run))
+    results: dict[str, Any] = {"throughput": runs, "markets": list(symbols)}
+    for load, trading in loads.items():
+        one, two = runs[f"{load}_1"], runs[f"{load}_2"]
+        ratio = two["orders_per_s"] / one["orders_per_s"]
+        key = "orders_per_s" if load == "markets" else "orders_per_s_one_market"
+        results[key] = {
+            "one_process": one["orders_per_s"],
+            "two_processes": two["orders_per_s"],
+            "ratio": ratio,
+        }
+        _say(
+            f"  {len(trading)} market{'s' * (len(trading) > 1)}: 2 processes / 1 ="
+            f" {ratio:.2f} ({os.cpu_count()} cores shared with Kafka and this load generator)"
+        )
+    results["dataflow_rss_mib_two_processes"] = [rss_mib(p) for p in ex.flow_pids]
+    return results
 
 
 def wait_flowing(ex: Exchange, timeout: float = 300) -> float:
@@ -393,10 +472,11 @@ def wait_flowing(ex: Exchange, timeout: float = 300) -> float:
 
 
 def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    symbols = write_markets(data / "markets.toml", args.markets)
     settings = Settings(
         data_dir=data, kafka_port=free_ports(2 * args.nodes), nodes=args.nodes,
         topic_prefix="bench.", partitions=args.partitions,
-        snapshot_seconds=args.snapshot_seconds,
+        snapshot_seconds=args.snapshot_seconds, markets_file=data / "markets.toml",
     )  # fmt: skip
     logs = data / "logs"
     broker = EmbeddedBroker(settings, log_path=logs / "broker.log", say=_say)
@@ -470,35 +550,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         api.stop(10)
         api = None
 
-        _say(f"throughput: {args.throughput_orders:,} orders at once, 1 dataflow process")
-        # Each measured run follows a warm-up of a tenth as many orders: after a restart
-        # the first orders also pay for reading the book back (its base and the inbox
-        # since), which is a restart's cost, not the processes' rate.
-        warm = max(1, args.throughput_orders // 10)
-        full_speed(ex, warm, "one-warm")
-        one = full_speed(ex, args.throughput_orders, "one")
-        _say(_throughput_line("1 process", one))
-        ex.start_dataflow(2)
-        _say(f"  2 processes (-i 0/1 -a ...) answer after {wait_flowing(ex):.1f} s")
-        restarted = full_speed(ex, warm, "two-warm")
-        _say(_throughput_line(f"  the first {warm:,} after the restart", restarted))
-        two = full_speed(ex, args.throughput_orders, "two")
-        ratio = two["orders_per_s"] / one["orders_per_s"]
-        results["orders_per_s"] = {
-            "one_process": one["orders_per_s"],
-            "two_processes": two["orders_per_s"],
-            "ratio": ratio,
-        }
-        results["throughput"] = {
-            "one_process": one,
-            "two_processes": two,
-            "two_processes_first_after_restart": restarted,
-        }
-        results["dataflow_rss_mib_two_processes"] = [rss_mib(p) for p in ex.flow_pids]
-        _say(
-            _throughput_line("2 processes", two) + f" (ratio {ratio:.2f};"
-            f" {os.cpu_count()} cores shared with Kafka and this load generator)"
-        )
+        results |= throughput(ex, args.throughput_orders, symbols)
         return results
     finally:
         if api is not None:
@@ -529,8 +581,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="partitions of the recovery store (1: what `crypton dataflow` makes)",
     )  # fmt: skip
     parser.add_argument(
-        "--throughput-orders", type=int, default=20_000, help="orders per throughput run"
+        "--throughput-orders", type=int, default=100_000, help="orders per throughput run"
     )
+    parser.add_argument(
+        "--markets", type=int, default=16,
+        help="USDT markets the throughput runs spread over (listings M1-USDT... are added"
+        " to the run's own markets file); each load also runs on BTC-USDT alone",
+    )  # fmt: skip
     parser.add_argument(
         "--bytewax-metrics", action="store_true",
         help="also read Bytewax's snapshot_duration_seconds (its server binds 0.0.0.0)",
@@ -547,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = {
         k: getattr(args, k)
         for k in ("users", "orders", "partitions", "nodes", "rate", "seconds", "probe_seconds",
-                  "snapshot_seconds", "throughput_orders", "recovery_partitions")
+                  "snapshot_seconds", "throughput_orders", "recovery_partitions", "markets")
     }  # fmt: skip
     nodes = f"{args.nodes} node{'s' * (args.nodes > 1)}"
     broker = f"Apache Kafka {KAFKA_VERSION} ({nodes}, KRaft)"

@@ -6,13 +6,15 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import msgspec
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from crypton import schema, topics
 from crypton.config import Settings, load_markets
+from crypton.domain.markets import Markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Side
 from crypton.kafka import consume_now, consumer_config, producer_config
 
@@ -26,11 +28,37 @@ __all__ = [
     "resting_orders",
     "stamp",
     "trading_orders",
+    "write_markets",
     "write_order_history",
 ]
 
 TRADERS = 200
 MARKET = "BTC-USDT"
+
+_LISTING = """
+[markets.{symbol}]
+tick = "0.01"
+step = "0.0001"
+min_quantity = "0.0001"
+min_notional = "5"
+maker_fee_bps = 10
+taker_fee_bps = 20
+"""
+
+
+def write_markets(path: Path, count: int) -> tuple[str, ...]:
+    """A markets file with ``count`` markets quoted in USDT (at least the packaged ones):
+    the packaged file, then listings ``M1-USDT``, ``M2-USDT``... like BTC-USDT, each with
+    its own base asset. Returns the USDT markets' symbols, BTC-USDT first."""
+    text = (Path(__file__).resolve().parents[1] / "crypton" / "markets.toml").read_text()
+    packaged = [m.symbol for m in load_markets() if m.quote.code == "USDT"]
+    extra = [f"M{n}" for n in range(1, count - len(packaged) + 1)]
+    assets = "".join(f"{asset} = 8\n" for asset in extra)
+    text = text.replace("[assets]\n", "[assets]\n" + assets, 1)
+    text += "".join(_LISTING.format(symbol=f"{asset}-USDT") for asset in extra)
+    path.write_text(text)
+    symbols = [m.symbol for m in load_markets(path) if m.quote.code == "USDT"]
+    return (MARKET, *(s for s in symbols if s != MARKET))
 
 
 def _say(line: str) -> None:
@@ -164,20 +192,28 @@ def resting_orders(count: int, ts: int) -> list[PlaceOrder]:
     ]
 
 
-def trading_orders(count: int, rng: random.Random, tag: str) -> list[PlaceOrder]:
+def trading_orders(
+    count: int,
+    rng: random.Random,
+    tag: str,
+    markets: Markets | None = None,
+    symbols: Sequence[str] = (MARKET,),
+) -> list[PlaceOrder]:
     """Limit orders of the traders around 50,000: two thirds rest near the touch, a
-    third cross (half of those IOC), as ``bench_pipeline`` sends."""
-    market = load_markets().market(MARKET)
-    mid = 50_000 * market.quote.scale // market.tick
+    third cross (half of those IOC), as ``bench_pipeline`` sends; each on one of
+    ``symbols`` drawn at random (all priced alike)."""
+    specs = [(markets or load_markets()).market(symbol) for symbol in symbols]
     out = []
     for i in range(count):
+        market = specs[rng.randrange(len(specs))] if len(specs) > 1 else specs[0]
+        mid = 50_000 * market.quote.scale // market.tick
         side: Side = "buy" if rng.random() < 0.5 else "sell"
         crossing = rng.random() < 0.33
         offset = rng.randint(0, 15) * (1 if crossing else -1) * (1 if side == "buy" else -1)
         out.append(
             PlaceOrder(
                 user_id=f"t{rng.randrange(TRADERS)}", order_id=f"{tag}-{i}",
-                client_order_id=f"{tag}-{i}", market=MARKET, side=side, type="limit",
+                client_order_id=f"{tag}-{i}", market=market.symbol, side=side, type="limit",
                 price=(mid + offset) * market.tick,
                 quantity=rng.randint(1, 20) * market.min_quantity,
                 time_in_force="IOC" if crossing and rng.random() < 0.5 else "GTC", ts=0,

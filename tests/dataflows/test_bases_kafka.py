@@ -81,6 +81,11 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(settings: 
     replayed = list(bases.since("wallet", "mm", first, last))
     assert replayed == [m for o, m in mine if first < o <= last]
     assert [m for m in replayed if not isinstance(m, PlaceOrder)] == settlements
+    # One consumer does every read: a read behind the last one gets its own records.
+    early, until = mine[2][0], mine[8][0]
+    assert list(bases.since("wallet", "mm", early, until)) == [
+        m for o, m in mine if early < o <= until
+    ]
 
     # A wallet taken as a delta after 40 messages, rebuilt from Kafka, carries on exactly.
     original = WalletLogic(
