@@ -652,7 +652,7 @@ class LogSink(FixedPartitionedSink[list[Tagged], None]):
         # Called once per item (a key's outputs of one batch): stable across processes,
         # unlike hash(), so every worker routes a key to the same producer; and with as
         # many sink partitions as workers, the one on the worker that ran the key's
-        # step (``worker_of``), so outputs never cross to another process.
+        # step (``worker_hash``), so outputs never cross to another process.
         return worker_hash(item_key) if self._parts > 1 else 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LogPartition:

@@ -1,12 +1,16 @@
 """The readings of ``loadtest.bench_scale``: Prometheus text summed over processes,
-quantiles from buckets, the epoch stall from probe latencies, and /proc figures."""
+quantiles from buckets, the epoch stall from probe latencies, and /proc figures; and
+the markets its throughput runs spread over."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+from crypton.config import load_markets
 from loadtest.bench_scale import stall
+from loadtest.scale_log import trading_orders, write_markets
 from loadtest.scale_measure import (
     cpu_seconds,
     dir_bytes,
@@ -80,3 +84,19 @@ def test_the_flow_s_own_epoch_stall_histogram_is_read_with_the_snapshot_metrics(
     sums = snapshot_metrics([text])
     assert histogram_quantile(sums, "crypton_dataflow_epoch_stall_seconds", 0.5) == 0.01
     assert histogram_quantile(sums, "crypton_dataflow_epoch_stall_seconds", 0.99) == 0.1
+
+
+def test_the_throughput_markets_are_a_valid_file_with_the_packaged_ones_first(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "markets.toml"
+    symbols = write_markets(path, 16)
+    assert len(symbols) == len(set(symbols)) == 16
+    assert symbols[0] == "BTC-USDT" and {"ETH-USDT", "M1-USDT", "M14-USDT"} < set(symbols)
+    markets = load_markets(path)
+    assert {m.symbol for m in load_markets()} < {m.symbol for m in markets}
+    orders = trading_orders(2_000, random.Random(1), "t", markets, symbols)
+    assert {o.market for o in orders} == set(symbols)
+    for order in orders:  # every order is valid on its market: tick and step
+        market = markets.market(order.market)
+        assert order.price % market.tick == 0 and order.quantity % market.step == 0
