@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crypton.domain.markets import MarketConfigError, Markets, parse_markets
 
-__all__ = ["ConfigError", "Settings", "load_markets"]
+__all__ = ["ConfigError", "Settings", "load_markets", "packaged_markets_text"]
 
 
 class ConfigError(ValueError):
@@ -145,11 +145,16 @@ class Settings:
         return load_markets(self.markets_file)
 
 
+def packaged_markets_text() -> str:
+    """The packaged markets file (``crypton/markets.toml``), as text."""
+    return resources.files("crypton").joinpath("markets.toml").read_text("utf-8")
+
+
 def load_markets(path: Path | None = None) -> Markets:
     """Load and validate the market file, or the packaged defaults when ``path`` is None."""
     try:
         if path is None:
-            text = resources.files("crypton").joinpath("markets.toml").read_text("utf-8")
+            text = packaged_markets_text()
             where = "crypton/markets.toml"
         else:
             text = path.read_text("utf-8")

@@ -13,7 +13,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from crypton import schema, topics
-from crypton.config import Settings, load_markets
+from crypton.config import Settings, load_markets, packaged_markets_text
 from crypton.domain.markets import Markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Side
 from crypton.kafka import consume_now, consumer_config, producer_config
@@ -50,7 +50,7 @@ def write_markets(path: Path, count: int) -> tuple[str, ...]:
     """A markets file with ``count`` markets quoted in USDT (at least the packaged ones):
     the packaged file, then listings ``M1-USDT``, ``M2-USDT``... like BTC-USDT, each with
     its own base asset. Returns the USDT markets' symbols, BTC-USDT first."""
-    text = (Path(__file__).resolve().parents[1] / "crypton" / "markets.toml").read_text()
+    text = packaged_markets_text()
     packaged = [m.symbol for m in load_markets() if m.quote.code == "USDT"]
     extra = [f"M{n}" for n in range(1, count - len(packaged) + 1)]
     assets = "".join(f"{asset} = 8\n" for asset in extra)

@@ -70,7 +70,7 @@ def test_a_book_batch_stays_a_book_batch() -> None:
     assert is_book(("BTC-USDT", arrived))  # type: ignore[arg-type]
 
 
-def test_the_wire_is_smaller_work_than_pickling_each_message() -> None:
+def test_a_batch_pickles_as_one_value_not_a_reduce_per_message() -> None:
     # Not a timing: the pickle holds one msgpack value, not a reduce per message.
     batch = WalletBatch([(position(n), ORDER) for n in range(100)])
     assert b"PlaceOrder" not in pickle.dumps(batch)
