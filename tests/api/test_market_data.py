@@ -103,7 +103,14 @@ def test_orders_by_client_order_id(
         ),
     )  # fmt: skip
     state_writer.flush()
-    wait_for(lambda: alice.client.get("/v1/orders/by-client-id/c-o2").status_code == 200)
+    # o1 and o2 are keyed apart, so they may sit on different partitions of
+    # the orders topic: seeing one says nothing about the other.
+    wait_for(
+        lambda: all(
+            alice.client.get(f"/v1/orders/by-client-id/{client_id}").status_code == 200
+            for client_id in ("c-o1", "c-o2")
+        )
+    )
     got = alice.client.get("/v1/orders/by-client-id/c-o1").json()
     assert (got["order_id"], got["client_order_id"], got["reason_code"]) == ("o1", "c-o1", None)
     rejected = alice.client.get("/v1/orders/by-client-id/c-o2").json()
