@@ -36,6 +36,7 @@ kept for now (no clean-up yet).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ __all__ = [
     "Delta",
     "KafkaBases",
     "MemoryBases",
+    "key_needle",
 ]
 
 DELTA: Final = "crypton.delta"
@@ -93,6 +95,22 @@ class Bases(Protocol):
     def since(self, step: str, key: str, after: int, through: int) -> Iterator[Message]:
         """The messages of ``key`` in its inbox partition in the records after offset
         ``after`` up to ``through``, in log order (undecodable records skipped)."""
+
+
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_.:@+=-]+")
+
+
+def key_needle(key: str) -> bytes | None:
+    """The bytes every batch record holding a message of ``key`` contains: the key as a
+    JSON string (quotes included), or None if a JSON encoder could spell it otherwise.
+
+    A replay (``KafkaBases.since``) reads every record of the key's inbox partition since
+    its base, and a batch record holds the messages of many keys: without this check a
+    market maker's wallet decoded every settlement batch of its partition after a
+    restart. Only characters that no JSON encoder escapes qualify (the exchange's user
+    ids and market symbols); any other key decodes every batch, as before.
+    """
+    return b'"' + key.encode() + b'"' if _PLAIN_KEY.fullmatch(key) else None
 
 
 class KafkaBases:
@@ -183,10 +201,13 @@ class KafkaBases:
         topic, spec = self.inboxes[step], self.specs[step]
         partition = partition_for(key.encode(), self._partition_count(topic))
         wanted = key.encode()
+        needle = key_needle(key)
         for record in self._read(topic, partition, after + 1, through):
             record_key = record.key()
             if record_key is not None and record_key != wanted:
                 continue  # another key's own record; a batch (no key) may hold ours
+            if record_key is None and needle is not None and needle not in (record.value() or b""):
+                continue  # a batch that does not spell our key holds none of our messages
             # Read as the source read it: what was a dead letter then is skipped now.
             messages = inbox_messages(record, spec.decode_all, topic, self.signed)
             if isinstance(messages, str):

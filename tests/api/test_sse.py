@@ -161,9 +161,11 @@ def test_user_stream_starts_with_a_snapshot(
     state_writer.flush()
     # Each key may sit on its own partition: wait until the API has read all three.
     wait_for(
-        lambda: alice.client.get("/v1/orders/open").status_code == 200
-        and alice.client.get("/v1/orders/done").status_code == 200
-        and "BTC" in alice.client.get("/v1/balances").json()
+        lambda: (
+            alice.client.get("/v1/orders/open").status_code == 200
+            and alice.client.get("/v1/orders/done").status_code == 200
+            and "BTC" in alice.client.get("/v1/balances").json()
+        )
     )
     with stream(api_server, "/v1/stream/me", alice.api_key) as events:
         got = [(e.event, json.loads(e.data)) for e in events.until_live()]

@@ -5,17 +5,22 @@ rebuilt that way is the wallet it was taken of."""
 
 from __future__ import annotations
 
+import itertools
 import os
+from typing import Any
 
 import pytest
 
 from crypton import schema
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Settlement
+from crypton.kafka import admin, topic_partitions
 from crypton.logreader import read_topics
-from dataflows.bases import KafkaBases
+from crypton.topics import partition_for
+from dataflows import bases as bases_module
+from dataflows.bases import KafkaBases, key_needle
 from dataflows.exchange import WalletLogic, _Steps
-from dataflows.kafka_io import Inbound, _LogPartition, position
+from dataflows.kafka_io import Inbound, _LogPartition, inbox_messages, position
 from tests.dataflows.kafka_support import produce, produce_raw
 from tests.domain.support import btc, limit, usdt
 
@@ -46,7 +51,31 @@ def _at(mine: list[tuple[int, Message]]) -> list[Inbound]:
     return [(position(offset), msg) for offset, msg in mine]
 
 
-def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(settings: Settings) -> None:
+def _settled(user: str, seq: int) -> Settlement:
+    return Settlement(user, "BTC-USDT", seq, seq - 1, "", 0, 0, 1, False, 7)
+
+
+def _same_partition(settings: Settings, key: str, count: int) -> list[str]:
+    """``count`` user ids starting with ``key`` that the wallet inbox puts in its partition."""
+    topic = schema.WALLET_INBOX.name(settings.topic_prefix)
+    partitions = len(topic_partitions(admin(settings), topic))
+    home = partition_for(key.encode(), partitions)
+    found = (f"{key}{i}" for i in range(10_000))
+    return list(
+        itertools.islice((k for k in found if partition_for(k.encode(), partitions) == home), count)
+    )
+
+
+def test_a_key_needle_is_the_key_as_json_or_nothing() -> None:
+    assert key_needle("user-7.a_b") == b'"user-7.a_b"'
+    assert key_needle("BTC-USDT") == b'"BTC-USDT"'
+    for spelled_otherwise in ('a"b', "a\\b", "a/b", "caf\u00e9", "a b", "<x>", ""):
+        assert key_needle(spelled_otherwise) is None
+
+
+def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     commands: list[Message] = [
         Credit(user_id="mm", asset="USDT", amount=usdt("1000000"), transfer_id="f", ts=1),
         Credit(user_id="mm", asset="BTC", amount=btc("50"), transfer_id="g", ts=1),
@@ -60,12 +89,19 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(settings: 
     produce_raw(settings, b"{not json", key=b"mm")  # a dead letter in the middle
     # What the book step sends a wallet, written by the dataflow's own sink: one batch
     # record (no key) of mm's two settlements.
-    settlements = [
-        Settlement("mm", "BTC-USDT", seq, seq - 1, "", 0, 0, 1, False, 7) for seq in (1, 2)
-    ]
+    settlements = [_settled("mm", seq) for seq in (1, 2)]
     sink = _LogPartition(settings)
     encode = schema.record_encoder(settings.topic_prefix)
     sink.write_batch([[(position(0, i), encode(m)) for i, m in enumerate(settlements)]])
+    # Two more batches in mm's partition: one holds mm among others (the replay must
+    # find it there), one holds only others, one of them named mm and more ("mm..."), which
+    # the replay may skip without decoding (``key_needle``).
+    others = _same_partition(settings, "mm", 2)
+    mixed = [_settled(others[0], 1), _settled("mm", 3), _settled(others[1], 1)]
+    settlements.append(mixed[1])
+    sink.write_batch([[(position(1, i), encode(m)) for i, m in enumerate(mixed)]])
+    not_mine = [_settled(others[0], 2), _settled(others[1], 2)]
+    sink.write_batch([[(position(2, i), encode(m)) for i, m in enumerate(not_mine)]])
     sink.snapshot()
     sink.close()
     produce(settings, commands[250:])
@@ -75,11 +111,21 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(settings: 
     assert bases.get(*bases.put("wallet", "probe", big)) == big
 
     inbox, batches = _inbox(settings)
-    assert batches == 1
+    assert batches == 3
     mine = [(o, m) for o, m in inbox if getattr(m, "user_id", None) == "mm"]
     first, last = mine[10][0], mine[-5][0]
+    read: list[int] = []  # the offsets of the records the replay decoded
+
+    def reading(record: Any, *args: Any) -> list[Any] | str:
+        read.append(record.offset())
+        return inbox_messages(record, *args)
+
+    monkeypatch.setattr(bases_module, "inbox_messages", reading)
     replayed = list(bases.since("wallet", "mm", first, last))
     assert replayed == [m for o, m in mine if first < o <= last]
+    [mixed_at] = {o for o, m in inbox if m in mixed}
+    [not_mine_at] = {o for o, m in inbox if m in not_mine}
+    assert mixed_at in read and not_mine_at not in read
     assert [m for m in replayed if not isinstance(m, PlaceOrder)] == settlements
     # One consumer does every read: a read behind the last one gets its own records.
     early, until = mine[2][0], mine[8][0]
