@@ -64,7 +64,7 @@ class _States(threading.Thread):
     def __init__(self, settings: Settings) -> None:
         super().__init__(daemon=True)
         self.consumer = Consumer(
-            consumer_config(settings, **{"group.id": "bench-replicas", "fetch.wait.max.ms": 10})
+            consumer_config(settings, **{"group.id": "bench-replicas", "fetch.wait.max.ms": 500})
         )
         name = topics.topic_name(topics.ORDERS, settings.topic_prefix)
         self.consumer.assign([TopicPartition(name, p, OFFSET_END) for p in range(PARTITIONS)])
