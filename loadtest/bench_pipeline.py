@@ -57,13 +57,6 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def _tree_cpu(pid: int | None) -> float:
     """CPU seconds used so far by ``pid`` and all its descendants."""
     if pid is None:
@@ -388,16 +381,18 @@ def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, Any]:
     trade = [
         watcher.first_trade[o.order_id] - o.ts for o in sent if o.order_id in watcher.first_trade
     ]
+    q = {
+        f"{name}_p{round(100 * at)}": report.percentile(values, at)
+        for name, values in (("first", first), ("trade", trade))
+        for at in (0.5, 0.99)
+    }
     _say(
-        f"    latency {label}: first state p50 {_percentile(first, 0.5):.0f} ms,"
-        f" p99 {_percentile(first, 0.99):.0f} ms; trade p50 {_percentile(trade, 0.5):.0f} ms,"
-        f" p99 {_percentile(trade, 0.99):.0f} ms ({len(trade)} taker orders traded)"
+        f"    latency {label}: first state p50 {q['first_p50']:.0f} ms,"
+        f" p99 {q['first_p99']:.0f} ms; trade p50 {q['trade_p50']:.0f} ms,"
+        f" p99 {q['trade_p99']:.0f} ms ({len(trade)} taker orders traded)"
     )
     return {
-        "first_p50": _percentile(first, 0.5),
-        "first_p99": _percentile(first, 0.99),
-        "trade_p50": _percentile(trade, 0.5),
-        "trade_p99": _percentile(trade, 0.99),
+        **q,
         "first_state_ms": sorted(first),
         "trade_ms": sorted(trade),
     }
@@ -492,7 +487,7 @@ def _plot(result: dict[str, Any], broker: str, rate: int, out: Path) -> None:
     ):
         if result[key]:
             xs, ys = report.cdf(result[key])
-            ax.plot(xs, ys, label=f"{label} (p99 {_percentile(result[key], 0.99):.0f} ms)")
+            ax.plot(xs, ys, label=f"{label} (p99 {report.percentile(result[key], 0.99):.0f} ms)")
     ax.set(xlabel="latency (ms)", ylabel="fraction of orders", xscale="log")
     ax.set_title(f"pipeline latency paced at {rate} orders/s ({broker})")
     ax.legend()

@@ -40,6 +40,7 @@ from crypton.config import Settings
 from crypton.kafka import consume_now, consumer_config
 from crypton.process import free_ports, settings_env
 from loadtest import report
+from loadtest.scale_measure import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-admin-token"
@@ -51,11 +52,6 @@ BOOKS = (("BTC-USDT", 50_000, "0.001"), ("ETH-USDT", 3_000, "0.01"))
 
 def _say(line: str) -> None:
     print(line, flush=True)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 class _States(threading.Thread):
@@ -82,30 +78,27 @@ class _States(threading.Thread):
 def _cpu_by_kind(root: int) -> dict[str, float]:
     """CPU seconds so far of each kind of child of ``crypton up`` (with their own
     children), and of this process (the HTTP clients)."""
-    tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    lines: dict[int, bytes] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        try:
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(stat[1])
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+    used = {"kafka": 0.0, "dataflow": 0.0, "api": 0.0, "clients": cpu_seconds(os.getpid())}
+    for pid in parents:
+        child = pid  # the ancestor of pid that is a child of root, if any
+        while parents.get(child) not in (root, None, 0, 1):
+            child = parents[child]
+        if parents.get(child) != root:
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            lines[int(entry.name)] = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
+            line = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
             continue
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    used = {"kafka": 0.0, "dataflow": 0.0, "api": 0.0, "clients": times.get(os.getpid(), 0.0)}
-    for pid in parents:
-        top = pid
-        while parents.get(top) not in (root, None, 0, 1):
-            top = parents[top]
-        if parents.get(top) != root:
-            continue
-        line = lines.get(top, b"")
         kind = "dataflow" if b"bytewax.run" in line else "api" if b"uvicorn" in line else "kafka"
-        used[kind] += times[pid]
+        used[kind] += cpu_seconds(pid)
     return used
 
 
@@ -252,8 +245,8 @@ def run_topology(
             "acked": len(acked),
             "stated": len(stated),
             "errors": out["errors"],
-            "ack_p50_ms": 1000 * _percentile(out["latencies"], 0.5),
-            "ack_p99_ms": 1000 * _percentile(out["latencies"], 0.99),
+            "ack_p50_ms": 1000 * report.percentile(out["latencies"], 0.5),
+            "ack_p99_ms": 1000 * report.percentile(out["latencies"], 0.99),
             "cores": cpu,
         }
         _say(

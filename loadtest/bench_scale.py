@@ -101,13 +101,6 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 class Exchange:
     """The broker, the dataflow (one or two processes) and API launches of one run."""
 
@@ -332,10 +325,13 @@ def stall(
         "probes": len(values),
         "probe_latency_ms": {
             "p50": median,
-            "p99": _percentile(values, 0.99),
+            "p99": report.percentile(values, 0.99),
             "max": max(values),
         },
-        "epoch_stall_ms": {"p50": _percentile(stalls, 0.5), "p99": _percentile(stalls, 0.99)},
+        "epoch_stall_ms": {
+            "p50": report.percentile(stalls, 0.5),
+            "p99": report.percentile(stalls, 0.99),
+        },
         "epochs": len(stalls),
     }
 

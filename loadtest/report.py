@@ -26,6 +26,7 @@ __all__ = [
     "cdf",
     "footer",
     "machine",
+    "percentile",
     "plotting",
     "save",
     "write_json",
@@ -99,6 +100,14 @@ def write_json(out: Path, name: str, results: dict[str, Any], **context: Any) ->
     path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n", "utf-8")
     print(f"results: {path}", file=sys.stderr, flush=True)
     return path
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank; NaN if there are none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
