@@ -44,6 +44,7 @@ state topics, the links between the inboxes and conservation of funds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -75,7 +76,7 @@ from crypton.domain.messages import (
 from crypton.domain.wallet import WalletMachine
 from crypton.runtime import tune_gc
 from dataflows import metrics, recovery
-from dataflows.bases import DELTA, Bases, Delta, KafkaBases
+from dataflows.bases import DELTA, Bases, BaseWrite, Delta, KafkaBases
 from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged, is_book, offset_of
 from dataflows.recovery import SettledSnapshots
 
@@ -242,6 +243,7 @@ class _Step:
         "bases",
         "counts",
         "depth_levels",
+        "dirty",
         "encode",
         "live",
         "live_max",
@@ -276,6 +278,9 @@ class _Step:
         self.counts = metrics.StepCounts(name)
         self.snapped: float | None = None
         """Seconds of ``snapshot()`` since the current epoch close began, if one did."""
+        self.dirty: list[_KeyLogic] = []
+        """The logics this epoch changed (with ``bases`` only): the close's first
+        ``snapshot()`` sends every base due before any snapshot waits for one."""
 
 
 class _Steps:
@@ -312,7 +317,17 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     restored logic starts demoted and decodes on its first message.
     """
 
-    __slots__ = ("applied", "base", "key", "machine", "packed", "stale", "step")
+    __slots__ = (
+        "applied",
+        "base",
+        "key",
+        "machine",
+        "next_base",
+        "packed",
+        "stale",
+        "step",
+        "whole",
+    )
 
     name: ClassVar[str] = ""
     state: ClassVar[msgspec.msgpack.Decoder[Any] | _EitherDecoder]
@@ -331,6 +346,10 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         messages of one record arrive in one item, so a record is applied wholly."""
         self.base: tuple[int, int, int] | None = None
         """(partition, offset, inbox offset) of the base a delta snapshot names."""
+        self.next_base: tuple[BaseWrite, int] | None = None
+        """A base on its way to the store, with the inbox offset it was taken at."""
+        self.whole: bytes | None = None
+        """The state packed whole at this epoch close, before its snapshot (``_send_ahead``)."""
 
     def restore(self, key: str, snapshot: Any) -> Any:
         raise NotImplementedError
@@ -385,6 +404,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             step.counts.stale += machine.inbound.stale - stale
             if self.depth:
                 self.finish(machine, last, emit)
+            if not self.stale and step.bases is not None:
+                step.dirty.append(self)
             self.stale = True
         # One pass over the outputs: encode, tag and count.
         encode = step.encode
@@ -478,31 +499,104 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             self.stale = False
         self.machine = None
 
+    def _send_ahead(self, bases: Bases) -> None:
+        """Pack and send the machine's next base now if one is due, without waiting:
+        called for every machine the epoch changed, before any snapshot of the close
+        waits for a base (``snapshot``). Keeps what it packed for ``_pack``."""
+        if self.next_base is not None or self.whole is not None:
+            return  # on its way already, or packed already
+        base = self._adopt(bases)
+        if base is not None and self.applied - base[2] <= bases.rebase_offsets // 2:
+            return  # a delta on the current base
+        whole = self.whole = _pack(self.machine.snapshot())
+        if len(whole) > bases.inline_bytes:
+            self._send(bases, whole)
+
     def _pack(self) -> bytes:
-        """The machine's state for Bytewax: whole, or a delta on a base (``dataflows.bases``)."""
-        step, base = self.step, self.base
+        """The machine's state for Bytewax: whole, or a delta on a base (``dataflows.bases``).
+
+        A delta names a base only once the store has acknowledged it. The next base is
+        sent once a delta has used half its span (``_send_ahead``), and the old base
+        serves until the store has the new one. A machine's first base, and the next
+        one of a delta whose span is used up, are waited for: at an epoch close every
+        base due was sent first, so the close waits about one round trip, not one per
+        machine.
+        """
+        step = self.step
         bases = step.bases
         if bases is None:
             return _pack(self.machine.snapshot())
+        whole, self.whole = self.whole, None
+        base = self._adopt(bases)
+        if base is not None and self.applied - base[2] > bases.rebase_offsets and self.next_base:
+            base = self._adopt(bases, wait=True)  # the span is used up: the next base may do
+        if base is not None:
+            span = self.applied - base[2]
+            if span <= bases.rebase_offsets:
+                if self.next_base is None and span > bases.rebase_offsets // 2:
+                    whole = whole or _pack(self.machine.snapshot())
+                    if len(whole) <= bases.inline_bytes:
+                        self.base = None
+                        return whole  # it shrank: whole from now on
+                    self._send(bases, whole)
+                return _pack((DELTA, base[0], base[1], base[2], self.applied))
+        if whole is None:
+            whole = _pack(self.machine.snapshot())
+        if len(whole) <= bases.inline_bytes:
+            self.base = self.next_base = None
+            return whole
+        if self.next_base is None:
+            self._send(bases, whole)
+        base = self._adopt(bases, wait=True)
         if base is not None and self.applied - base[2] <= bases.rebase_offsets:
             return _pack((DELTA, base[0], base[1], base[2], self.applied))
-        whole = _pack(self.machine.snapshot())
-        if len(whole) <= bases.inline_bytes:
-            self.base = None
-            return whole
-        partition, offset = bases.put(self.name, self.key, whole)
-        step.counts.base_bytes += len(whole)
-        self.base = (partition, offset, self.applied)
-        return _pack((DELTA, partition, offset, self.applied, self.applied))
+        return whole  # the store refused the base: whole this time
+
+    def _send(self, bases: Bases, whole: bytes) -> None:
+        """Start writing ``whole`` as the machine's next base (not waited for)."""
+        try:
+            self.next_base = bases.send(self.name, self.key, whole), self.applied
+        except Exception as exc:  # Kafka's queue, not the machine: stay whole or on the old base
+            self._failed_base(exc)
+            return
+        self.step.counts.base_bytes += len(whole)
+
+    def _adopt(self, bases: Bases, wait: bool = False) -> tuple[int, int, int] | None:
+        """The base a delta may name now: the next one once acknowledged (waited for if
+        ``wait``), else the current one."""
+        if self.next_base is not None:
+            write, offset = self.next_base
+            if wait:
+                with contextlib.suppress(Exception):  # its error is in ``write``
+                    bases.wait(write)
+            else:
+                bases.poll()
+            if write.where is not None:
+                self.base, self.next_base = (*write.where, offset), None
+            elif write.error is not None:
+                self.next_base = None
+                self._failed_base(write.error)
+        return self.base
+
+    def _failed_base(self, exc: Exception) -> None:
+        self.step.counts.base_failures += 1
+        log.warning("%s %s: base not stored (%s); snapshotted as before", self.name, self.key, exc)
 
     def snapshot(self) -> bytes:
         began = time.perf_counter()
+        step = self.step
+        if step.dirty:  # the close's first snapshot: send every base due before any wait
+            bases = step.bases
+            assert bases is not None
+            for logic in step.dirty:
+                if logic.stale and logic.machine is not None:
+                    logic._send_ahead(bases)
+            step.dirty.clear()
         if self.stale:
             self.packed = self._pack()
             self.stale = False
         packed = self.packed
         assert packed is not None, "a logic without state is discarded, never snapshotted"
-        step = self.step
         spent = time.perf_counter() - began
         step.snapped = (step.snapped or 0.0) + spent
         counts = step.counts

@@ -80,6 +80,7 @@ class StepCounts:
 
     __slots__ = (
         "base_bytes",
+        "base_failures",
         "dead",
         "emitted",
         "latency_buckets",
@@ -99,7 +100,7 @@ class StepCounts:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
         self.stale = self.base_bytes = self.replayed = self.restored = 0
-        self.settled = 0
+        self.settled = self.base_failures = 0
         self.snapshot_s = self.latency_sum = 0.0
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
@@ -250,6 +251,10 @@ class _Counts(Collector):
             "base_bytes": (
                 "crypton_dataflow_base_bytes",
                 "Bytes of large states written whole to the bases topic (dataflows.bases)",
+            ),
+            "base_failures": (
+                "crypton_dataflow_base_failures",
+                "Bases the bases topic did not store (the state stayed whole or on its old base)",
             ),
             "replayed": (
                 "crypton_dataflow_replayed_messages",

@@ -12,8 +12,10 @@ Starts an embedded broker on a free loopback port and, on it:
 It reports sustained orders/s until every order's final state is on the
 state topics, as a ratio of the baseline's items/s; the latency from a
 command's timestamp to its order's first state record and to its first
-trade (p50/p99); and the CPU the broker and the dataflow used. Everything
-runs on 127.0.0.1 and stops by itself.
+trade (p50/p99); the CPU the broker and the dataflow used; and, from the
+dataflow's own metrics, what each phase's epoch closes cost (the steps'
+``snapshot()`` time, the state handed to the recovery store and the bases
+written to Kafka). Everything runs on 127.0.0.1 and stops by itself.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Side
 from crypton.kafka import admin as kafka_admin
 from crypton.kafka import consume_now, consumer_config, producer_config
-from crypton.process import Child, free_ports, settings_env
+from crypton.process import Child, free_port, free_ports, settings_env
 from loadtest import report
+from loadtest.scale_measure import histogram_quantile, metric_sums, metrics_text
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 200
@@ -299,6 +302,7 @@ def bench_exchange(
     broker_pid: int | None,
 ) -> dict[str, Any]:
     recovery = ensure_recovery_store(settings, 1)  # as `crypton dataflow` makes it
+    metrics_port = free_port()
     flow = Child(
         "dataflow",
         [
@@ -314,7 +318,7 @@ def bench_exchange(
             "0",
         ],
         logs / "dataflow.log",
-        env=settings_env(settings),
+        env=settings_env(settings) | {"CRYPTON_DATAFLOW_METRICS_PORT": str(metrics_port)},
         cwd=ROOT,
     ).start()
     watcher = _Watcher(settings)
@@ -334,6 +338,7 @@ def bench_exchange(
 
         orders = _orders(count, rng, 0)
         cpu = _Cpu(broker=broker_pid, dataflow=flow.pid)
+        closes = _Closes(metrics_port)
         start_ms = _now_ms()
         stamped = _produce_stamped(producer, settings, orders)
         producer.flush(30)
@@ -353,10 +358,13 @@ def bench_exchange(
         )
         full = _latency("full speed", stamped, watcher)
         results["full_speed"] = {k: v for k, v in full.items() if not k.endswith("_ms")}
+        line, results["full_speed"]["closes"] = closes.report()
+        _say(line)
 
         paced = _orders(rate * seconds, rng, count)
         sent: list[Message] = []
         cpu = _Cpu(broker=broker_pid, dataflow=flow.pid)
+        closes = _Closes(metrics_port)
         begin = time.monotonic()
         for i, order in enumerate(paced):
             target = begin + i / rate
@@ -368,10 +376,67 @@ def bench_exchange(
         watcher.wait(lambda: all(o.order_id in watcher.final for o in paced), 300, "paced")
         _say(f"  exchange, paced at {rate}/s for {seconds} s ({cpu.report()})")
         results.update(_latency(f"paced {rate}/s", sent, watcher))
+        line, results["paced_closes"] = closes.report()
+        _say(line)
         return results
     finally:
         watcher.stop.set()
         flow.stop(grace=5)
+
+
+_CLOSES = (
+    "crypton_dataflow_epoch_snapshot_seconds",
+    "crypton_dataflow_snapshot_bytes",
+    "crypton_dataflow_base_bytes",
+)
+
+
+class _Closes:
+    """What the epoch closes of one phase cost, read from the dataflow's metrics."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.before = self._read()
+
+    def _read(self) -> dict[str, float]:
+        text = metrics_text(self.port)
+        sums: dict[str, float] = {}
+        for step in ("wallet", "book"):
+            for prefix in _CLOSES:
+                found = metric_sums([text], prefix, where=f'step="{step}"')
+                sums |= {f"{step}:{name}": value for name, value in found.items()}
+        return sums
+
+    def report(self) -> tuple[str, dict[str, Any]]:
+        after = self._read()
+        delta = {k: v - self.before.get(k, 0.0) for k, v in after.items()}
+        result: dict[str, Any] = {}
+        parts = []
+        for step in ("wallet", "book"):
+            mine = {k.split(":", 1)[1]: v for k, v in delta.items() if k.startswith(step + ":")}
+            closes = int(mine.get(_CLOSES[0] + "_count", 0))
+            largest = histogram_quantile(mine, _CLOSES[0], 1.0) if closes else None
+            median = histogram_quantile(mine, _CLOSES[0], 0.5) if closes else None
+            result[step] = {
+                "closes": closes,
+                "snapshot_ms": 1000 * mine.get(_CLOSES[0] + "_sum", 0.0),
+                "median_close_ms_at_most": None if median is None else 1000 * median,
+                "largest_close_ms_at_most": None if largest is None else 1000 * largest,
+                "snapshot_bytes": mine.get(_CLOSES[1] + "_total", 0.0),
+                "base_bytes": mine.get(_CLOSES[2] + "_total", 0.0),
+            }
+            r = result[step]
+            bound = (
+                ""
+                if largest is None or median is None
+                else f", median <= {1000 * median:g} ms, largest <= {1000 * largest:g} ms"
+            )
+            parts.append(
+                f"{step} {closes} in {r['snapshot_ms']:.0f} ms{bound},"
+                f" {r['snapshot_bytes'] / 1e6:.2f} MB to the store,"
+                f" {r['base_bytes'] / 1e6:.2f} MB of bases"
+            )
+        return "    epoch closes (snapshot()): " + "; ".join(parts), result
 
 
 def _latency(label: str, sent: list[Any], watcher: _Watcher) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from crypton import schema
@@ -21,7 +22,7 @@ from crypton.domain.messages import (
     DeadLetter,
     Message,
 )
-from dataflows.bases import DELTA, MemoryBases
+from dataflows.bases import DELTA, BaseWrite, MemoryBases
 from dataflows.exchange import BookLogic, StateUnavailable, WalletLogic, _KeyLogic, _Steps
 from dataflows.kafka_io import position
 from tests.domain.support import btc, contents, limit, usdt
@@ -165,3 +166,111 @@ def test_a_base_that_cannot_be_read_stops_the_flow_rather_than_lose_messages() -
     lost = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), delta)
     with pytest.raises(StateUnavailable, match="mm"):
         _feed(lost, mine[10:11])
+
+
+class _SlowBases(MemoryBases):
+    """Bases whose writes stay in flight until ``acknowledge`` (or a ``wait``) settles
+    them, as Kafka's do; with ``failing`` set, the writes in flight fail instead.
+    ``waited`` counts the waits that found a write still in flight (round trips)."""
+
+    def __init__(self, inboxes: dict[str, list[tuple[int, Message]]], **kwargs: Any) -> None:
+        super().__init__(inboxes, **kwargs)
+        self.in_flight: list[tuple[BaseWrite, int]] = []
+        self.waited = 0
+        self.failing = False
+
+    def send(self, step: str, key: str, state: bytes) -> BaseWrite:
+        self.stored.append(state)
+        write = BaseWrite()
+        self.in_flight.append((write, len(self.stored) - 1))
+        return write
+
+    def acknowledge(self) -> None:
+        for write, offset in self.in_flight:
+            if self.failing:
+                write.error = RuntimeError("not stored")
+            else:
+                write.where = (0, offset)
+        self.in_flight.clear()
+
+    def poll(self) -> None:
+        """Writes settle only when the test says so."""
+
+    def wait(self, write: BaseWrite) -> tuple[int, int]:
+        if write.where is None and write.error is None:
+            self.waited += 1
+            self.acknowledge()
+        if write.error is not None:
+            raise write.error
+        return super().wait(write)
+
+
+def _delta(snapshot: bytes) -> tuple[Any, ...] | None:
+    """The delta a snapshot is (DELTA, base partition, base offset, inbox offset at the
+    base, last offset applied), or None if it is whole."""
+    return tuple(msgspec.msgpack.decode(snapshot)) if snapshot.startswith(b"\x95") else None
+
+
+def test_a_close_sends_every_base_due_before_waiting_for_one() -> None:
+    """Two machines' first bases cost one round trip at a close, not one each."""
+    inbox = _wallet_inbox()
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
+    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    maker, other = WalletLogic(steps.here(), None), WalletLogic(steps.here(), None)
+    _feed(maker, _mine(inbox, "mm", "wallet")[:4])
+    _feed(other, _mine(inbox, "y", "wallet")[:4])
+    assert _delta(maker.snapshot()) is not None
+    assert len(bases.stored) == 2 and bases.waited == 1  # both sent, then one wait
+    assert _delta(other.snapshot()) is not None
+    assert bases.waited == 1
+
+
+def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
+    """A delta that has used half its span sends the next base and names the old one
+    until the store has the new one; only a used-up span waits for it."""
+    inbox = _wallet_inbox()
+    mine = _mine(inbox, "mm", "wallet")
+    at = [offset for offset, _msg in mine]
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0, rebase_offsets=40)
+    logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
+    _feed(logic, mine[:4])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[3]) and bases.waited == 1
+    _feed(logic, mine[4:12])  # 16 offsets past the base: not yet half the span
+    assert at[11] - at[3] == 16
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[11]) and len(bases.stored) == 1
+    _feed(logic, mine[12:16])  # 24 past it, more than half: the next base is sent
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[15]) and len(bases.stored) == 2
+    _feed(logic, mine[16:18])  # the next base is still in flight; the old one serves
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[17]) and len(bases.stored) == 2
+    bases.acknowledge()
+    _feed(logic, mine[18:20])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 1, at[15], at[19])
+    assert bases.waited == 1  # none of the above waited
+    # A machine fed more than the span in one epoch waits for its next base.
+    _feed(logic, mine[20:60])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 2, at[59], at[59])
+    assert bases.waited == 2
+    # The last delta rebuilds the machine.
+    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
+                           logic.snapshot())  # fmt: skip
+    _feed(restored, mine[60:61])
+    _feed(logic, mine[60:61])
+    assert _state(restored) == _state(logic)
+
+
+def test_a_base_the_store_refused_leaves_the_snapshot_whole_and_is_sent_again() -> None:
+    inbox = _wallet_inbox()
+    mine = _mine(inbox, "mm", "wallet")
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
+    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    logic = WalletLogic(steps.here(), None)
+    _feed(logic, mine[:4])
+    bases.failing = True
+    whole = logic.snapshot()
+    assert _delta(whole) is None and steps.here().counts.base_failures == 1
+    bases.failing = False
+    _feed(logic, mine[4:8])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 1, mine[7][0], mine[7][0])
+    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), whole)
+    _feed(restored, mine[4:8])
+    assert _state(restored) == _state(logic)

@@ -108,7 +108,7 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
 
     bases = KafkaBases(settings, inline_bytes=0, rebase_offsets=10**9)
     big = os.urandom(3 * 2**20)  # three times Kafka's default record limit
-    assert bases.get(*bases.put("wallet", "probe", big)) == big
+    assert bases.get(*bases.wait(bases.send("wallet", "probe", big))) == big
 
     inbox, batches = _inbox(settings)
     assert batches == 3
