@@ -92,7 +92,7 @@ class Settings:
     api_port: int = 8000
     snapshot_seconds: int = 10
     """The dataflow's epoch: how often it snapshots. Each epoch costs Bytewax about five
-    synced SQLite transactions whatever changed; a crash replays up to one epoch."""
+    SQLite transactions whatever changed; a crash replays up to one epoch."""
     state_segment_ms: int = 600_000
     """How often a compacted state topic rolls a segment: only closed segments compact."""
 

@@ -244,6 +244,7 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
     sent_at: dict[str, tuple[int, float]] = {}
     pids = ex.flow_pids
     io0 = sum(written_bytes(p) for p in pids)
+    cpu0 = sum(cpu_seconds(p) for p in pids)
     dir0 = dir_bytes(ex.recovery)
     snap0 = snapshot_metrics(ex.flow_metrics())
     bytewax0 = ex.bytewax_snapshots()
@@ -269,6 +270,7 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
         writer.flush()
         minutes = (time.monotonic() - began) / 60
         written = sum(written_bytes(p) for p in pids) - io0
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
         grown = dir_bytes(ex.recovery) - dir0
         snap1 = snapshot_metrics(ex.flow_metrics())
         bytewax1 = ex.bytewax_snapshots()
@@ -280,6 +282,7 @@ def trade_paced(ex: Exchange, rate: float, seconds: float, tag: str, probe: bool
         "orders_per_s": i / (minutes * 60),
         "dataflow_write_bytes_per_min": written / minutes,
         "recovery_dir_growth_bytes_per_min": grown / minutes,
+        "dataflow_cpu_share": cpu / (minutes * 60),
     }
     delta = {k: snap1.get(k, 0.0) - snap0.get(k, 0.0) for k in snap1}
     if "crypton_dataflow_snapshot_bytes_total" in delta:
@@ -499,7 +502,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             f" (/proc/<pid>/io write_bytes) at {paced['orders_per_s']:.1f} orders/s;"
             f" the recovery directory's files grew"
             f" {paced['recovery_dir_growth_bytes_per_min'] / 1e6:.2f} MB/min (a lower bound:"
-            f" SQLite reuses its WAL file after a checkpoint)"
+            f" SQLite reuses its WAL file after a checkpoint); the dataflow used"
+            f" {100 * paced['dataflow_cpu_share']:.1f}% of a core"
         )
         _say(
             f"  state written: snapshots {paced.get('snapshot_bytes_per_min', 0) / 1e6:.2f} MB/min"
