@@ -36,12 +36,11 @@ next close; its snapshot stays whole, or on its old base, meanwhile.
 Why it is safe. A base is acknowledged (acks from all in-sync replicas) before any
 snapshot names it, so a committed snapshot never names a base the log does not have.
 Inboxes and bases are never deleted (``retention.ms`` -1), so the records a committed
-snapshot needs stay. The inbox
-offsets are the source's own (read_committed, as the source reads), so the replay sees
-exactly the records the machine was fed, in the same order; undecodable records were
-dead letters then and are skipped now. Bases are never read back except to restore;
-older ones are dead weight (a busy book writes one every half ``REBASE_OFFSETS``
-offsets), kept for now (no clean-up yet).
+snapshot needs stay. The inbox offsets are the source's own (read_committed, as the
+source reads), so the replay sees exactly the records the machine was fed, in the same
+order; undecodable records were dead letters then and are skipped now. Bases are never
+read back except to restore; older ones are dead weight (a busy book writes one every
+half ``REBASE_OFFSETS`` offsets), kept for now (no clean-up yet).
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ INLINE_BYTES = int(os.environ.get("CRYPTON_STATE_INLINE_BYTES", "4096"))
 """A packed state up to this size is snapshotted whole; a larger one as a delta. An idle
 user's wallet is a few hundred bytes; a trader's with dozens of open orders or hundreds
 of recent ids is a delta (16 KiB until bases were sent before any was waited for: then
-201 market makers' wallets of 9.5 KB went whole at every close, 1.9 MB, 35-40 ms)."""
+201 market makers' wallets of 9.6 KB went whole at every close, 1.9 MB, 35-40 ms)."""
 
 REBASE_OFFSETS = int(os.environ.get("CRYPTON_STATE_REBASE_OFFSETS", "20000"))
 """The most inbox offsets a delta spans before the machine writes a new base."""
