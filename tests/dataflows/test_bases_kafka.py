@@ -1,7 +1,8 @@
 """``KafkaBases`` on the real broker: a base larger than Kafka's default record limit
 goes and comes back whole, a delta's replay reads exactly its key's inbox messages in
 the offset range, as the source read them (a batch record's one by one), and a wallet
-rebuilt that way is the wallet it was taken of."""
+rebuilt that way is the wallet it was taken of; a base Kafka refuses leaves its wallet
+whole."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import os
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import NewTopic
 
 from crypton import schema
 from crypton.config import Settings, load_markets
 from crypton.domain.messages import Credit, Message, PlaceOrder, Settlement
 from crypton.kafka import admin, topic_partitions
 from crypton.logreader import read_topics
-from crypton.topics import partition_for
+from crypton.topics import BASES, partition_for
 from dataflows import bases as bases_module
 from dataflows.bases import KafkaBases, key_needle
 from dataflows.exchange import WalletLogic, _Steps
@@ -148,3 +150,42 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
     restored.on_batch([_at(mine[80:81])])
     original.on_batch([_at(mine[80:81])])
     assert restored.machine.snapshot() == original.machine.snapshot()
+
+
+def test_a_base_kafka_refuses_leaves_the_wallet_whole_and_the_store_usable(
+    settings: Settings,
+) -> None:
+    """A bases topic that takes records of at most 2,000 bytes refuses a larger wallet's
+    base: the snapshot stays whole (and restores), the refusal is counted, and the
+    producer goes on storing the bases that fit."""
+    topic = schema.topic_name(BASES, settings.topic_prefix)
+    client = admin(settings)  # kept: the future dies with its client
+    client.create_topics([NewTopic(topic, 1, config={"max.message.bytes": "2000"})])[topic].result(
+        30
+    )
+    commands: list[Message] = [
+        Credit(user_id="mm", asset="BTC", amount=btc("50"), transfer_id="g", ts=1),
+        *(
+            limit("mm", f"o{i}", "sell", usdt("60000") + i * usdt("10"), btc("0.001"), ts=2 + i)
+            for i in range(80)
+        ),
+    ]
+    produce(settings, commands)
+    inbox, _batches = _inbox(settings)
+    mine = [(o, m) for o, m in inbox if getattr(m, "user_id", None) == "mm"]
+    assert len(mine) == len(commands)
+    bases = KafkaBases(settings, inline_bytes=0)
+    steps = _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases)
+    wallet = WalletLogic(steps.here(), None)
+    wallet.on_batch([_at(mine)])
+    whole = wallet.snapshot()
+    assert not whole.startswith(b"\x95") and len(whole) > 2000
+    assert steps.here().counts.base_failures == 1
+    restored = WalletLogic(_Steps("wallet", MARKETS, schema.record_encoder(), 100).here(), whole)
+    credit = Credit(user_id="mm", asset="USDT", amount=usdt("5"), transfer_id="h", ts=100)
+    at = mine[-1][0] + 1
+    for logic in (wallet, restored):
+        logic.on_batch([[(position(at), credit)]])
+    assert restored.machine.snapshot() == wallet.machine.snapshot()
+    small = b"x" * 100
+    assert bases.get(*bases.wait(bases.send("wallet", "small", small))) == small
