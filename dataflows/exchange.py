@@ -567,7 +567,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         if self.next_base is not None:
             write, offset = self.next_base
             if wait:
-                with contextlib.suppress(Exception):  # its error is in ``write``
+                # An error is in ``write`` too; a timeout leaves it in flight.
+                with contextlib.suppress(Exception):
                     bases.wait(write)
             else:
                 bases.poll()

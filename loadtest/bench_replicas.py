@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
@@ -163,14 +163,12 @@ def _trade(url: str, key: str, index: int, deadline: float, out: dict[str, Any])
     with Client(url, key) as client:
         while time.monotonic() < deadline:
             market, mid, quantity = BOOKS[(index + n) % len(BOOKS)]
-            side = "buy" if n % 2 else "sell"
+            side: Literal["buy", "sell"] = "buy" if n % 2 else "sell"
             away = 0 if n % 5 == 0 else 1 + n % 7  # a crossing order now and then
             price = mid - away if side == "buy" else mid + away
             began = time.perf_counter()
             try:
-                placed = client.place_order(
-                    market, "buy" if side == "buy" else "sell", price=str(price), quantity=quantity
-                )
+                placed = client.place_order(market, side, price=str(price), quantity=quantity)
             except (ApiError, httpx.HTTPError):
                 errors += 1
             else:
