@@ -26,6 +26,11 @@ either still in the window (ignored) or stale (refused): never applied twice.
 A wallet's state is its balances, its open orders, the window, and one
 sequence entry per market.
 
+An order id the window has forgotten while its order is still open (a resting
+order older than the window) is checked against the open orders themselves: a
+place naming it is refused with a ``Rejection`` (``duplicate_order_id``), again
+never with an order record, and the open order keeps its hold.
+
 A request retried from outside the window is harmless too: the API derives the
 order id from (user, client_order_id) and answers an order whose record it
 already has (or a 409 for other terms) instead of writing the command again,
@@ -234,6 +239,16 @@ class WalletMachine:
             ts=ts,
         )
 
+    def _open_already(self, order_id: str, ts: int) -> Rejection:
+        return Rejection(
+            user_id=self.user_id,
+            command="place_order",
+            ref=order_id,
+            reason="duplicate order id: an order with this id is open",
+            reason_code="duplicate_order_id",
+            ts=ts,
+        )
+
     def _tick(self, ts: int) -> None:
         """A command's time: move the user's clock (and the window) forward."""
         if ts > self.clock:
@@ -298,6 +313,13 @@ class WalletMachine:
         if ts < seen.horizon:
             emit(self._stale("place_order", order_id, ts))
             return
+        holds = self.holds
+        if order_id in holds:
+            # The id left the window while its order rests (a repeat sent more than a
+            # window after the original): the original stands. Refused, not remembered,
+            # and with no order record, which would replace the open order's.
+            emit(self._open_already(order_id, ts))
+            return
         seen.current.add(digest)
         seen.added.append(digest)
         if self.reserved:
@@ -330,7 +352,7 @@ class WalletMachine:
             return
         have.available -= amount
         have.held += amount
-        self.holds[order_id] = _Hold(symbol, asset, amount, receives)
+        holds[order_id] = _Hold(symbol, asset, amount, receives)
         self.version += 1
         self.changed_at = ts
         # ``order_state(cmd, NEW, None, version=1, updated_at=ts)``, positional

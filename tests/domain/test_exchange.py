@@ -352,3 +352,27 @@ def test_stale_repeats_are_refused_and_bounded_state_holds_the_invariants() -> N
     assert [s.version for s in only(out, OrderState) if s.order_id == old.order_id][:1] == [1]
     assert sum(s.version == 1 for s in only(out, OrderState) if s.order_id == old.order_id) == 1
     assert all(len(w.orders_seen) < 500 for w in ex.wallets.values())
+
+
+def test_an_open_order_outlives_the_window_and_a_repeat_of_it_is_refused() -> None:
+    ex = AuditedExchange()  # checks every invariant after every command
+    hour = 3_600_000
+    ex.submit(credit("alice", "USDT", usdt("10000"), tid="a1"))
+    ex.submit(credit("bob", "BTC", btc("1"), tid="b1"))
+    order = limit("alice", "b", "buy", P, btc("0.04"), ts=1)
+    (_new, _balances, opened) = ex.submit(order)
+    assert (opened.status, opened.version) == ("OPEN", 2)  # type: ignore[attr-defined]
+    # Two hours on: the order still rests and its id is out of the wallet's window.
+    ex.submit(credit("alice", "USDT", 1, tid="a2", ts=hour))
+    ex.submit(credit("alice", "USDT", 1, tid="a3", ts=2 * hour))
+    again = msgspec.structs.replace(order, ts=2 * hour + 1)
+    out = ex.submit(again)
+    assert [(type(m).__name__, getattr(m, "reason_code", None)) for m in out] == [
+        ("Rejection", "duplicate_order_id")
+    ]
+    # The open order is untouched: it fills, and its wallet settles it.
+    out = ex.submit(limit("bob", "s", "sell", P, btc("0.04"), ts=2 * hour + 2))
+    (state,) = [s for s in only(out, OrderState) if s.order_id == order.order_id]
+    assert (state.status, state.version) == ("FILLED", opened.version + 1)  # type: ignore[attr-defined]
+    assert ex.wallet("alice").balance("BTC") == (btc("0.04"), 0)
+    assert ex.wallet("alice").holds == {}

@@ -443,6 +443,27 @@ def test_a_stale_repeat_is_refused_with_a_rejection_and_no_state_record() -> Non
     assert w.snapshot() == before  # nothing held, credited or remembered
 
 
+def test_a_place_naming_an_open_order_outside_the_window_is_refused() -> None:
+    w = wallet(USDT=usdt("1000"))
+    order = limit("alice", "b", "buy", PRICE, btc("0.01"), ts=T0)
+    w.handle(order)
+    _age(w, T0 + 3 * 600_000)  # the order still rests; its id has left the window
+    assert order.order_id not in w.orders_seen
+    again = msgspec.structs.replace(order, ts=w.clock + 1)  # new enough not to be stale
+    out = w.handle(again)
+    assert out == [
+        Rejection(user_id="alice", command="place_order", ref=order.order_id,
+                  reason="duplicate order id: an order with this id is open",
+                  reason_code="duplicate_order_id", ts=again.ts),
+    ]  # fmt: skip
+    # The open order keeps its hold: nothing more held, its cancel still goes to the
+    # book, and the book's close releases exactly what it held.
+    assert w.balance("USDT") == (usdt("499"), usdt("501"))
+    assert len(only(w.handle(cancel("alice", "b", ts=w.clock)), BookCancel)) == 1
+    w.handle(release("alice", 1, order.order_id))
+    assert w.balance("USDT") == (usdt("1000"), 0) and w.holds == {}
+
+
 def test_an_idle_users_next_command_is_not_stale() -> None:
     w = wallet(USDT=usdt("1000"))
     w.handle(limit("alice", "a", "buy", PRICE, btc("0.01"), ts=T0))
