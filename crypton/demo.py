@@ -12,7 +12,9 @@ import argparse
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -23,6 +25,9 @@ from crypton.config import Settings
 from crypton.wire import OrderView
 
 __all__ = ["main"]
+
+SETTLE_S = 10.0
+"""How long the demo waits for its cancels to reach the book's depth and the wallet."""
 
 
 class DemoError(RuntimeError):
@@ -82,11 +87,24 @@ def _trade(admin: Client, seller: Client, buyer: Client, say: Any) -> dict[str, 
     place(buyer, "bob", "buy", price="49990", quantity="0.3")
     place(buyer, "bob", "buy", price="50015", quantity="0.8")
     place(buyer, "bob", "buy", "market", funds="5000", time_in_force="IOC")
+    before = admin.depth("BTC-USDT", levels=1).seq
+    canceled = 0
     for ask in asks:
         current = seller.order(ask.order_id)
         if current.status in ("OPEN", "PARTIALLY_FILLED"):
-            seller.cancel_order(ask.order_id)
-            say(f"  alice cancels the rest of {ask.order_id}")
+            closed = seller.cancel_order(ask.order_id, wait=True)
+            say(f"  alice cancels the rest of {ask.order_id} -> {closed.status}")
+            canceled += 1
+    # A cancel is done when the book closes the order; the book's depth follows on its
+    # own topic, and the wallet frees the hold from the book's report a step later. Wait
+    # (bounded) for both, so that what is printed next shows the exchange after them.
+    _until(
+        lambda: (
+            admin.depth("BTC-USDT", levels=1).seq >= before + canceled
+            and all(Decimal(b.held) == 0 for b in seller.balances().values())
+        ),
+        SETTLE_S,
+    )
     trades = admin.trades("BTC-USDT", limit=10).items
     say("latest trades:")
     for trade in reversed(trades):
@@ -104,6 +122,16 @@ def _trade(admin: Client, seller: Client, buyer: Client, say: Any) -> dict[str, 
         shown = ", ".join(f"{a} {b['available']} (+{b['held']} held)" for a, b in table.items())
         say(f"{who}: {shown}")
     return balances
+
+
+def _until(done: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``done`` until it holds or ``seconds`` pass; say which."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def main(settings: Settings, argv: Sequence[str] = ()) -> int:

@@ -30,6 +30,11 @@ def test_demo_trades_and_the_audit_is_clean(
     assert "latest trades:" in out
     assert "#1 " in out and "#3 " in out, out  # the crossing buy and the market buy traded
     assert "alice:" in out and "bob:" in out
+    # What is printed after the cancels shows them: alice's asks left the book and her
+    # wallet holds nothing (2 BTC less the 0.8997 bob bought).
+    assert out.count("-> CANCELED") == 2, out
+    assert "asks []" in out, out
+    assert "alice: BTC 1.1003 (+0 held)" in out, out
     report = wait_clean_audit(settings)
     assert report.clean, "\n".join(report.lines)
 
