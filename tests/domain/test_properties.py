@@ -214,13 +214,15 @@ def test_random_sessions_keep_every_invariant_and_replay_exactly(
                 assert available < cmd.amount
         outputs.append(msgspec.json.encode(out))
 
-    # The same commands in a fresh exchange give the same bytes.
+    _assert_replays_exactly(script, outputs, random.randint(0, len(script)))
+
+
+def _assert_replays_exactly(script: list[WalletInbox], outputs: list[bytes], cut: int) -> None:
+    """The same commands in a fresh exchange give the same bytes; so does a snapshot of
+    every machine after ``cut`` commands, restored (through pickle, as Bytewax stores
+    state) and continued."""
     fresh = Exchange(MARKETS)
     assert [msgspec.json.encode(fresh.submit(cmd)) for cmd in script] == outputs
-
-    # Snapshot every machine at a random point, restore (through pickle, as
-    # Bytewax stores state), continue: the same bytes again.
-    cut = random.randint(0, len(script))
     first = Exchange(MARKETS)
     for cmd in script[:cut]:
         first.submit(cmd)
@@ -335,13 +337,4 @@ def test_sessions_across_the_dedupe_windows_keep_every_invariant_and_replay_exac
         script.append(cmd)
         outputs.append(msgspec.json.encode(out))
 
-    # Replayed, and restored from snapshots at a random point: the same bytes.
-    fresh = Exchange(MARKETS)
-    assert [msgspec.json.encode(fresh.submit(cmd)) for cmd in script] == outputs
-    cut = random.randint(0, len(script))
-    first = Exchange(MARKETS)
-    for cmd in script[:cut]:
-        first.submit(cmd)
-    restored = _restore(pickle.loads(pickle.dumps(_snapshot(first))))
-    assert [msgspec.json.encode(restored.submit(cmd)) for cmd in script[cut:]] == outputs[cut:]
-    assert _snapshot(restored) == _snapshot(fresh)
+    _assert_replays_exactly(script, outputs, random.randint(0, len(script)))
