@@ -98,13 +98,17 @@ def _trade(admin: Client, seller: Client, buyer: Client, say: Any) -> dict[str, 
     # A cancel is done when the book closes the order; the book's depth follows on its
     # own topic, and the wallet frees the hold from the book's report a step later. Wait
     # (bounded) for both, so that what is printed next shows the exchange after them.
-    _until(
+    settled = _until(
         lambda: (
             admin.depth("BTC-USDT", levels=1).seq >= before + canceled
             and all(Decimal(b.held) == 0 for b in seller.balances().values())
         ),
         SETTLE_S,
     )
+    if not settled:
+        say(
+            f"  (the cancels had not reached the book's depth and alice's wallet in {SETTLE_S:g} s)"
+        )
     trades = admin.trades("BTC-USDT", limit=10).items
     say("latest trades:")
     for trade in reversed(trades):
