@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from crypton import schema
 from crypton.config import load_markets
+from crypton.domain.exchange import Exchange
 from crypton.domain.matching import BookMachine, _pack_order
 from crypton.domain.messages import (
     BookCancel,
@@ -32,11 +33,13 @@ from crypton.domain.messages import (
     Debit,
     PlaceOrder,
     Settlement,
+    WalletInbox,
 )
 from crypton.domain.wallet import WalletMachine
 from dataflows.exchange import BookLogic, BookSnapshotV2, WalletLogic, _Step, build_flow
 from tests.domain import support
 from tests.domain.support import BTC_USDT, Feeder, btc, contents, limit, market_sell, usdt
+from tests.domain.test_properties import PROFILE, run_timed, timed_sessions
 
 MARKETS = load_markets()
 BTC = MARKETS.market("BTC-USDT")
@@ -92,6 +95,39 @@ def test_book_snapshot_survives_packing() -> None:
         oid: o.status for oid, o in book.book.orders.items()
     }
     assert restored.book.best_bid() == book.book.best_bid() == 49_500 * 10**6
+
+
+@PROFILE
+@given(timed_sessions, st.randoms())
+def test_random_sessions_across_the_windows_restore_from_packed_snapshots(
+    steps: list[tuple[WalletInbox, int]], random: Any
+) -> None:
+    """The steps pack machines with msgpack, not pickle: a random session across the
+    dedupe windows (``tests.domain.test_properties``), every wallet and book packed
+    and restored as the steps do it at a random point, carries on to the same bytes
+    and ends in the same state."""
+    script, outputs = run_timed(steps)
+    cut = random.randint(0, len(script))
+    first = Exchange(MARKETS)
+    for cmd in script[:cut]:
+        first.submit(cmd)
+    restored = Exchange(MARKETS)
+    restored.wallets = {
+        user: WalletMachine.restore(_roundtrip(WalletLogic, w.snapshot()), MARKETS)  # type: ignore[arg-type]
+        for user, w in first.wallets.items()
+    }
+    restored.books = {
+        symbol: BookMachine.restore(_roundtrip(BookLogic, b.snapshot()), MARKETS.market(symbol))  # type: ignore[arg-type]
+        for symbol, b in first.books.items()
+    }
+    assert [msgspec.json.encode(restored.submit(cmd)) for cmd in script[cut:]] == outputs[cut:]
+    fresh = Exchange(MARKETS)
+    for cmd in script:
+        fresh.submit(cmd)
+    for user, wallet in fresh.wallets.items():
+        assert restored.wallets[user].snapshot() == wallet.snapshot()
+    for symbol, book in fresh.books.items():
+        assert restored.books[symbol].snapshot() == book.snapshot()
 
 
 def test_a_book_packed_before_levels_had_their_own_clock_restores() -> None:

@@ -277,14 +277,23 @@ def cancel_targets(draw: st.DrawFn) -> CancelOrder | CancelAll:
 timed_commands = st.one_of(
     transfers(), place_orders(), place_orders(), place_orders(), cancel_targets()
 )
+timed_sessions = st.lists(st.tuples(timed_commands, gaps), min_size=30, max_size=100)
+"""Commands, each with the time since the one before: run with ``run_timed``."""
 
 
 @PROFILE
-@given(st.lists(st.tuples(timed_commands, gaps), min_size=30, max_size=100), st.randoms())
+@given(timed_sessions, st.randoms())
 def test_sessions_across_the_dedupe_windows_keep_every_invariant_and_replay_exactly(
     steps: list[tuple[WalletInbox, int]], random: Any
 ) -> None:
-    """Times jump past the ten-minute window now and then, so the wallets' id windows
+    script, outputs = run_timed(steps)
+    _assert_replays_exactly(script, outputs, random.randint(0, len(script)))
+
+
+def run_timed(steps: list[tuple[WalletInbox, int]]) -> tuple[list[WalletInbox], list[bytes]]:
+    """Run a timed session, checking as it goes; the commands as sent and their outputs.
+
+    Times jump past the ten-minute window now and then, so the wallets' id windows
     and the books' links forget. A place repeating an order id is ignored while the
     window holds the id and refused (``duplicate_order_id``) once it does not but the
     order still rests. A client order id whose order is closed and forgotten names a
@@ -337,4 +346,4 @@ def test_sessions_across_the_dedupe_windows_keep_every_invariant_and_replay_exac
         script.append(cmd)
         outputs.append(msgspec.json.encode(out))
 
-    _assert_replays_exactly(script, outputs, random.randint(0, len(script)))
+    return script, outputs
