@@ -26,7 +26,13 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 
-from crypton.broker import KAFKA_VERSION, BrokerError, EmbeddedBroker, ensure_kafka_jars
+from crypton.broker import (
+    KAFKA_VERSION,
+    BrokerError,
+    EmbeddedBroker,
+    ensure_kafka_jars,
+    port_in_use,
+)
 from crypton.config import ConfigError, Settings
 from crypton.kafka import KafkaUnavailableError, wait_for_kafka
 from crypton.monitor import DATAFLOW_METRICS_PORT, wait_http
@@ -207,15 +213,27 @@ def _provision(settings: Settings) -> None:
 
 
 class _Stop:
-    """SIGINT/SIGTERM turned into an event the main loop waits on."""
+    """SIGINT/SIGTERM turned into an event the start-up waits on, then handed over."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.supervisor: Supervisor | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._set)
 
     def _set(self, signum: int, frame: FrameType | None) -> None:
         self.event.set()
+        if self.supervisor is not None:
+            self.supervisor.request_stop(f"received {signal.Signals(signum).name}")
+
+    def hand_over(self, supervisor: Supervisor) -> None:
+        """From now on a signal stops ``supervisor``, and one that came already does.
+        Checking the event and then calling ``supervisor.run()`` would lose a signal
+        that arrives in between, before ``run`` installs its own handlers: the
+        supervisor would then run until the next one."""
+        self.supervisor = supervisor
+        if self.event.is_set():
+            supervisor.request_stop("interrupted during start-up")
 
 
 def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
@@ -239,8 +257,8 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
             # A cluster outlives one node: restart a node that dies, as `crypton up` does.
             supervisor = Supervisor([broker.nodes], grace=args.grace, say=say)
             supervisor.start()
-            if not stop.event.is_set():
-                supervisor.run()
+            stop.hand_over(supervisor)
+            supervisor.run()
             return 0
         while not stop.event.wait(0.5):
             code = broker.poll()
@@ -300,6 +318,15 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             f"{args.total_workers} dataflow workers need at least as many partitions;"
             f" CRYPTON_PARTITIONS is {settings.partitions}"
         )
+    api_ports = [settings.api_port + i for i in range(args.api_replicas)]
+    for port in api_ports:
+        if port_in_use(settings.api_host, port):
+            # Checked before anything starts: the API would otherwise exit at once and be
+            # restarted for ever, with the reason only in its log.
+            raise CliError(
+                f"port {port} on {settings.api_host} is already in use"
+                " (another `crypton up`? set CRYPTON_API_PORT to a free port)"
+            )
     data_dir = settings.data_dir.absolute()
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -325,6 +352,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             # One sink partition (one producer) per process: Bytewax spreads them over
             # the workers, so not all output travels to the process holding the only one.
             env.setdefault("CRYPTON_SINK_PARTS", str(args.dataflow_processes))
+        busy_metrics = {
+            i
+            for i in range(args.dataflow_processes)
+            if port_in_use("127.0.0.1", int(metrics_port) + i)
+        }
         flows = dataflow_children(
             settings, env, logs, processes=args.dataflow_processes, workers=args.workers
         )
@@ -354,10 +386,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         # "Up" means every part answered: each API caught up with the log and reached
         # the broker (/ready), and each dataflow process serves its metrics.
         probes = [(api, f"{u}/ready") for api, u in zip(apis, urls, strict=True)]
-        probes += [
-            (flow, f"http://127.0.0.1:{int(metrics_port) + i}/metrics")
-            for i, flow in enumerate(flows)
-        ]
+        for i, flow in enumerate(flows):
+            if i in busy_metrics:  # what answers there is not this flow: do not ask it
+                say(
+                    f"port {int(metrics_port) + i} is already in use: the {flow.name} serves"
+                    " no metrics (set CRYPTON_DATAFLOW_METRICS_PORT to a free port)"
+                )
+            else:
+                probes.append((flow, f"http://127.0.0.1:{int(metrics_port) + i}/metrics"))
         silent = [c for c, probe in probes if not wait_http(probe, 60, c, stop.event)]
         if silent:
             for child in silent:
@@ -375,8 +411,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         for process in processes:
             say(f"  {process.name + ' log:':14}{process.log_path}")
         say("Ctrl-C stops everything")
-        if stop.event.is_set():
-            supervisor.request_stop("interrupted during start-up")
+        stop.hand_over(supervisor)
         supervisor.run()
     except BaseException:
         for process in reversed(processes):
