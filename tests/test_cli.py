@@ -250,7 +250,7 @@ def test_up_with_the_metrics_port_taken_says_so_and_comes_up(
             assert f"port {port} is already in use: the dataflow serves no metrics" in out
             assert "Crypton is up." in out  # the API answered; the flow was not asked
             # At once: a signal between the start-up's last line and the supervisor's own
-            # handlers stops everything too (it was lost, and `up` ran on, in 4 of 7 runs).
+            # handlers stops everything too (it was lost, and `up` ran on, in 5 of 10 runs).
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
