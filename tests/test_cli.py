@@ -135,21 +135,29 @@ def _children(pid: int) -> dict[str, int]:
     return found
 
 
+def _up(
+    data_dir: Path, broker_kind: str, metrics_port: int
+) -> tuple[Settings, subprocess.Popen[str]]:
+    """``crypton up`` on free ports of its own (the dataflow's metrics on ``metrics_port``)."""
+    settings = Settings(
+        data_dir=data_dir, broker=broker_kind, kafka_port=free_ports(2), api_port=free_port()
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crypton.cli", "up", "--grace", "5"],
+        env=settings_env(settings) | {"CRYPTON_DATAFLOW_METRICS_PORT": str(metrics_port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return settings, proc
+
+
 @pytest.mark.integration
 def test_up_runs_everything_restarts_the_dataflow_and_stops_cleanly(
     tmp_path: Path, broker_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CRYPTON_ADMIN_TOKEN", raising=False)
-    settings = Settings(
-        data_dir=tmp_path, broker=broker_kind, kafka_port=free_ports(2), api_port=free_port()
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crypton.cli", "up", "--grace", "5"],
-        env=settings_env(settings) | {"CRYPTON_DATAFLOW_METRICS_PORT": str(free_port())},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    settings, proc = _up(tmp_path, broker_kind, free_port())
     try:
         out = read_until(proc, "Ctrl-C stops everything", 60)
         token = (tmp_path / "admin-token").read_text().strip()
@@ -227,24 +235,16 @@ def test_up_with_the_api_port_taken_is_one_error_line_and_starts_nothing(
     assert not (tmp_path / "kafka").exists()  # refused before the broker started
 
 
+@pytest.mark.integration
 def test_up_with_the_metrics_port_taken_says_so_and_comes_up(
     tmp_path: Path, broker_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CRYPTON_ADMIN_TOKEN", raising=False)
-    settings = Settings(
-        data_dir=tmp_path, broker=broker_kind, kafka_port=free_ports(2), api_port=free_port()
-    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "crypton.cli", "up", "--grace", "5"],
-            env=settings_env(settings) | {"CRYPTON_DATAFLOW_METRICS_PORT": str(port)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        _, proc = _up(tmp_path, broker_kind, port)
         try:
             out = read_until(proc, "Ctrl-C stops everything", 60)
             assert f"port {port} is already in use: the dataflow serves no metrics" in out
