@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from crypton.broker import BrokerError, port_in_use
 from crypton.config import Settings
 from crypton.process import Child
 
@@ -129,6 +130,17 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     binary = shutil.which("prometheus")
     if binary is None:
         raise MonitorError("prometheus is not installed: apt-get install -y prometheus")
+    try:
+        taken = port_in_use("127.0.0.1", args.port)
+    except BrokerError as exc:
+        raise MonitorError(str(exc)) from None
+    if taken:
+        # Checked first: another Prometheus there would answer the readiness probe for
+        # ours, which then exits unable to bind.
+        raise MonitorError(
+            f"port {args.port} on 127.0.0.1 is already in use"
+            " (another Prometheus? choose a port with --port)"
+        )
     monitoring = monitoring_dir()
     home = (settings.data_dir / "prometheus").absolute()
     home.mkdir(parents=True, exist_ok=True)

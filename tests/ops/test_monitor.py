@@ -4,6 +4,7 @@ dashboards drawn in Chromium (screenshot in docs/), and the metrics they need.""
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -131,3 +132,19 @@ def test_without_prometheus_it_says_how_to_install_it(
     assert monitor.main(Settings(data_dir=tmp_path), []) == 2
     err = capsys.readouterr().err
     assert err == "crypton: error: prometheus is not installed: apt-get install -y prometheus\n"
+
+
+def test_with_its_port_taken_it_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/prometheus")  # not run
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert monitor.main(Settings(data_dir=tmp_path), ["--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"crypton: error: port {port} on 127.0.0.1 is already in use"
+        " (another Prometheus? choose a port with --port)\n"
+    )
