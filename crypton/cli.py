@@ -352,11 +352,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             # One sink partition (one producer) per process: Bytewax spreads them over
             # the workers, so not all output travels to the process holding the only one.
             env.setdefault("CRYPTON_SINK_PARTS", str(args.dataflow_processes))
-        busy_metrics = {
-            i
-            for i in range(args.dataflow_processes)
-            if port_in_use("127.0.0.1", int(metrics_port) + i)
-        }
+        # Process i serves its metrics on the port after process i - 1's.
+        metrics_ports = [int(metrics_port) + i for i in range(args.dataflow_processes)]
+        busy_metrics = {port for port in metrics_ports if port_in_use("127.0.0.1", port)}
         flows = dataflow_children(
             settings, env, logs, processes=args.dataflow_processes, workers=args.workers
         )
@@ -386,14 +384,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         # "Up" means every part answered: each API caught up with the log and reached
         # the broker (/ready), and each dataflow process serves its metrics.
         probes = [(api, f"{u}/ready") for api, u in zip(apis, urls, strict=True)]
-        for i, flow in enumerate(flows):
-            if i in busy_metrics:  # what answers there is not this flow: do not ask it
+        for flow, port in zip(flows, metrics_ports, strict=True):
+            if port in busy_metrics:  # what answers there is not this flow: do not ask it
                 say(
-                    f"port {int(metrics_port) + i} is already in use: the {flow.name} serves"
-                    " no metrics (set CRYPTON_DATAFLOW_METRICS_PORT to a free port)"
+                    f"port {port} is already in use: the {flow.name} serves no metrics"
+                    " (set CRYPTON_DATAFLOW_METRICS_PORT to a free port)"
                 )
             else:
-                probes.append((flow, f"http://127.0.0.1:{int(metrics_port) + i}/metrics"))
+                probes.append((flow, f"http://127.0.0.1:{port}/metrics"))
         silent = [c for c, probe in probes if not wait_http(probe, 60, c, stop.event)]
         if silent:
             for child in silent:
