@@ -145,7 +145,9 @@ written before digests, the ids themselves."""
 WalletSnapshot = tuple[
     str,
     dict[str, tuple[int, int]],
-    dict[str, tuple[str, str, int]],
+    # The open orders' holds: (markets, [(order id, market index, holds the base, amount)])
+    # (``WalletMachine._packed_holds``); a dict {order id: (market, asset, amount)} before.
+    tuple[list[str], list[tuple[Any, int, bool, int]]] | dict[str, tuple[str, str, int]],
     # The dedupe windows (``IdWindow``)
     tuple[int, _WindowGeneration, _WindowGeneration],
     int,

@@ -50,6 +50,7 @@ from crypton.domain.messages import (
     Trade,
 )
 from crypton.domain.money import BPS, fee_ceil
+from crypton.domain.orders import uuid_bytes, uuid_text
 from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound
 
 __all__ = ["BookMachine"]
@@ -500,24 +501,6 @@ def _fits(cmd: PlaceOrder, order: RestingOrder, symbol: str) -> bool:
     )
 
 
-def _uuid_bytes(text: str) -> bytes | None:
-    """The 16 bytes of a canonical (lower-case, hyphenated) UUID string, else None."""
-    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-":
-        return None
-    if text[23] != "-" or text != text.lower():
-        return None
-    try:
-        raw = bytes.fromhex(text.replace("-", ""))
-    except ValueError:
-        return None
-    return raw if len(raw) == 16 else None
-
-
-def _uuid_text(raw: bytes) -> str:
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def _unpack_whole(row: Any) -> RestingOrder:
     """A resting order as snapshots before the short rows held it: the whole command."""
     values, hold, remaining, spent, filled_q, filled_f, fee, fee_num, version = row
@@ -541,7 +524,7 @@ def _pack_order(order: RestingOrder, clock: int, symbol: str) -> tuple[Any, ...]
     oid = cmd.order_id
     return (
         cmd.user_id,
-        (_uuid_bytes(oid) or oid) if fits else oid,
+        (uuid_bytes(oid) or oid) if fits else oid,
         cmd.client_order_id,
         cmd.quantity if fits else order.remaining,
         clock - cmd.ts,
@@ -562,7 +545,7 @@ def _unpack_order(row: Any, side: str, price: int, clock: int, symbol: str) -> R
     if full is None:
         cmd = PlaceOrder(
             user_id=user_id,
-            order_id=oid if isinstance(oid, str) else _uuid_text(oid),
+            order_id=oid if isinstance(oid, str) else uuid_text(oid),
             client_order_id=client_oid,
             market=symbol,
             side=side,  # type: ignore[arg-type]

@@ -39,6 +39,8 @@ __all__ = [
     "hold_for",
     "order_problem",
     "order_state",
+    "uuid_bytes",
+    "uuid_text",
 ]
 
 ReasonCode = Literal[
@@ -291,3 +293,30 @@ def order_state(
         fee,
         reason_code if reason_code is not None else code_of(reason),
     )
+
+
+def uuid_bytes(text: str) -> bytes | None:
+    """The 16 bytes of a canonical (lower-case, hyphenated) UUID string, else None: how
+    snapshots keep the API's order ids (``uuid_text`` gives the same string back).
+
+    >>> oid = "0b6d6f5e-8c1a-8d2e-9f00-1234567890ab"
+    >>> uuid_text(uuid_bytes(oid)) == oid
+    True
+    >>> uuid_bytes(oid.upper()) is None, uuid_bytes("client-1") is None
+    (True, True)
+    """
+    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-":
+        return None
+    if text[23] != "-" or text != text.lower():
+        return None
+    try:
+        raw = bytes.fromhex(text.replace("-", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None
+
+
+def uuid_text(raw: bytes) -> str:
+    """The canonical string of a UUID's 16 bytes (``uuid_bytes``, reversed)."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -167,7 +167,7 @@ def test_a_base_kafka_refuses_leaves_the_wallet_whole_and_the_store_usable(
         Credit(user_id="mm", asset="BTC", amount=btc("50"), transfer_id="g", ts=1),
         *(
             limit("mm", f"o{i}", "sell", usdt("60000") + i * usdt("10"), btc("0.001"), ts=2 + i)
-            for i in range(80)
+            for i in range(200)
         ),
     ]
     produce(settings, commands)
