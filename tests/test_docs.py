@@ -30,3 +30,17 @@ def test_the_readme_names_every_reason_code() -> None:
     paragraph = text[start : text.index("\n- ", start)]
     named = re.findall(r"`([a-z_]+)`", paragraph)
     assert set(REASON_CODES) <= set(named), sorted(set(REASON_CODES) - set(named))
+
+
+def test_every_setting_the_code_reads_is_documented() -> None:
+    """Each ``CRYPTON_*`` variable in the shipped code is named in the README or in
+    docs/operations.md, where an operator looks for it."""
+    code = "".join(
+        path.read_text()
+        for package in ("crypton", "dataflows", "api")
+        for path in sorted((ROOT / package).rglob("*.py"))
+    )
+    docs = (ROOT / "README.md").read_text() + (ROOT / "docs" / "operations.md").read_text()
+    used = set(re.findall(r"CRYPTON_[A-Z0-9_]*[A-Z0-9]", code))
+    assert used, "no settings found: the scan is broken"
+    assert sorted(v for v in used if v not in docs) == []
