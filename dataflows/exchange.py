@@ -326,6 +326,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         "machine",
         "next_base",
         "packed",
+        "resident",
         "stale",
         "step",
         "whole",
@@ -352,6 +353,9 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         """A base on its way to the store, with the inbox offset it was taken at."""
         self.whole: bytes | None = None
         """The state packed whole at this epoch close, before its snapshot (``_send_ahead``)."""
+        self.resident: bytes | None = None
+        """The whole state of a machine put away while its snapshot is a delta
+        (``_demote``): it wakes from these bytes, not from its base and inbox in Kafka."""
 
     def restore(self, key: str, snapshot: Any) -> Any:
         raise NotImplementedError
@@ -446,7 +450,10 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         key = self.key = self.key_of(msg)
         packed = self.packed
         step = self.step
-        if packed is None and step.settled is not None:
+        resident, self.resident = self.resident, None
+        if resident is not None:  # put away while a delta: its state is here, whole
+            packed = resident
+        elif packed is None and step.settled is not None:
             try:
                 state = step.settled.get(step.state_id, key)
             except Exception as exc:  # the store, not the message: stop and resume
@@ -499,6 +506,12 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         if self.stale:  # pack first: a change not snapshotted yet must not be lost
             self.packed = self._pack()
             self.stale = False
+        packed = self.packed
+        if packed is not None and packed.startswith(_DELTA_PREFIX):
+            # Its snapshot names a base in Kafka: keep the state here too, whole, so that
+            # waking it decodes these bytes instead of reading its base and inbox back
+            # (milliseconds a machine). The delta stays what Bytewax stores.
+            self.resident = _pack(self.machine.snapshot())
         self.machine = None
 
     def _send_ahead(self, bases: Bases) -> None:

@@ -274,3 +274,49 @@ def test_a_base_the_store_refused_leaves_the_snapshot_whole_and_is_sent_again() 
     restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), whole)
     _feed(restored, mine[4:8])
     assert _state(restored) == _state(logic)
+
+
+class _NoReads(MemoryBases):
+    """A store of bases that counts what is read back from it."""
+
+    reads = 0
+
+    def get(self, partition: int, offset: int) -> bytes:
+        self.reads += 1
+        return super().get(partition, offset)
+
+    def since(self, step: str, key: str, after: int, through: int) -> Any:
+        self.reads += 1
+        return super().since(step, key, after, through)
+
+
+@pytest.mark.parametrize("step", ["book", "wallet"])
+def test_a_delta_machine_put_away_wakes_without_reading_its_base(step: str) -> None:
+    """A machine whose snapshot is a delta, put away to make room (one machine kept
+    decoded per step here), wakes from the whole state it kept, not from Kafka, and
+    carries on exactly as a machine never put away; what Bytewax stores stays a delta."""
+    logic_type, key, make = CASES[step]
+    inbox = make()
+    mine = _mine(inbox, key, step)
+    other = next(m for m in inbox if type(m[1]) is not DeadLetter and m not in mine)
+    bases = _NoReads({step: inbox}, inline_bytes=0)
+    tight = _Steps(step, MARKETS, ENCODE, 1, bases=bases).here()  # one machine decoded
+    logic, neighbour = logic_type(tight, None), logic_type(tight, None)
+    reference = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=MemoryBases(
+        {step: inbox}, inline_bytes=0)).here(), None)  # fmt: skip
+    thirds = [mine[: len(mine) // 3], mine[len(mine) // 3 : -1], mine[-1:]]
+    for part in thirds:
+        assert _feed(logic, part) == _feed(reference, part)
+        assert _delta(logic.snapshot()) is not None
+        _feed(neighbour, [other])  # wakes the neighbour: ``logic`` is put away
+        assert logic.machine is None and logic.resident is not None
+        assert _delta(logic.snapshot()) is not None  # Bytewax still gets the delta
+    assert bases.reads == 0
+    _feed(logic, [])  # nothing to wake it
+    assert logic.machine is None
+    # A restart (a new process) has no resident state: it reads the base, as before.
+    restored = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=bases).here(),
+                          logic.snapshot())  # fmt: skip
+    extra = [(mine[-1][0] + 1000, mine[-1][1])]
+    assert _feed(restored, extra) == _feed(reference, extra)
+    assert bases.reads == 2 and _state(restored) == _state(reference)
