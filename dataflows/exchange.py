@@ -315,8 +315,9 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     Its Bytewax state is the machine's snapshot packed with msgpack (ten times
     faster than pickling the tuples). ``snapshot()`` is called only at the close of
     an epoch in which the key was awoken, and packs only if the machine changed.
-    A logic is *live* (its machine decoded) or *demoted* (only ``packed``); a
-    restored logic starts demoted and decodes on its first message.
+    A logic is *live* (its machine decoded) or *demoted* (only ``packed``, and when that
+    is a delta also the whole state, ``resident``); a restored logic starts demoted and
+    decodes on its first message.
     """
 
     __slots__ = (
