@@ -24,6 +24,7 @@ from crypton.schema import TopicSpec, topic_name
 
 __all__ = [
     "BASES",
+    "LEGACY_BASES",
     "TOPICS",
     "TopicError",
     "TopicSpec",
@@ -48,9 +49,14 @@ USERS: Final = schema.USERS.logical
 TOPICS: Final = schema.SPECS
 """Every topic, as declared in ``crypton.schema``."""
 
-BASES: Final = "dataflow.bases"
+BASES: Final = "dataflow.base-slots"
 """The dataflow's own topic of machine bases (``dataflows.bases``): no messages, one
-partition; the dataflow creates it on its start if it is missing."""
+partition, compacted (the latest base of each machine's slot); the dataflow creates it
+on its start if it is missing."""
+
+LEGACY_BASES: Final = "dataflow.bases"
+"""Where bases went before the slots (never cleaned up): read for the deltas that still
+name one, never written or created."""
 
 
 def topic_names(prefix: str = "") -> list[str]:

@@ -35,12 +35,31 @@ next close; its snapshot stays whole, or on its old base, meanwhile.
 
 Why it is safe. A base is acknowledged (acks from all in-sync replicas) before any
 snapshot names it, so a committed snapshot never names a base the log does not have.
-Inboxes and bases are never deleted (``retention.ms`` -1), so the records a committed
-snapshot needs stay. The inbox offsets are the source's own (read_committed, as the
+Inboxes are never deleted (``retention.ms`` -1), and a base stays as long as a snapshot
+a restart could resume from names it (below), so the records a committed snapshot needs
+stay. The inbox offsets are the source's own (read_committed, as the
 source reads), so the replay sees exactly the records the machine was fed, in the same
 order; undecodable records were dead letters then and are skipped now. Bases are never
-read back except to restore; older ones are dead weight (a busy book writes one every
-half ``REBASE_OFFSETS`` offsets), kept for now (no clean-up yet).
+read back except to restore.
+
+**Old bases are compacted away** (``SLOTS``). The topic is compacted, and a machine's
+base is written under the record key ``step/key/slot``, one of ``SLOTS`` slots: Kafka
+keeps the latest base of each slot, so the topic holds at most four bases a machine,
+not one for every half span a busy book ever traded (the topic before this,
+``crypton.dataflow.bases``, kept every base for ever). A slot is reused only when no
+snapshot a restart could resume from names its base:
+- Bytewax closes an epoch E+1 only once E is committed (its inputs advance only as far
+  as the commit's progress allows), so at the close of E+1 a restart resumes from each
+  key's snapshot of E or later, and while the items of E+1 are processed (a machine put
+  away to bound memory may write a base then) from its snapshot of E-1 or later. Each
+  is one of the key's last two snapshots handed to Bytewax;
+- a new base takes a slot that neither of those two names, nor the base the machine's
+  delta names now (``_KeyLogic._free_slot`` in ``dataflows.exchange``). Four slots
+  always leave one.
+A base compacted away is never read: ``KafkaBases.get`` checks the record at the named
+offset is that machine's base in that slot, and says so if it is not, rather than hand
+back another record. Deltas written before the slots (five fields, no slot) name bases
+in the old topic, which is read, never written.
 """
 
 from __future__ import annotations
@@ -59,25 +78,34 @@ from crypton import schema, signing
 from crypton.config import Settings
 from crypton.domain.messages import DeadLetter, Message
 from crypton.kafka import admin, consume_now, consumer_config, producer_config, topic_partitions
-from crypton.topics import BASES, partition_for
+from crypton.topics import BASES, LEGACY_BASES, partition_for
 from dataflows.kafka_io import inbox_messages
 
 __all__ = [
     "DELTA",
     "INLINE_BYTES",
     "REBASE_OFFSETS",
+    "SLOTS",
     "BaseWrite",
     "Bases",
     "Delta",
     "KafkaBases",
     "MemoryBases",
+    "base_key",
     "key_needle",
 ]
 
 DELTA: Final = "crypton.delta"
 
-Delta = tuple[Literal["crypton.delta"], int, int, int, int]
-"""(DELTA, base partition, base offset, inbox offset at the base, last offset applied)."""
+Delta = tuple[Literal["crypton.delta"], int, int, int, int, int]
+"""(DELTA, base partition, base offset, inbox offset at the base, last offset applied,
+slot); a delta written before the slots has no slot (its base is in ``LEGACY_BASES``)."""
+
+SLOTS: Final = 4
+"""Slots a machine's bases rotate through in the compacted topic (module docstring)."""
+
+LEGACY: Final = -1
+"""The slot of a base in the topic from before the slots, ``LEGACY_BASES``."""
 
 INLINE_BYTES = int(os.environ.get("CRYPTON_STATE_INLINE_BYTES", "4096"))
 """A packed state up to this size is snapshotted whole; a larger one as a delta. An idle
@@ -111,8 +139,9 @@ class Bases(Protocol):
     rebase_offsets: int
     """The most inbox offsets a delta spans before the next base."""
 
-    def send(self, step: str, key: str, state: bytes) -> BaseWrite:
-        """Start storing ``state`` durably, without waiting for it (``poll``, ``wait``)."""
+    def send(self, step: str, key: str, state: bytes, slot: int) -> BaseWrite:
+        """Start storing ``state`` durably in ``slot``, replacing the base stored there,
+        without waiting for it (``poll``, ``wait``)."""
 
     def poll(self) -> None:
         """Settle the writes the store has answered since the last call."""
@@ -120,12 +149,22 @@ class Bases(Protocol):
     def wait(self, write: BaseWrite) -> tuple[int, int]:
         """Until ``write`` settles: its (partition, offset), or its error raised."""
 
-    def get(self, partition: int, offset: int) -> bytes:
-        """The base stored at (partition, offset)."""
+    def get(self, step: str, key: str, partition: int, offset: int, slot: int) -> bytes:
+        """The base of ``key`` stored at (partition, offset) in ``slot`` (``LEGACY``: in
+        the topic from before the slots); LookupError if it is not there."""
 
     def since(self, step: str, key: str, after: int, through: int) -> Iterator[Message]:
         """The messages of ``key`` in its inbox partition in the records after offset
         ``after`` up to ``through``, in log order (undecodable records skipped)."""
+
+
+def base_key(step: str, key: str, slot: int) -> str:
+    """The record key of a machine's base in ``slot``: the topic keeps the latest of each.
+
+    >>> base_key("wallet", "alice", 2)
+    'wallet/alice/2'
+    """
+    return f"{step}/{key}/{slot}"
 
 
 _PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_.:@+=-]+")
@@ -156,6 +195,7 @@ class KafkaBases:
         self.settings = settings
         self.inline_bytes, self.rebase_offsets = inline_bytes, rebase_offsets
         self.topic = schema.topic_name(BASES, settings.topic_prefix)
+        self.legacy_topic = schema.topic_name(LEGACY_BASES, settings.topic_prefix)
         self.inboxes = {
             "wallet": schema.WALLET_INBOX.name(settings.topic_prefix),
             "book": schema.BOOK_INBOX.name(settings.topic_prefix),
@@ -181,8 +221,11 @@ class KafkaBases:
         if self.topic in client.list_topics(timeout=_TIMEOUT).topics:
             return
         config = {
-            "cleanup.policy": "delete",
-            "retention.ms": "-1",
+            # The latest base of each slot (module docstring); only closed segments
+            # compact, so they roll as the state topics' do. A segment must hold the
+            # largest record: segment.bytes stays at its 1 GiB default.
+            "cleanup.policy": "compact",
+            "segment.ms": str(self.settings.state_segment_ms),
             "max.message.bytes": str(_MAX_BYTES),
         }
         future = client.create_topics([NewTopic(self.topic, 1, config=config)])[self.topic]
@@ -199,8 +242,9 @@ class KafkaBases:
         with self._lock:
             self._producing().list_topics(self.topic, timeout=_TIMEOUT)
 
-    def send(self, step: str, key: str, state: bytes) -> BaseWrite:
+    def send(self, step: str, key: str, state: bytes, slot: int) -> BaseWrite:
         write = BaseWrite()
+        record_key = base_key(step, key, slot)
 
         def delivered(error: KafkaError | None, record: Any) -> None:
             if error is not None:
@@ -210,7 +254,7 @@ class KafkaBases:
 
         with self._lock:  # one producer for the process's workers
             producer = self._producing()
-            producer.produce(self.topic, key=f"{step}/{key}", value=state, on_delivery=delivered)
+            producer.produce(self.topic, key=record_key, value=state, on_delivery=delivered)
             producer.poll(0)
         return write
 
@@ -232,12 +276,17 @@ class KafkaBases:
         assert write.where is not None
         return write.where
 
-    def get(self, partition: int, offset: int) -> bytes:
-        for record in self._read(self.topic, partition, offset, offset):
+    def get(self, step: str, key: str, partition: int, offset: int, slot: int) -> bytes:
+        topic = self.legacy_topic if slot == LEGACY else self.topic
+        for record in self._read(topic, partition, offset, offset):
+            # The first record at or after the offset: another one if the base was
+            # compacted away (a slot reused too early), never to be taken for it.
+            wanted = f"{step}/{key}" if slot == LEGACY else base_key(step, key, slot)
             value = record.value()
-            assert value is not None
-            return bytes(value)
-        raise LookupError(f"no base at {self.topic}[{partition}]@{offset}")
+            if record.offset() == offset and record.key() == wanted.encode() and value:
+                return bytes(value)
+            break
+        raise LookupError(f"no base of {step} {key} (slot {slot}) at {topic}[{partition}]@{offset}")
 
     def since(self, step: str, key: str, after: int, through: int) -> Iterator[Message]:
         if through <= after:
@@ -332,13 +381,27 @@ class MemoryBases:
     ) -> None:
         self.inboxes = inboxes
         self.inline_bytes, self.rebase_offsets = inline_bytes, rebase_offsets
-        self.stored: list[bytes] = []
+        self.stored: list[bytes | None] = []
+        """The records by offset; None once compacted away (``compact``)."""
+        self.keys: list[str] = []
 
-    def send(self, step: str, key: str, state: bytes) -> BaseWrite:
-        self.stored.append(state)
+    def send(self, step: str, key: str, state: bytes, slot: int) -> BaseWrite:
         write = BaseWrite()
-        write.where = (0, len(self.stored) - 1)
+        write.where = (0, self._append(base_key(step, key, slot), state))
         return write
+
+    def _append(self, record_key: str, state: bytes) -> int:
+        self.stored.append(state)
+        self.keys.append(record_key)
+        return len(self.stored) - 1
+
+    def compact(self) -> None:
+        """What Kafka's cleaner may do at any time: drop every record that a later one
+        with the same key replaces."""
+        latest = {key: offset for offset, key in enumerate(self.keys)}
+        for offset, key in enumerate(self.keys):
+            if latest[key] != offset:
+                self.stored[offset] = None
 
     def poll(self) -> None:
         """Every write is stored when sent."""
@@ -347,8 +410,11 @@ class MemoryBases:
         assert write.where is not None
         return write.where
 
-    def get(self, partition: int, offset: int) -> bytes:
-        return self.stored[offset]
+    def get(self, step: str, key: str, partition: int, offset: int, slot: int) -> bytes:
+        state = self.stored[offset]
+        if state is None or self.keys[offset] != base_key(step, key, slot):
+            raise LookupError(f"no base of {step} {key} (slot {slot}) at {offset}")
+        return state
 
     def since(self, step: str, key: str, after: int, through: int) -> Iterator[Message]:
         spec = schema.WALLET_INBOX if step == "wallet" else schema.BOOK_INBOX

@@ -76,7 +76,7 @@ from crypton.domain.messages import (
 from crypton.domain.wallet import WalletMachine
 from crypton.runtime import tune_gc
 from dataflows import metrics, recovery
-from dataflows.bases import DELTA, Bases, BaseWrite, Delta, KafkaBases
+from dataflows.bases import DELTA, LEGACY, SLOTS, Bases, BaseWrite, Delta, KafkaBases
 from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged, is_book, offset_of
 from dataflows.recovery import SettledSnapshots
 
@@ -115,8 +115,21 @@ one it pushes out)."""
 
 _pack = msgspec.msgpack.Encoder().encode
 _decode_delta = msgspec.msgpack.Decoder(Delta).decode
-_DELTA_PREFIX = b"\x95" + _pack(DELTA)
-"""How a packed delta snapshot begins: a msgpack array of five, then ``DELTA``."""
+_decode_legacy_delta = msgspec.msgpack.Decoder(tuple[str, int, int, int, int]).decode
+_DELTA_PREFIX = b"\x96" + _pack(DELTA)
+"""How a packed delta snapshot begins: a msgpack array of six, then ``DELTA``; its last
+byte is its slot (a msgpack positive fixint)."""
+_LEGACY_DELTA_PREFIX = b"\x95" + _pack(DELTA)
+"""A delta from before the slots: an array of five, its base in ``LEGACY_BASES``."""
+
+
+def _is_delta(packed: bytes) -> bool:
+    return packed.startswith(_DELTA_PREFIX) or packed.startswith(_LEGACY_DELTA_PREFIX)
+
+
+def _slot_named(packed: bytes | None) -> int:
+    """The slot of the base a packed snapshot names (``LEGACY``: none, or the old topic)."""
+    return packed[-1] if packed is not None and packed.startswith(_DELTA_PREFIX) else LEGACY
 
 
 def _drop(message: Message) -> None:
@@ -323,6 +336,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
     __slots__ = (
         "applied",
         "base",
+        "handed",
         "key",
         "machine",
         "next_base",
@@ -348,10 +362,14 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         self.applied = -1
         """The inbox offset of the last record applied (``dataflows.bases``): a key's
         messages of one record arrive in one item, so a record is applied wholly."""
-        self.base: tuple[int, int, int] | None = None
-        """(partition, offset, inbox offset) of the base a delta snapshot names."""
-        self.next_base: tuple[BaseWrite, int] | None = None
-        """A base on its way to the store, with the inbox offset it was taken at."""
+        self.base: tuple[int, int, int, int] | None = None
+        """(partition, offset, inbox offset, slot) of the base a delta snapshot names."""
+        self.next_base: tuple[BaseWrite, int, int] | None = None
+        """A base on its way to the store, with the inbox offset it was taken at and its slot."""
+        self.handed = (_slot_named(packed), LEGACY)
+        """The slots named by the last two snapshots handed to Bytewax, the latest first
+        (the one a restored logic starts from, here): a restart resumes from one of
+        them, so a new base takes neither slot (``_free_slot``)."""
         self.whole: bytes | None = None
         """The state packed whole at this epoch close, before its snapshot (``_send_ahead``)."""
         self.resident: bytes | None = None
@@ -462,11 +480,15 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             if state is not None:
                 assert isinstance(state, bytes), f"{self.name} {key}: settled {type(state)}"
                 packed = self.packed = state
+                self.handed = (_slot_named(state), LEGACY)
                 step.counts.settled += 1
         if packed is None:
             machine = self.create(key)
         elif packed.startswith(_DELTA_PREFIX):
             machine = self._replay(key, _decode_delta(packed))
+        elif packed.startswith(_LEGACY_DELTA_PREFIX):
+            _mark, partition, offset, base_offset, applied = _decode_legacy_delta(packed)
+            machine = self._replay(key, (DELTA, partition, offset, base_offset, applied, LEGACY))
         else:
             machine = self.restore(key, self.state.decode(packed))
         self.machine = machine
@@ -479,12 +501,13 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
 
     def _replay(self, key: str, delta: Delta) -> Any:
         """The machine of a delta snapshot: its base, then its inbox messages since."""
-        _mark, partition, offset, base_offset, applied = delta
+        _mark, partition, offset, base_offset, applied, slot = delta
         bases = self.step.bases
         if bases is None:
             raise StateUnavailable(f"{self.name} {key}: a delta snapshot, and no store of bases")
         try:
-            machine = self.restore(key, self.state.decode(bases.get(partition, offset)))
+            base = bases.get(self.name, key, partition, offset, slot)
+            machine = self.restore(key, self.state.decode(base))
             replay = list(bases.since(self.name, key, base_offset, applied))
         except Exception as exc:
             raise StateUnavailable(
@@ -500,7 +523,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             except Exception:  # failed the same way then: a dead letter
                 continue
         machine.flush(_drop)
-        self.base, self.applied = (partition, offset, base_offset), applied
+        self.base, self.applied = (partition, offset, base_offset, slot), applied
         return machine
 
     def _demote(self) -> None:
@@ -508,7 +531,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             self.packed = self._pack()
             self.stale = False
         packed = self.packed
-        if packed is not None and packed.startswith(_DELTA_PREFIX):
+        if packed is not None and _is_delta(packed):
             # Its snapshot names a base in Kafka: keep the state here too, whole, so that
             # waking it decodes these bytes instead of reading its base and inbox back
             # (milliseconds a machine). The delta stays what Bytewax stores.
@@ -555,7 +578,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                         self.base = None
                         return whole  # it shrank: whole from now on
                     self._send(bases, whole)
-                return _pack((DELTA, base[0], base[1], base[2], self.applied))
+                return self._delta(base)
         if whole is None:
             whole = _pack(self.machine.snapshot())
         if len(whole) <= bases.inline_bytes:
@@ -565,23 +588,28 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             self._send(bases, whole)
         base = self._adopt(bases, wait=True)
         if base is not None and self.applied - base[2] <= bases.rebase_offsets:
-            return _pack((DELTA, base[0], base[1], base[2], self.applied))
+            return self._delta(base)
         return whole  # the store refused the base: whole this time
+
+    def _delta(self, base: tuple[int, int, int, int]) -> bytes:
+        partition, offset, at, slot = base
+        return _pack((DELTA, partition, offset, at, self.applied, slot))
 
     def _send(self, bases: Bases, whole: bytes) -> None:
         """Start writing ``whole`` as the machine's next base (not waited for)."""
+        slot = self._free_slot()
         try:
-            self.next_base = bases.send(self.name, self.key, whole), self.applied
+            self.next_base = bases.send(self.name, self.key, whole, slot), self.applied, slot
         except Exception as exc:  # Kafka's queue, not the machine: stay whole or on the old base
             self._failed_base(exc)
             return
         self.step.counts.base_bytes += len(whole)
 
-    def _adopt(self, bases: Bases, wait: bool = False) -> tuple[int, int, int] | None:
+    def _adopt(self, bases: Bases, wait: bool = False) -> tuple[int, int, int, int] | None:
         """The base a delta may name now: the next one once acknowledged (waited for if
         ``wait``), else the current one."""
         if self.next_base is not None:
-            write, offset = self.next_base
+            write, offset, slot = self.next_base
             if wait:
                 # An error is in ``write`` too; a timeout leaves it in flight.
                 with contextlib.suppress(Exception):
@@ -589,11 +617,18 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             else:
                 bases.poll()
             if write.where is not None:
-                self.base, self.next_base = (*write.where, offset), None
+                self.base, self.next_base = (*write.where, offset, slot), None
             elif write.error is not None:
                 self.next_base = None
                 self._failed_base(write.error)
         return self.base
+
+    def _free_slot(self) -> int:
+        """A slot for the next base that no snapshot a restart could resume from names:
+        not the last two handed to Bytewax (``handed``), nor the base the delta names
+        now (``dataflows.bases``, "Old bases are compacted away")."""
+        taken = (*self.handed, self.base[3] if self.base is not None else LEGACY)
+        return next(slot for slot in range(SLOTS) if slot not in taken)
 
     def _failed_base(self, exc: Exception) -> None:
         self.step.counts.base_failures += 1
@@ -614,6 +649,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             self.stale = False
         packed = self.packed
         assert packed is not None, "a logic without state is discarded, never snapshotted"
+        self.handed = (_slot_named(packed), self.handed[0])
         spent = time.perf_counter() - began
         step.snapped = (step.snapped or 0.0) + spent
         counts = step.counts

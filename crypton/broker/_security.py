@@ -106,8 +106,10 @@ ACCESS: Final[Mapping[str, tuple[Grant, ...]]] = {
         # `crypton dataflow` checks that every topic exists before it starts: it must
         # see the users topic in the metadata, never read it.
         Grant("topic", topics.USERS, ("Describe",)),
-        # Its own topic of machine bases (``dataflows.bases``), made on its start.
+        # Its own topic of machine bases (``dataflows.bases``), made on its start, and
+        # the one from before the slots, read for the deltas that still name it.
         Grant("topic", topics.BASES, ("Read", "Write", "Create")),
+        Grant("topic", topics.LEGACY_BASES, ("Read",)),
         Grant("group", "crypton-dataflow-", ("Read",)),
         _IDEMPOTENT,
     ),

@@ -7,10 +7,13 @@ the same through Kafka with every state a delta, crashes included.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crypton import schema
 from crypton.config import load_markets
@@ -22,7 +25,7 @@ from crypton.domain.messages import (
     DeadLetter,
     Message,
 )
-from dataflows.bases import DELTA, BaseWrite, MemoryBases
+from dataflows.bases import DELTA, BaseWrite, MemoryBases, base_key
 from dataflows.exchange import BookLogic, StateUnavailable, WalletLogic, _KeyLogic, _Steps
 from dataflows.kafka_io import position
 from tests.domain.support import btc, contents, limit, usdt
@@ -122,7 +125,7 @@ def test_a_machine_restored_from_any_delta_carries_on_exactly(step: str, rebase:
     for batch in batches:
         outputs.append(_feed(original, batch))
         snapshots.append(original.snapshot())
-    assert all(s.startswith(b"\x95") for s in snapshots)  # every one a delta
+    assert all(s.startswith(b"\x96") for s in snapshots)  # every one a delta
     if rebase >= 10**6:
         assert len(bases.stored) == 1  # one base, then deltas on it
     else:
@@ -142,11 +145,11 @@ def test_a_small_state_stays_whole_and_a_large_one_becomes_a_delta() -> None:
     logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
     mine = _mine(inbox, "mm", "wallet")
     _feed(logic, mine[:2])
-    assert not logic.snapshot().startswith(b"\x95")  # two credits: a few hundred bytes
+    assert not logic.snapshot().startswith(b"\x96")  # two credits: a few hundred bytes
     assert bases.stored == []
     _feed(logic, mine[2:])
     delta = logic.snapshot()
-    assert delta.startswith(b"\x95") and DELTA.encode() in delta and len(delta) < 40
+    assert delta.startswith(b"\x96") and DELTA.encode() in delta and len(delta) < 40
     assert len(bases.stored) == 1 and len(bases.stored[0]) > 2_000
 
 
@@ -179,10 +182,9 @@ class _SlowBases(MemoryBases):
         self.waited = 0
         self.failing = False
 
-    def send(self, step: str, key: str, state: bytes) -> BaseWrite:
-        self.stored.append(state)
+    def send(self, step: str, key: str, state: bytes, slot: int) -> BaseWrite:
         write = BaseWrite()
-        self.in_flight.append((write, len(self.stored) - 1))
+        self.in_flight.append((write, self._append(base_key(step, key, slot), state)))
         return write
 
     def acknowledge(self) -> None:
@@ -207,8 +209,8 @@ class _SlowBases(MemoryBases):
 
 def _delta(snapshot: bytes) -> tuple[Any, ...] | None:
     """The delta a snapshot is (DELTA, base partition, base offset, inbox offset at the
-    base, last offset applied), or None if it is whole."""
-    return tuple(msgspec.msgpack.decode(snapshot)) if snapshot.startswith(b"\x95") else None
+    base, last offset applied, slot), or None if it is whole."""
+    return tuple(msgspec.msgpack.decode(snapshot)) if snapshot.startswith(b"\x96") else None
 
 
 def test_a_close_sends_every_base_due_before_waiting_for_one() -> None:
@@ -234,21 +236,21 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
     bases = _SlowBases({"wallet": inbox}, inline_bytes=0, rebase_offsets=40)
     logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
     _feed(logic, mine[:4])
-    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[3]) and bases.waited == 1
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[3], 0) and bases.waited == 1
     _feed(logic, mine[4:12])  # 16 offsets past the base: not yet half the span
     assert at[11] - at[3] == 16
-    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[11]) and len(bases.stored) == 1
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[11], 0) and len(bases.stored) == 1
     _feed(logic, mine[12:16])  # 24 past it, more than half: the next base is sent
-    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[15]) and len(bases.stored) == 2
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[15], 0) and len(bases.stored) == 2
     _feed(logic, mine[16:18])  # the next base is still in flight; the old one serves
-    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[17]) and len(bases.stored) == 2
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[17], 0) and len(bases.stored) == 2
     bases.acknowledge()
     _feed(logic, mine[18:20])
-    assert _delta(logic.snapshot()) == (DELTA, 0, 1, at[15], at[19])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 1, at[15], at[19], 1)
     assert bases.waited == 1  # none of the above waited
     # A machine fed more than the span in one epoch waits for its next base.
     _feed(logic, mine[20:60])
-    assert _delta(logic.snapshot()) == (DELTA, 0, 2, at[59], at[59])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 2, at[59], at[59], 2)
     assert bases.waited == 2
     # The last delta rebuilds the machine.
     restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
@@ -270,7 +272,7 @@ def test_a_base_the_store_refused_leaves_the_snapshot_whole_and_is_sent_again() 
     assert _delta(whole) is None and steps.here().counts.base_failures == 1
     bases.failing = False
     _feed(logic, mine[4:8])
-    assert _delta(logic.snapshot()) == (DELTA, 0, 1, mine[7][0], mine[7][0])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 1, mine[7][0], mine[7][0], 0)
     restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), whole)
     _feed(restored, mine[4:8])
     assert _state(restored) == _state(logic)
@@ -281,9 +283,9 @@ class _NoReads(MemoryBases):
 
     reads = 0
 
-    def get(self, partition: int, offset: int) -> bytes:
+    def get(self, step: str, key: str, partition: int, offset: int, slot: int) -> bytes:
         self.reads += 1
-        return super().get(partition, offset)
+        return super().get(step, key, partition, offset, slot)
 
     def since(self, step: str, key: str, after: int, through: int) -> Any:
         self.reads += 1
@@ -320,3 +322,66 @@ def test_a_delta_machine_put_away_wakes_without_reading_its_base(step: str) -> N
     extra = [(mine[-1][0] + 1000, mine[-1][1])]
     assert _feed(restored, extra) == _feed(reference, extra)
     assert bases.reads == 2 and _state(restored) == _state(reference)
+
+
+@pytest.mark.parametrize("step", ["book", "wallet"])
+@settings(
+    max_examples=int(os.environ.get("CRYPTON_PROPERTY_EXAMPLES", "150")) // 3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_compaction_never_takes_a_base_a_restart_could_resume_from(
+    step: str, data: st.DataObject
+) -> None:
+    """The topic of bases is compacted: Kafka keeps the latest record of each slot and
+    may drop the others at any time. Whatever the schedule (batches, epoch closes,
+    machines put away mid-epoch, writes acknowledged late, restarts from the latest
+    snapshot with the crashed run's bases left behind), every snapshot a restart could
+    resume from (the key's last two handed to Bytewax) still restores exactly the state
+    it was taken of, with the store compacted after every step."""
+    logic_type, key, make = CASES[step]
+    inbox = make()
+    mine = _mine(inbox, key, step)
+    other = next(m for m in inbox if type(m[1]) is not DeadLetter and m not in mine)
+    rebase = data.draw(st.sampled_from([4, 12, 40]), label="rebase offsets")
+    bases = _SlowBases({step: inbox}, inline_bytes=0, rebase_offsets=rebase)
+
+    def start(packed: bytes | None) -> tuple[_KeyLogic, _KeyLogic]:
+        tight = _Steps(step, MARKETS, ENCODE, 1, bases=bases).here()  # one decoded
+        return logic_type(tight, packed), logic_type(tight, None)
+
+    logic, neighbour = start(None)
+    fed = closed = 0  # messages fed, and fed at the last close
+    handed: list[tuple[bytes, Any]] = []  # resumable snapshots, latest last, and their states
+    restores = 0
+    for _ in range(80):
+        action = data.draw(st.sampled_from(["feed", "feed", "close", "away", "ack", "restart"]))
+        if action == "feed" and fed < len(mine):
+            n = data.draw(st.integers(1, 12))
+            _feed(logic, mine[fed : fed + n])
+            fed = min(fed + n, len(mine))
+        elif action == "close" and fed > closed:  # Bytewax snapshots the keys fed since
+            packed = logic.snapshot()
+            if logic.machine is None:  # put away: wake it (from memory) to see its state
+                logic._wake(mine[0][1])
+            handed = [*handed[-1:], (packed, _state(logic))]
+            closed = fed
+        elif action == "away":
+            _feed(neighbour, [other])  # wakes the neighbour: ``logic`` is put away
+        elif action == "ack":
+            bases.acknowledge()
+        elif action == "restart" and handed:
+            # A crash: resume from the latest snapshot; what came since is fed again,
+            # and the bases the crashed run wrote since stay in the topic.
+            logic, neighbour = start(handed[-1][0])
+            handed, fed = handed[-1:], closed
+        bases.compact()
+        for packed, state in handed:
+            if _delta(packed) is not None:
+                restored = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=bases).here(),
+                                      packed)  # fmt: skip
+                restored._wake(mine[0][1])
+                assert _state(restored) == state
+                restores += 1
+    assert restores or all(_delta(packed) is None for packed, _state in handed)

@@ -22,7 +22,7 @@ import yaml
 
 from crypton.broker import ACCESS
 from crypton.config import load_markets
-from crypton.topics import BASES, TOPICS, topic_name
+from crypton.topics import BASES, LEGACY_BASES, TOPICS, topic_name
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "k8s"
@@ -308,6 +308,8 @@ def test_the_acls_let_each_component_do_its_job_and_no_more() -> None:
     assert writes["crypton-dataflow"] == set(name.values()) - {name["users"]} | {bases}
     dataflow = _acls(_one("KafkaUser", "crypton-dataflow"))
     assert {op for t, n, _, op in dataflow if n == bases} == {"Read", "Write", "Create"}
+    legacy = topic_name(LEGACY_BASES, prefix)  # read for deltas from before the slots
+    assert {op for t, n, _, op in dataflow if n == legacy} == {"Read"}
     reads = {n for t, n, _, op in _acls(_one("KafkaUser", "crypton-auditor")) if op == "Read"}
     assert reads >= set(name.values())
 
