@@ -26,12 +26,14 @@ An epoch close used to write each base and wait for Kafka's acknowledgement on t
 flow's only thread, one machine after another (two 1.7 MB book bases: 26 ms of one
 close). Now the close's first snapshot packs every machine the epoch changed that is
 due a base and sends them all; a snapshot that needs its base then waits, and the close
-waits about one round trip, not one per machine. A machine's first base is waited for
-(its snapshot names it). The next one is sent once a delta has used half its span and
-is not waited for: the old base serves until Kafka has acknowledged the new one; only
-a machine fed more than half its span in one epoch waits for it. A base Kafka refused is
-counted (``crypton_dataflow_base_failures_total``) and sent again at the machine's
-next close; its snapshot stays whole, or on its old base, meanwhile.
+waits about one round trip, not one per machine. While a machine's first base is on
+its way its snapshot stays whole, named from a later close once stored (up to
+``FIRST_WHOLE_BYTES`` of them a close in ``dataflows.exchange``; past that the close waits
+for them, as for a large book's first base). The next one is sent once a delta has used
+half its span and is not waited for: the old base serves until Kafka has acknowledged
+the new one; only a machine fed more than half its span in one epoch waits for it. A
+base Kafka refused is counted (``crypton_dataflow_base_failures_total``) and sent again
+at the machine's next close; its snapshot stays whole, or on its old base, meanwhile.
 
 Why it is safe. A base is acknowledged (acks from all in-sync replicas) before any
 snapshot names it, so a committed snapshot never names a base the log does not have.

@@ -102,6 +102,15 @@ _FORMER_INPUTS = {
 DEPTH_LEVELS = 50
 """Levels per side in the depth snapshots published to the depth topic."""
 
+FIRST_WHOLE_BYTES = int(os.environ.get("CRYPTON_STATE_FIRST_WHOLE_BYTES", str(64 * 1024)))
+"""How much of a close's snapshots may stay whole while their machines' first bases are
+on their way (each is named from a later close, once stored), before the close waits for
+them instead. A state that first outgrows ``CRYPTON_STATE_INLINE_BYTES`` mid-run (a
+trader's wallet, about 4 KiB) costs a few pages written whole once, where waiting cost
+the whole flow a round trip to Kafka at that close (5-6 ms of a 10 ms stall, once in a
+run of ``bench_scale``); a crowd of them at once (201 market makers funded together:
+1.9 MB) waits one round trip for all, as before."""
+
 LIVE_MACHINES = int(os.environ.get("CRYPTON_LIVE_MACHINES", "10000"))
 """Machines kept decoded per step and worker (the most recently used); the others
 keep only their packed snapshot and are decoded again on their next message.
@@ -260,6 +269,7 @@ class _Step:
         "depth_levels",
         "dirty",
         "encode",
+        "first_whole",
         "live",
         "live_max",
         "markets",
@@ -296,6 +306,9 @@ class _Step:
         self.dirty: list[_KeyLogic] = []
         """The logics this epoch changed (with ``bases`` only): the close's first
         ``snapshot()`` sends every base due before any snapshot waits for one."""
+        self.first_whole = 0
+        """Bytes snapshotted whole at this close while their first base is on its way
+        (``FIRST_WHOLE_BYTES``)."""
 
 
 class _Steps:
@@ -556,9 +569,10 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
 
         A delta names a base only once the store has acknowledged it. The next base is
         sent once a delta has used half its span (``_send_ahead``), and the old base
-        serves until the store has the new one. A machine's first base, and the next
-        one of a delta whose span is used up, are waited for: at an epoch close every
-        base due was sent first, so the close waits about one round trip, not one per
+        serves until the store has the new one. While a machine's first base is on its
+        way its snapshot stays whole, up to ``FIRST_WHOLE_BYTES`` a close; past that,
+        and for the next base of a delta whose span is used up, the close waits for it:
+        every base due was sent first, so it waits about one round trip, not one per
         machine.
         """
         step = self.step
@@ -586,6 +600,9 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             return whole
         if self.next_base is None:
             self._send(bases, whole)
+        if base is None and step.first_whole + len(whole) <= FIRST_WHOLE_BYTES:
+            step.first_whole += len(whole)
+            return whole  # its first base is on its way: named once stored
         base = self._adopt(bases, wait=True)
         if base is not None and self.applied - base[2] <= bases.rebase_offsets:
             return self._delta(base)
@@ -640,6 +657,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         if step.dirty:  # the close's first snapshot: send every base due before any wait
             bases = step.bases
             assert bases is not None
+            step.first_whole = 0
             for logic in step.dirty:
                 if logic.stale and logic.machine is not None:
                     logic._send_ahead(bases)

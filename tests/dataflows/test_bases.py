@@ -25,6 +25,7 @@ from crypton.domain.messages import (
     DeadLetter,
     Message,
 )
+from dataflows import exchange
 from dataflows.bases import DELTA, BaseWrite, MemoryBases, base_key
 from dataflows.exchange import BookLogic, StateUnavailable, WalletLogic, _KeyLogic, _Steps
 from dataflows.kafka_io import position
@@ -213,8 +214,35 @@ def _delta(snapshot: bytes) -> tuple[Any, ...] | None:
     return tuple(msgspec.msgpack.decode(snapshot)) if snapshot.startswith(b"\x96") else None
 
 
-def test_a_close_sends_every_base_due_before_waiting_for_one() -> None:
-    """Two machines' first bases cost one round trip at a close, not one each."""
+def test_a_first_base_on_its_way_leaves_the_snapshot_whole_without_a_wait() -> None:
+    """A machine's first base is sent at the close and named from a later one, once
+    stored: the close snapshots it whole rather than wait a round trip for Kafka."""
+    inbox = _wallet_inbox()
+    mine = _mine(inbox, "mm", "wallet")
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
+    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    logic = WalletLogic(steps.here(), None)
+    _feed(logic, mine[:4])
+    whole = logic.snapshot()
+    assert _delta(whole) is None and len(bases.stored) == 1 and bases.waited == 0
+    _feed(logic, mine[4:6])
+    assert _delta(logic.snapshot()) is None and len(bases.stored) == 1  # still in flight
+    bases.acknowledge()
+    _feed(logic, mine[6:8])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, mine[3][0], mine[7][0], 0)
+    assert bases.waited == 0
+    # Each whole snapshot restores, as any: the first one, fed what came after it.
+    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), whole)
+    _feed(restored, mine[4:8])
+    assert _state(restored) == _state(logic)
+
+
+def test_a_close_sends_every_base_due_before_waiting_for_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``FIRST_WHOLE_BYTES`` of whole snapshots a close waits for the first bases,
+    and two machines' cost one round trip, not one each."""
+    monkeypatch.setattr(exchange, "FIRST_WHOLE_BYTES", 0)
     inbox = _wallet_inbox()
     bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
     steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
@@ -236,7 +264,8 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
     bases = _SlowBases({"wallet": inbox}, inline_bytes=0, rebase_offsets=40)
     logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
     _feed(logic, mine[:4])
-    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[3], 0) and bases.waited == 1
+    assert _delta(logic.snapshot()) is None  # its first base on its way
+    bases.acknowledge()
     _feed(logic, mine[4:12])  # 16 offsets past the base: not yet half the span
     assert at[11] - at[3] == 16
     assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[11], 0) and len(bases.stored) == 1
@@ -247,11 +276,11 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
     bases.acknowledge()
     _feed(logic, mine[18:20])
     assert _delta(logic.snapshot()) == (DELTA, 0, 1, at[15], at[19], 1)
-    assert bases.waited == 1  # none of the above waited
+    assert bases.waited == 0  # none of the above waited
     # A machine fed more than the span in one epoch waits for its next base.
     _feed(logic, mine[20:60])
     assert _delta(logic.snapshot()) == (DELTA, 0, 2, at[59], at[59], 2)
-    assert bases.waited == 2
+    assert bases.waited == 1
     # The last delta rebuilds the machine.
     restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
                            logic.snapshot())  # fmt: skip
@@ -267,14 +296,19 @@ def test_a_base_the_store_refused_leaves_the_snapshot_whole_and_is_sent_again() 
     steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
     logic = WalletLogic(steps.here(), None)
     _feed(logic, mine[:4])
+    whole = logic.snapshot()  # its first base on its way
+    assert _delta(whole) is None
     bases.failing = True
-    whole = logic.snapshot()
-    assert _delta(whole) is None and steps.here().counts.base_failures == 1
+    bases.acknowledge()  # refused
     bases.failing = False
     _feed(logic, mine[4:8])
-    assert _delta(logic.snapshot()) == (DELTA, 0, 1, mine[7][0], mine[7][0], 0)
+    assert _delta(logic.snapshot()) is None  # the refusal seen: whole, and sent again
+    assert steps.here().counts.base_failures == 1
+    bases.acknowledge()
+    _feed(logic, mine[8:10])
+    assert _delta(logic.snapshot()) == (DELTA, 0, 1, mine[7][0], mine[9][0], 0)
     restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), whole)
-    _feed(restored, mine[4:8])
+    _feed(restored, mine[4:10])
     assert _state(restored) == _state(logic)
 
 

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import ConfigResource, NewTopic
 
 from crypton import schema
@@ -145,10 +145,12 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
         _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases).here(), None
     )
     original.on_batch([_at(mine[:40])])
-    delta = original.snapshot()
-    assert len(delta) < 40
+    assert len(original.snapshot()) > 40  # whole while its first base is on its way
+    assert original.next_base is not None
+    bases.wait(original.next_base[0])  # stored by the next close
     original.on_batch([_at(mine[40:80])])
     later = original.snapshot()
+    assert len(later) < 40  # a delta on it
     restored = WalletLogic(
         _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases).here(), later
     )
@@ -184,14 +186,23 @@ def test_a_base_kafka_refuses_leaves_the_wallet_whole_and_the_store_usable(
     wallet = WalletLogic(steps.here(), None)
     wallet.on_batch([_at(mine)])
     whole = wallet.snapshot()
-    assert not whole.startswith(b"\x96") and len(whole) > 2000
-    assert steps.here().counts.base_failures == 1
+    assert not whole.startswith(b"\x96") and len(whole) > 2000  # its base on its way
+    assert wallet.next_base is not None
+    with pytest.raises(KafkaException):
+        bases.wait(wallet.next_base[0])  # refused
     restored = WalletLogic(_Steps("wallet", MARKETS, schema.record_encoder(), 100).here(), whole)
     credit = Credit(user_id="mm", asset="USDT", amount=usdt("5"), transfer_id="h", ts=100)
     at = mine[-1][0] + 1
     for logic in (wallet, restored):
         logic.on_batch([[(position(at), credit)]])
     assert restored.machine.snapshot() == wallet.machine.snapshot()
+    # The next close sees the refusal, counts it, and stays whole (sending it again).
+    again = wallet.snapshot()
+    assert not again.startswith(b"\x96") and len(again) > 2000
+    assert steps.here().counts.base_failures == 1
+    assert wallet.next_base is not None
+    with pytest.raises(KafkaException):
+        bases.wait(wallet.next_base[0])  # refused again
     small = b"x" * 100
     assert (
         bases.get("wallet", "small", *bases.wait(bases.send("wallet", "small", small, 0)), 0)
