@@ -214,14 +214,19 @@ def _delta(snapshot: bytes) -> tuple[Any, ...] | None:
     return tuple(msgspec.msgpack.decode(snapshot)) if snapshot.startswith(b"\x96") else None
 
 
+def _maker_on_slow_bases() -> tuple[list[tuple[int, Message]], _SlowBases, _Steps, _KeyLogic]:
+    """The market maker's inbox messages, and its wallet on bases Kafka acknowledges
+    only when the test says so, every state a delta."""
+    inbox = _wallet_inbox()
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
+    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    return _mine(inbox, "mm", "wallet"), bases, steps, WalletLogic(steps.here(), None)
+
+
 def test_a_first_base_on_its_way_leaves_the_snapshot_whole_without_a_wait() -> None:
     """A machine's first base is sent at the close and named from a later one, once
     stored: the close snapshots it whole rather than wait a round trip for Kafka."""
-    inbox = _wallet_inbox()
-    mine = _mine(inbox, "mm", "wallet")
-    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
-    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
-    logic = WalletLogic(steps.here(), None)
+    mine, bases, _steps, logic = _maker_on_slow_bases()
     _feed(logic, mine[:4])
     whole = logic.snapshot()
     assert _delta(whole) is None and len(bases.stored) == 1 and bases.waited == 0
@@ -290,11 +295,7 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
 
 
 def test_a_base_the_store_refused_leaves_the_snapshot_whole_and_is_sent_again() -> None:
-    inbox = _wallet_inbox()
-    mine = _mine(inbox, "mm", "wallet")
-    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
-    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
-    logic = WalletLogic(steps.here(), None)
+    mine, bases, steps, logic = _maker_on_slow_bases()
     _feed(logic, mine[:4])
     whole = logic.snapshot()  # its first base on its way
     assert _delta(whole) is None
