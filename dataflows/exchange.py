@@ -540,7 +540,12 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         return machine
 
     def _demote(self) -> None:
+        whole = None
         if self.stale:  # pack first: a change not snapshotted yet must not be lost
+            if self.step.bases is not None:
+                # Packed whole once, for ``_pack`` (as ``_send_ahead`` leaves it) and
+                # for ``resident`` below, which needs it whenever the snapshot is a delta.
+                whole = self.whole = _pack(self.machine.snapshot())
             self.packed = self._pack()
             self.stale = False
         packed = self.packed
@@ -548,7 +553,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             # Its snapshot names a base in Kafka: keep the state here too, whole, so that
             # waking it decodes these bytes instead of reading its base and inbox back
             # (milliseconds a machine). The delta stays what Bytewax stores.
-            self.resident = _pack(self.machine.snapshot())
+            self.resident = whole or _pack(self.machine.snapshot())
         self.machine = None
 
     def _send_ahead(self, bases: Bases) -> None:
