@@ -1,16 +1,21 @@
-"""Large machine states kept as a base in Kafka plus the inbox since (delta snapshots).
+"""Machine states kept as a base in Kafka plus the inbox since (delta snapshots).
 
 Bytewax keeps one snapshot per state key: the whole value, written again at every
 epoch that touched the key. For a book of 5,000 resting orders that is 180 kB each
 epoch it trades in (5.5 MB a minute at 10 orders a second), and for a market maker's
-wallet its dedupe window of thousands of ids. Most of it did not change.
+wallet its dedupe window of thousands of ids. Most of it did not change. Even a small
+wallet's row costs its recovery store about six pages of 1 KiB an epoch it changes in
+(the row, its index, and the row it replaces deleted at the commit), where a row of 20
+bytes shares its pages with dozens of others.
 
 **A delta snapshot.** A machine whose packed state is larger than ``INLINE_BYTES``
-(``CRYPTON_STATE_INLINE_BYTES``) writes its whole state once, as a *base*, to the
-topic ``crypton.dataflow.bases``. Once Kafka has acknowledged it, and until its next
-base, the snapshot Bytewax stores for the key is only::
+(``CRYPTON_STATE_INLINE_BYTES``; 0 by default: every machine) writes its whole state
+once, as a *base*, to the compacted topic ``crypton.dataflow.base-slots``. Once Kafka
+has acknowledged it, and until its next base, the snapshot Bytewax stores for the key
+is only::
 
-    (DELTA, base partition, base offset, inbox offset at the base, last inbox offset applied)
+    (DELTA, base partition, base offset, inbox offset at the base, last inbox offset
+     applied, slot)
 
 about 20 bytes. The machine's state at the epoch is then the base, plus its own
 messages in its inbox partition after the base's offset up to the last one applied:
@@ -19,14 +24,19 @@ to the base gives the same state (its outputs are dropped: they were written the
 time, in the epoch that applied them). A logic restored from a delta snapshot replays
 them when its key first gets a message (``Bases.since``), as a packed logic decodes
 itself then. A delta spans at most ``REBASE_OFFSETS`` inbox offsets
-(``CRYPTON_STATE_REBASE_OFFSETS``): a restore reads at most that much of the inbox.
+(``CRYPTON_STATE_REBASE_OFFSETS``): a restore reads at most that much of the inbox. An
+idle user's delta spans nothing (its base was taken at its last message), so waking it
+after a restart is one read of one record (about 0.6 ms).
 
 **Bases are sent before any is waited for** (``Bases.send``; ``dataflows.exchange``).
 An epoch close used to write each base and wait for Kafka's acknowledgement on the
 flow's only thread, one machine after another (two 1.7 MB book bases: 26 ms of one
 close). Now the close's first snapshot packs every machine the epoch changed that is
 due a base and sends them all; a snapshot that needs its base then waits, and the close
-waits about one round trip, not one per machine. While a machine's first base is on
+waits about one round trip, not one per machine. A machine put away mid-epoch to bound
+memory (``CRYPTON_LIVE_MACHINES``) sends its base then and is snapshotted at the close
+with the others (it waited there, a round trip per machine: funding 50,000 new users
+took 18 s instead of 3). While a machine's first base is on
 its way its snapshot stays whole, named from a later close once stored (up to
 ``FIRST_WHOLE_BYTES`` of them a close in ``dataflows.exchange``; past that the close waits
 for them, as for a large book's first base). The next one is sent once a delta has used
@@ -109,16 +119,19 @@ SLOTS: Final = 4
 LEGACY: Final = -1
 """The slot of a base in the topic from before the slots, ``LEGACY_BASES``."""
 
-INLINE_BYTES = int(os.environ.get("CRYPTON_STATE_INLINE_BYTES", "4096"))
-"""A packed state up to this size is snapshotted whole; a larger one as a delta. An idle
-user's wallet is a few hundred bytes; a trader's with dozens of open orders or hundreds
-of recent ids is a delta (16 KiB until bases were sent before any was waited for: then
-201 market makers' wallets of 9.6 KB went whole at every close, 1.9 MB, 35-40 ms)."""
+INLINE_BYTES = int(os.environ.get("CRYPTON_STATE_INLINE_BYTES", "0"))
+"""A packed state up to this size is snapshotted whole; a larger one as a delta. 0 (the
+default): every state is a delta, and the recovery store holds 20-byte references (at
+10 orders/s, 0.66 MB/min written against 1.16 with 4 KiB, where the traders' wallets of
+a few hundred bytes went whole at every epoch; waking an idle user after a restart costs
+a read of its base, about 0.6 ms against 0.1 from the store: docs/benchmarks.md)."""
 
 REBASE_OFFSETS = int(os.environ.get("CRYPTON_STATE_REBASE_OFFSETS", "20000"))
 """The most inbox offsets a delta spans before the machine writes a new base."""
 
 _MAX_BYTES = 256 * 2**20  # a base is one record: a book of a few million orders
+_FETCH_BYTES = 2**14
+"""The largest batch of bases written, and what a base's read fetches at once."""
 _TIMEOUT = 60.0
 
 
@@ -207,14 +220,24 @@ class KafkaBases:
         self._producer: Producer | None = None
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._reader: Consumer | None = None
+        self._readers: dict[bool, Consumer] = {}
+        """The consumer for bases (True: small fetches) and the one for inboxes."""
         self._read_lock = threading.Lock()
 
     def _producing(self) -> Producer:
         if self._producer is None:
             self._ensure_topic()
             self._producer = Producer(
-                producer_config(self.settings, **{"message.max.bytes": _MAX_BYTES, "linger.ms": 0})
+                producer_config(
+                    self.settings,
+                    # Batches of at most _FETCH_BYTES (a larger base is one of its own):
+                    # reading a base fetches the whole batch holding it (_reader_config).
+                    **{
+                        "message.max.bytes": _MAX_BYTES,
+                        "linger.ms": 0,
+                        "batch.size": _FETCH_BYTES,
+                    },
+                )
             )
         return self._producer
 
@@ -280,7 +303,7 @@ class KafkaBases:
 
     def get(self, step: str, key: str, partition: int, offset: int, slot: int) -> bytes:
         topic = self.legacy_topic if slot == LEGACY else self.topic
-        for record in self._read(topic, partition, offset, offset):
+        for record in self._read(topic, partition, offset, offset, one=True):
             # The first record at or after the offset: another one if the base was
             # compacted away (a slot reused too early), never to be taken for it.
             wanted = f"{step}/{key}" if slot == LEGACY else base_key(step, key, slot)
@@ -318,33 +341,22 @@ class KafkaBases:
             count = self._partitions[topic] = len(partitions)
         return count
 
-    def _read(self, topic: str, partition: int, first: int, last: int) -> list[Any]:
-        """Records of one partition from offset ``first`` until one at ``last`` or past.
+    def _read(
+        self, topic: str, partition: int, first: int, last: int, one: bool = False
+    ) -> list[Any]:
+        """Records of one partition from offset ``first`` until one at ``last`` or past
+        (``one``: a base, the record at ``first`` alone).
 
-        One consumer per process does every read, assigned to the partition for it and
-        unassigned after (so it fetches nothing in between): after a restart every
-        large machine replays its inbox since its base on first use, and a consumer
-        made for each read paid its start (connection, metadata, first fetch) every
-        time, about as much as the read itself.
+        Two consumers per process do every read, one for bases and one for inboxes,
+        each assigned to the partition for a read and unassigned after (so it fetches
+        nothing in between): after a restart every delta machine reads its base and its
+        inbox since on first use, and a consumer made for each read paid its start
+        (connection, metadata, first fetch) every time, about as much as the read itself.
         """
         with self._read_lock:
-            consumer = self._reader
+            consumer = self._readers.get(one)
             if consumer is None:
-                consumer = self._reader = Consumer(
-                    consumer_config(
-                        self.settings,
-                        **{
-                            "group.id": "crypton-bases",
-                            # A fetch waiting at a partition's end holds the next
-                            # read's first fetch behind it (one in flight per broker):
-                            # 500 ms a read at the default.
-                            "fetch.wait.max.ms": 1,
-                            "fetch.max.bytes": _MAX_BYTES,
-                            "max.partition.fetch.bytes": _MAX_BYTES,
-                            "receive.message.max.bytes": _MAX_BYTES + 2**20,
-                        },
-                    )
-                )
+                consumer = self._readers[one] = Consumer(_reader_config(self.settings, one))
             consumer.assign([TopicPartition(topic, partition, first)])
             try:
                 records: list[Any] = []
@@ -352,7 +364,7 @@ class KafkaBases:
                 while True:
                     # Not consume(1000, 0.5): it holds a short range's last records
                     # for the whole 0.5 s, which every replay and every base paid.
-                    batch = consume_now(consumer, 1000, 0.5)
+                    batch = consume_now(consumer, 1 if one else 1000, 0.5)
                     if not batch and time.monotonic() > deadline:
                         raise TimeoutError(f"{topic}[{partition}] stopped before offset {last}")
                     for record in batch:
@@ -370,6 +382,28 @@ class KafkaBases:
                             return records
             finally:
                 consumer.unassign()
+
+
+def _reader_config(settings: Settings, bases: bool) -> dict[str, Any]:
+    """How ``KafkaBases`` reads: a base is one record, so its reader fetches little (the
+    bases are written in batches of as little, so the batch holding a base is small); an
+    inbox is read through, in large fetches."""
+    fetch = _FETCH_BYTES if bases else _MAX_BYTES
+    return consumer_config(
+        settings,
+        **{
+            "group.id": "crypton-bases",
+            # A fetch waiting at a partition's end holds the next read's first fetch
+            # behind it (one in flight per broker): 500 ms a read at the default.
+            "fetch.wait.max.ms": 1,
+            # Reading a base with fetches as large as the largest base brought in (and
+            # decoded) every base written after it: 6 ms of CPU a base at 50,000 users,
+            # 0.2 ms now. A record batch larger than a fetch still comes whole.
+            "fetch.max.bytes": max(fetch, 2**20),  # at least message.max.bytes
+            "max.partition.fetch.bytes": fetch,
+            "receive.message.max.bytes": _MAX_BYTES + 2**20,
+        },
+    )
 
 
 class MemoryBases:

@@ -35,7 +35,11 @@ the state topics as the API's read model would find them. Then it prints:
   what a second process cannot split; markets (and users) are what it splits. Each
   process's share of the CPU and of the book messages is printed. On this 2-core
   machine the second process has no core of its own (Kafka, the first process and the
-  load generator share both).
+  load generator share both);
+- **idle users woken after a restart** (``--wake``, 5,000): one credit each to users
+  untouched since the build, at once, after the two processes started: each wakes a
+  machine the restarted flow has not seen (its settled snapshot, or for a delta its
+  base and inbox since, read from Kafka), timed until its transfer record.
 
 Traffic goes only to 127.0.0.1. Results as JSON in ``--out`` (``loadtest/report.py``).
 """
@@ -451,6 +455,53 @@ def throughput(ex: Exchange, count: int, symbols: Sequence[str]) -> dict[str, An
     return results
 
 
+def wake(ex: Exchange, users: int, resting: int, count: int) -> dict[str, float]:
+    """Idle users' first commands since the dataflow last started: ``count`` credits at
+    once to users untouched since the build (not the ones with a resting order), timed
+    until the last transfer record. Each wakes a machine the restarted processes have
+    not seen: read back from the settled store, or, for a delta, its base and inbox
+    since from Kafka (``dataflows.bases``): the cost a restart leaves to the first
+    users who come back."""
+    idle = range(resting, users)
+    picked = random.Random("wake").sample(idle, min(count, len(idle)))
+    ts = now_ms()
+    credits = [
+        Credit(user_id=f"u{n}", asset="USDT", amount=1, transfer_id=f"wake-{ts}", ts=ts)
+        for n in picked
+    ]
+    _say(f"waking {len(credits):,} idle users after the restart (one credit each, at once)")
+    writer, watcher = Writer(ex.settings), Watcher(ex.settings)
+    pids = ex.flow_pids
+    cpu0 = [cpu_seconds(p) for p in pids]
+    try:
+        began_ms = now_ms()
+        writer.send(credits)
+        writer.flush()
+        keys = [f"{c.transfer_id}@{c.user_id}" for c in credits]
+
+        def done() -> bool:
+            ex.check_dataflow()
+            return all(k in watcher.transfers for k in keys)
+
+        watcher.wait(done, 1800, f"{len(credits)} idle users' credits")
+        last = max(watcher.transfers[k] for k in keys)
+        cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu0)
+    finally:
+        watcher.close()
+    seconds = max(0.001, (last - began_ms) / 1000)
+    result = {
+        "users": len(credits),
+        "seconds": seconds,
+        "users_per_s": len(credits) / seconds,
+        "dataflow_cpu_ms_per_user": 1000 * cpu / len(credits),
+    }
+    _say(
+        f"  {len(credits):,} idle users woken in {seconds:.1f} s ({result['users_per_s']:,.0f}/s;"
+        f" dataflow CPU {result['dataflow_cpu_ms_per_user']:.2f} ms a user)"
+    )
+    return result
+
+
 def wait_flowing(ex: Exchange, timeout: float = 300) -> float:
     """Until a credit goes through the (re)started dataflow; seconds it took."""
     writer, watcher = Writer(ex.settings), Watcher(ex.settings)
@@ -551,6 +602,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         api = None
 
         results |= throughput(ex, args.throughput_orders, symbols)
+        if args.wake:
+            results["wake"] = wake(ex, args.users, args.users // 10, args.wake)
         return results
     finally:
         if api is not None:
@@ -592,6 +645,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bytewax-metrics", action="store_true",
         help="also read Bytewax's snapshot_duration_seconds (its server binds 0.0.0.0)",
     )  # fmt: skip
+    parser.add_argument(
+        "--wake",
+        type=int,
+        default=5_000,
+        help="idle users' first commands after the restart, at the end (0: skip)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     report.add_arguments(parser)
     args = parser.parse_args(argv)

@@ -249,8 +249,12 @@ class KafkaLayout:
             # in a client must not create a topic with the wrong one.
             "auto.create.topics.enable": "false",
             # The cleaner looks for compactable segments every few seconds, so a
-            # compacted state topic shrinks soon after its segments roll.
+            # compacted state topic shrinks soon after its segments roll, and cleans a
+            # log once a tenth of it is new since it last did (the default waits for
+            # half: a topic whose records are replaced a few at a time, like the bases,
+            # could wait a long while).
             "log.cleaner.backoff.ms": "2000",
+            "log.cleaner.min.cleanable.ratio": "0.1",
             "log.cleaner.threads": "1",
             "log.cleaner.dedupe.buffer.size": str(16 << 20),
         }

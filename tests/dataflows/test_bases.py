@@ -260,6 +260,36 @@ def test_a_close_sends_every_base_due_before_waiting_for_one(
     assert bases.waited == 1
 
 
+def test_a_changed_machine_put_away_sends_its_base_without_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A machine put away to make room in the epoch that changed it sends its base then
+    and is snapshotted at the close, like any other: it never waits for Kafka on its
+    own (a round trip per machine put away). Woken again and changed in the same epoch,
+    it snapshots its latest state."""
+    monkeypatch.setattr(exchange, "FIRST_WHOLE_BYTES", 0)  # a close that must wait, waits
+    inbox = _wallet_inbox()
+    mine, other = _mine(inbox, "mm", "wallet"), _mine(inbox, "y", "wallet")
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
+    tight = _Steps("wallet", MARKETS, ENCODE, 1, bases=bases).here()  # one machine decoded
+    logic, neighbour = WalletLogic(tight, None), WalletLogic(tight, None)
+    reference = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), None)
+    assert _feed(logic, mine[:4]) == _feed(reference, mine[:4])
+    _feed(neighbour, other[:1])  # ``logic`` is put away, changed
+    assert logic.machine is None and len(bases.stored) == 1 and bases.waited == 0
+    bases.acknowledge()
+    assert _feed(logic, mine[4:6]) == _feed(reference, mine[4:6])  # woken, changed again
+    _feed(neighbour, other[1:2])
+    assert logic.machine is None and bases.waited == 0
+    snapshot = logic.snapshot()
+    assert _delta(snapshot) == (DELTA, 0, 0, mine[3][0], mine[5][0], 0)
+    assert bases.waited == 0
+    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
+                           snapshot)  # fmt: skip
+    assert _feed(restored, mine[6:8]) == _feed(reference, mine[6:8])
+    assert _state(restored) == _state(reference)
+
+
 def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
     """A delta that has used half its span sends the next base and names the old one
     until the store has the new one; only a used-up span waits for it."""
