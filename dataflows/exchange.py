@@ -76,7 +76,16 @@ from crypton.domain.messages import (
 from crypton.domain.wallet import WalletMachine
 from crypton.runtime import tune_gc
 from dataflows import metrics, recovery
-from dataflows.bases import DELTA, LEGACY, SLOTS, Bases, BaseWrite, Delta, KafkaBases
+from dataflows.bases import (
+    DELTA,
+    LEGACY,
+    SLOTS,
+    Bases,
+    BaseWrite,
+    Delta,
+    KafkaBases,
+    span_for,
+)
 from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged, is_book, offset_of
 from dataflows.recovery import SettledSnapshots
 
@@ -355,6 +364,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         "next_base",
         "packed",
         "resident",
+        "span",
         "stale",
         "step",
         "whole",
@@ -383,6 +393,9 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         """The slots named by the last two snapshots handed to Bytewax, the latest first
         (the one a restored logic starts from, here): a restart resumes from one of
         them, so a new base takes neither slot (``_free_slot``)."""
+        self.span = 0
+        """The most inbox offsets a delta on its base spans, from the size of its latest
+        base (``dataflows.bases.span_for``); 0 until it has one: ``rebase_offsets``."""
         self.whole: bytes | None = None
         """The state packed whole before its snapshot: at the epoch close (``_send_ahead``),
         or when the machine was put away changed (``_demote``)."""
@@ -523,6 +536,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             raise StateUnavailable(f"{self.name} {key}: a delta snapshot, and no store of bases")
         try:
             base = bases.get(self.name, key, partition, offset, slot)
+            self.span = span_for(len(base), bases.rebase_offsets)
             machine = self.restore(key, self.state.decode(base))
             replay = list(bases.since(self.name, key, base_offset, applied))
         except Exception as exc:
@@ -569,7 +583,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         if self.next_base is not None or self.whole is not None:
             return  # on its way already, or packed already
         base = self._adopt(bases)
-        if base is not None and self.applied - base[2] <= bases.rebase_offsets // 2:
+        if base is not None and self.applied - base[2] <= self._span(bases) // 2:
             return  # a delta on the current base
         whole = self.whole = _pack(self.machine.snapshot())
         if len(whole) > bases.inline_bytes:
@@ -592,12 +606,13 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             return _pack(self.machine.snapshot())
         whole, self.whole = self.whole, None
         base = self._adopt(bases)
-        if base is not None and self.applied - base[2] > bases.rebase_offsets and self.next_base:
+        limit = self._span(bases)
+        if base is not None and self.applied - base[2] > limit and self.next_base:
             base = self._adopt(bases, wait=True)  # the span is used up: the next base may do
         if base is not None:
             span = self.applied - base[2]
-            if span <= bases.rebase_offsets:
-                if self.next_base is None and span > bases.rebase_offsets // 2:
+            if span <= limit:
+                if self.next_base is None and span > limit // 2:
                     whole = whole or _pack(self.machine.snapshot())
                     if len(whole) <= bases.inline_bytes:
                         self.base = None
@@ -615,9 +630,13 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             step.first_whole += len(whole)
             return whole  # its first base is on its way: named once stored
         base = self._adopt(bases, wait=True)
-        if base is not None and self.applied - base[2] <= bases.rebase_offsets:
+        if base is not None and self.applied - base[2] <= limit:
             return self._delta(base)
         return whole  # the store refused the base: whole this time
+
+    def _span(self, bases: Bases) -> int:
+        """The most inbox offsets a delta on this machine's base may span (``span_for``)."""
+        return self.span or bases.rebase_offsets
 
     def _delta(self, base: tuple[int, int, int, int]) -> bytes:
         partition, offset, at, slot = base
@@ -631,6 +650,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         except Exception as exc:  # Kafka's queue, not the machine: stay whole or on the old base
             self._failed_base(exc)
             return
+        self.span = span_for(len(whole), bases.rebase_offsets)
         self.step.counts.base_bytes += len(whole)
 
     def _adopt(self, bases: Bases, wait: bool = False) -> tuple[int, int, int, int] | None:

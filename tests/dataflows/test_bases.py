@@ -26,7 +26,7 @@ from crypton.domain.messages import (
     Message,
 )
 from dataflows import exchange
-from dataflows.bases import DELTA, BaseWrite, MemoryBases, base_key
+from dataflows.bases import DELTA, BaseWrite, MemoryBases, base_key, span_for
 from dataflows.exchange import BookLogic, StateUnavailable, WalletLogic, _KeyLogic, _Steps
 from dataflows.kafka_io import position
 from tests.domain.support import btc, contents, limit, usdt
@@ -290,9 +290,12 @@ def test_a_changed_machine_put_away_sends_its_base_without_waiting(
     assert _state(restored) == _state(reference)
 
 
-def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
+def test_the_next_base_is_sent_ahead_and_named_once_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A delta that has used half its span sends the next base and names the old one
     until the store has the new one; only a used-up span waits for it."""
+    monkeypatch.setattr(exchange, "span_for", lambda size, rebase: rebase)  # a large base
     inbox = _wallet_inbox()
     mine = _mine(inbox, "mm", "wallet")
     at = [offset for offset, _msg in mine]
@@ -321,6 +324,33 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored() -> None:
                            logic.snapshot())  # fmt: skip
     _feed(restored, mine[60:61])
     _feed(logic, mine[60:61])
+    assert _state(restored) == _state(logic)
+
+
+def test_a_small_base_spans_fewer_offsets_than_a_large_one() -> None:
+    """A wallet's base of a few hundred bytes is written again after a short span, so
+    that a restart replays little of its inbox; the span follows the latest base's size
+    (``span_for``), and the last delta still rebuilds the machine."""
+    inbox = _wallet_inbox()
+    mine = _mine(inbox, "mm", "wallet")
+    bases = MemoryBases({"wallet": inbox}, inline_bytes=0, rebase_offsets=2_000)
+    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    logic = WalletLogic(steps.here(), None)
+    _feed(logic, mine[:4])
+    logic.snapshot()
+    first = len(bases.stored[0] or b"")
+    assert logic.span == span_for(first, 2_000) < 2_000
+    fed = 4
+    while len(bases.stored) == 1:
+        _feed(logic, mine[fed : fed + 1])
+        logic.snapshot()
+        fed += 1
+    # Sent at the first close past half the span, not half of ``rebase_offsets``.
+    assert logic.span // 2 < mine[fed - 1][0] - mine[3][0] <= logic.span // 2 + 2
+    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
+                           logic.snapshot())  # fmt: skip
+    _feed(restored, mine[fed : fed + 1])
+    _feed(logic, mine[fed : fed + 1])
     assert _state(restored) == _state(logic)
 
 
