@@ -24,7 +24,8 @@ to the base gives the same state (its outputs are dropped: they were written the
 time, in the epoch that applied them). A logic restored from a delta snapshot replays
 them when its key first gets a message (``Bases.since``), as a packed logic decodes
 itself then. A delta spans at most ``REBASE_OFFSETS`` inbox offsets
-(``CRYPTON_STATE_REBASE_OFFSETS``): a restore reads at most that much of the inbox. An
+(``CRYPTON_STATE_REBASE_OFFSETS``), a small base's fewer (``span_for``: 1,000 for a
+wallet of a few KB): a restore reads at most that much of the inbox. An
 idle user's delta spans nothing (its base was taken at its last message), so waking it
 after a restart is one read of one record (about 0.6 ms).
 
