@@ -566,8 +566,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             # machine wakes from the same bytes (``resident``) if it is needed again.
             self._send_ahead(bases)
             self.whole = self.resident = self.whole or _pack(self.machine.snapshot())
-        elif self.stale:
-            self.packed = _pack(self.machine.snapshot())
+        elif self.stale:  # no bases: ``_pack`` packs it whole
+            self.packed = self._pack()
             self.stale = False
         elif self.packed is not None and _is_delta(self.packed):
             # Its snapshot names a base in Kafka: keep the state here too, whole, so that
