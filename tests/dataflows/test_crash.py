@@ -105,7 +105,8 @@ def test_sigkill_over_a_written_inbox_matches_a_crash_free_run(
 
     The clean run keeps every state whole in the recovery store; the crashed run keeps
     every state as a delta on a base (``dataflows.bases``, the default), with
-    a new base every 500 inbox offsets, settles a key idle for one epoch
+    a new base every 500 inbox offsets at most (a small base's sooner: ``span_for``),
+    settles a key idle for one epoch
     (``dataflows.recovery``), and is killed twice per part:
     - mid-part, once the flow has written a random share of the part's order records
       (what the clean run wrote for it), wherever that lands;
