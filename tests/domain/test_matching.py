@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypton.domain.matching import BookMachine
+from crypton.domain.matching import BookMachine, _fits
 from crypton.domain.messages import (
     FEE_ACCOUNT,
     BookOrder,
@@ -359,9 +359,10 @@ def _script() -> list[PlaceOrder | str]:
         else:
             tif = "IOC" if i % 9 == 8 else "GTC"
             quantity = btc("0.002") * (1 + i % 3)
-            steps.append(
-                limit(user, f"o{i}", side, price, quantity, time_in_force=tif, stp="expire_maker")
-            )
+            # Both kinds of snapshot row: an order of the defaults packs short, one with
+            # another self-trade rule keeps its whole command.
+            stp = "expire_maker" if i % 2 else "expire_taker"
+            steps.append(limit(user, f"o{i}", side, price, quantity, time_in_force=tif, stp=stp))
     return steps
 
 
@@ -382,6 +383,8 @@ def test_snapshot_restore_mid_book_gives_identical_outputs(cut: int) -> None:
     original = Feeder(BookMachine(BTC_USDT))
     _run(original, steps[:cut])
     assert len(original.machine.book) >= 3
+    resting = original.machine.book.orders.values()
+    assert {_fits(order, BTC_USDT.symbol) for order in resting} == {True, False}
     snapshot = original.machine.snapshot()
     restored = Feeder(BookMachine.restore(snapshot, BTC_USDT))
     restored.seq = dict(original.seq)
