@@ -149,8 +149,13 @@ def span_for(size: int, rebase_offsets: int) -> int:
 
 
 _MAX_BYTES = 256 * 2**20  # a base is one record: a book of a few million orders
-_FETCH_BYTES = 2**14
-"""The largest batch of bases written, and what a base's read fetches at once."""
+_FETCH_BYTES = 2**16
+"""The largest batch of bases written, and what a base's read fetches at once. A close
+writes its bases in a burst, and one partition takes about a round trip per five
+batches: 200 bases of 7 KB and two of 850 KB were acknowledged in 165-230 ms in batches
+of 16 KiB, 16-32 ms in batches of 64 KiB. Reading one base of 300-2,000 bytes out of
+20,000 cost 2.2 ms (0.40 ms of CPU) and 1.8 ms (0.48 ms); batches of 1 MiB, 4.2 ms
+(1.6 ms)."""
 _TIMEOUT = 60.0
 
 
