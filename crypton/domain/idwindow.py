@@ -153,7 +153,7 @@ class IdWindow:
         window.added = _array(_packed(current))
         window.current = set(window.added)
         window.packed = _packed(previous)
-        window.previous = set(_digests(window.packed))
+        window.previous = set(_array(window.packed))
         return window
 
 
@@ -164,13 +164,8 @@ def _packed(generation: bytes | Sequence[str]) -> bytes:
     return _blob(array("Q", [id_digest(key) for key in generation]))
 
 
-def _digests(blob: bytes = b"") -> list[int]:
-    """The digests packed in ``blob`` (little-endian, 8 bytes each)."""
-    return _array(blob).tolist()
-
-
 def _array(blob: bytes) -> array[int]:
-    """``blob`` as an array of its digests."""
+    """The digests packed in ``blob`` (little-endian, 8 bytes each)."""
     digests = array("Q", blob)
     if _SWAP:
         digests.byteswap()
