@@ -327,12 +327,12 @@ class KafkaBases:
 
     def get(self, step: str, key: str, partition: int, offset: int, slot: int) -> bytes:
         topic = self.legacy_topic if slot == LEGACY else self.topic
+        wanted = (f"{step}/{key}" if slot == LEGACY else base_key(step, key, slot)).encode()
         for record in self._read(topic, partition, offset, offset, one=True):
             # The first record at or after the offset: another one if the base was
             # compacted away (a slot reused too early), never to be taken for it.
-            wanted = f"{step}/{key}" if slot == LEGACY else base_key(step, key, slot)
             value = record.value()
-            if record.offset() == offset and record.key() == wanted.encode() and value:
+            if record.offset() == offset and record.key() == wanted and value:
                 return bytes(value)
             break
         raise LookupError(f"no base of {step} {key} (slot {slot}) at {topic}[{partition}]@{offset}")

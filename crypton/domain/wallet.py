@@ -566,10 +566,9 @@ class WalletMachine:
             for oid, index, holds_base, amount in rows:
                 market = names[index]
                 base, quote = markets.assets_of[market]
+                asset, receives = (base, quote) if holds_base else (quote, base)
                 order_id = oid if isinstance(oid, str) else uuid_text(oid)
-                wallet.holds[order_id] = _restored_hold(
-                    markets, market, base if holds_base else quote, amount
-                )
+                wallet.holds[order_id] = _Hold(market, asset, amount, receives)
         wallet.clock, orders, transfers = window
         wallet.orders_seen = IdWindow.restore(orders)
         wallet.transfers_seen = IdWindow.restore(transfers)
