@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, final
 
-from crypton.domain.money import AmountError, fee_ceil, to_text, to_units
+from crypton.domain.money import AmountError, fee_ceil, mul_div, to_text, to_units
 
 __all__ = ["Asset", "Market", "MarketConfigError", "Markets", "parse_markets"]
 
@@ -126,7 +126,7 @@ class Market:
 
     def notional(self, price: int, quantity: int) -> int:
         """Exact quote value of ``quantity`` at ``price`` (see ``parse_markets``)."""
-        return price * quantity // self.base.scale
+        return mul_div(price, quantity, self.base.scale)
 
     def fee(self, amount: int, bps: int) -> int:
         """A fee of ``bps`` on ``amount``, rounded up to a whole unit."""

@@ -49,7 +49,7 @@ from crypton.domain.messages import (
     Settlement,
     Trade,
 )
-from crypton.domain.money import BPS, fee_ceil
+from crypton.domain.money import BPS, fee_ceil, mul_div
 from crypton.domain.orders import uuid_bytes, uuid_text
 from crypton.domain.sequencing import DEDUPE_WINDOW_MS, Inbound, Outbound
 
@@ -84,7 +84,7 @@ class BookMachine:
     def __init__(self, market: Market) -> None:
         self.market = market
         # Read on every fill: kept on the machine, one attribute read each.
-        self.scale = market.base.scale  # notional = price * quantity // scale
+        self.scale = market.base.scale  # notional = mul_div(price, quantity, scale)
         self.symbol = market.symbol
         self.taker_fee_bps = market.taker_fee_bps
         self.maker_fee_bps = market.maker_fee_bps
@@ -326,7 +326,7 @@ class BookMachine:
         taker's price improvement (a limit buy's refund) and leaves both fees in
         ``self.fees``; the taker's own settlement waits for the end of its message."""
         price = level.price
-        value = price * quantity // self.scale  # market.notional, inlined
+        value = mul_div(price, quantity, self.scale)  # market.notional
         taker_fee = taker.charge(quantity, value, self.taker_fee_bps)
         maker_fee = maker.charge(quantity, value, self.maker_fee_bps)
         self.fees = taker_fee + maker_fee
@@ -340,7 +340,7 @@ class BookMachine:
         if taker.side == "buy":
             limit = taker.price
             if limit is not None:  # a limit buy held its own price: refund the gain
-                release = limit * quantity // self.scale - value
+                release = mul_div(limit, quantity, self.scale) - value
             taker.spent += value + taker_fee + release
             take, receive = quantity, value - maker_fee  # the maker sold
         else:

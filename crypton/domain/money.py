@@ -15,7 +15,16 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["BPS", "MAX_UNITS", "AmountError", "fee_ceil", "in_range", "to_text", "to_units"]
+__all__ = [
+    "BPS",
+    "MAX_UNITS",
+    "AmountError",
+    "fee_ceil",
+    "in_range",
+    "mul_div",
+    "to_text",
+    "to_units",
+]
 
 # Plain decimal notation only: no exponents, signs other than a leading minus,
 # underscores, spaces or "NaN"/"inf", which Python's Decimal would accept. ASCII
@@ -114,3 +123,19 @@ def fee_ceil(amount_bps: int) -> int:
     1
     """
     return -(-amount_bps // BPS)
+
+
+def mul_div(a: int, b: int, d: int) -> int:
+    """``a * b // d`` for ``d`` > 0, exactly, without forming ``a * b``: ``a`` splits into
+    ``q * d + r`` and the result is ``q * b + r * b // d`` (``q * b`` is whole, so the
+    floor is the same). Compiled (``make mypyc``), a product over 2**62 leaves machine
+    integers for Python's big ones, some 800 instructions instead of a few, and a price
+    times a quantity in units often is one (50,000 USDT times 1 BTC: 5e10 * 1e8).
+
+    >>> mul_div(50_000_000_000, 100_000_000, 100_000_000)
+    50000000000
+    >>> mul_div(-7, 3, 2) == -7 * 3 // 2, mul_div(7, -3, 2) == 7 * -3 // 2
+    (True, True)
+    """
+    q = a // d
+    return q * b + (a - q * d) * b // d

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal, NamedTuple, get_args
 
 from crypton.domain.markets import Market
 from crypton.domain.messages import OrderState, OrderType, PlaceOrder, TimeInForce
-from crypton.domain.money import fee_ceil, in_range
+from crypton.domain.money import fee_ceil, in_range, mul_div
 
 __all__ = [
     "REASON_CODES",
@@ -134,7 +134,7 @@ def check_terms(
         problem = _quantity_problem(market, quantity)
         if problem:
             return problem
-        value = price * quantity // market.base.scale  # Market.notional
+        value = mul_div(price, quantity, market.base.scale)  # Market.notional
         if value < market.min_notional:
             return Problem(
                 "below_min_notional",
@@ -251,7 +251,7 @@ def hold_amount(
         assert funds is not None
         return funds
     assert quantity is not None
-    value = price * quantity // market.base.scale  # Market.notional
+    value = mul_div(price, quantity, market.base.scale)  # Market.notional
     return value + fee_ceil(value * market.taker_fee_bps)
 
 

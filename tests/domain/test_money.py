@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crypton.domain.money import MAX_UNITS, AmountError, fee_ceil, to_text, to_units
+from crypton.domain.money import MAX_UNITS, AmountError, fee_ceil, mul_div, to_text, to_units
 
 
 @pytest.mark.parametrize(
@@ -83,3 +83,23 @@ def test_fees_round_up_to_a_whole_unit() -> None:
     assert fee_ceil(0) == 0
     assert fee_ceil(10_000) == 1
     assert fee_ceil(10_001) == 2
+
+
+@given(
+    a=st.integers(-(2**80), 2**80),
+    b=st.integers(-(2**80), 2**80),
+    d=st.integers(1, 2**70),
+)
+def test_mul_div_is_the_floor_of_the_product_over_the_divisor(a: int, b: int, d: int) -> None:
+    assert mul_div(a, b, d) == a * b // d
+
+
+@given(
+    price=st.integers(1, MAX_UNITS),
+    quantity=st.integers(0, MAX_UNITS),
+    scale=st.sampled_from([1, 10**2, 10**6, 10**8, 10**18]),
+)
+def test_mul_div_matches_the_notional_at_every_size(price: int, quantity: int, scale: int) -> None:
+    """A price times a quantity, over the base's scale, as ``Market.notional`` takes it:
+    the same whether the product fits a machine integer or not."""
+    assert mul_div(price, quantity, scale) == price * quantity // scale
