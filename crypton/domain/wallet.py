@@ -304,9 +304,14 @@ class WalletMachine:
         funds: int | None
         time_in_force: TimeInForce
         post_only: bool
+        # The time twice: ``ts`` as a machine integer to compare, ``stamp`` as the
+        # command's own int object for the records. An ``int`` local, compiled, is boxed
+        # into a new object at each use as a record's field (three here).
+        stamp: Any
         ts: int
         (_v, user_id, order_id, client_order_id, symbol, side, kind, price, quantity, funds,
-         time_in_force, post_only, stp, ts) = _astuple(cmd)  # fmt: skip
+         time_in_force, post_only, stp, stamp) = _astuple(cmd)  # fmt: skip
+        ts = stamp
         # ``_admit`` (and ``_tick``), inlined: once per order.
         seen = self.orders_seen
         if ts > self.clock:
@@ -361,11 +366,11 @@ class WalletMachine:
         have.held += amount
         holds[order_id] = _Hold(symbol, asset, amount, receives)
         self.version += 1
-        self.changed_at = ts
+        self.changed_at = stamp
         # ``order_state(cmd, NEW, None, version=1, updated_at=ts)``, positional
         new = _OrderState(
             order_id, user_id, client_order_id, symbol, side, kind, price, quantity, funds,
-            time_in_force, post_only, stp, NEW, ts, ts, 1,
+            time_in_force, post_only, stp, NEW, stamp, stamp, 1,
         )  # fmt: skip
         emit(new)
         # ``Outbound.link``, inlined; a wallet never forgets a market, so its links are
