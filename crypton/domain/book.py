@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final, TypeAlias
 
 from msgspec.structs import astuple
 
@@ -33,7 +33,13 @@ from crypton.domain.messages import (
 from crypton.domain.money import BPS
 from crypton.domain.orders import code_of
 
-__all__ = ["BookSide", "Level", "OrderBook", "RestingOrder"]
+__all__ = ["BookSide", "Level", "OrderBook", "RestingOrder", "Stamp"]
+
+Stamp: TypeAlias = Any
+"""A message time the book passes on unchanged into the records it makes (an order's
+``created_at`` and ``updated_at``, a trade's and a settlement's ``ts``): kept as the int
+object it came in. Compiled (``make mypyc``), an ``int`` is a machine integer, boxed
+into a new object at each use as a record's field, five or so times a command."""
 
 # Compiled (``make mypyc``), a name imported from an interpreted module (``messages``,
 # msgspec) is looked up in this module's dict at each use; a ``Final`` alias is a C
@@ -98,7 +104,7 @@ class RestingOrder:
         time_in_force: TimeInForce
         post_only: bool
         stp: SelfTradePrevention
-        ts: int
+        ts: Stamp
         (_v, user_id, order_id, client_order_id, market, side, kind, price, quantity, funds,
          time_in_force, post_only, stp, ts) = _astuple(cmd)  # fmt: skip
         self.user_id = user_id
@@ -113,7 +119,7 @@ class RestingOrder:
         self.time_in_force = time_in_force
         self.post_only = post_only
         self.stp = stp
-        self.created_at = ts
+        self.created_at: Stamp = ts
         self.remaining = quantity or 0
         self.hold = hold
         self.spent = 0
@@ -127,7 +133,7 @@ class RestingOrder:
         self.version = 1  # NEW, from the wallet
         self.status: OrderStatus = "NEW"
         self.reason: str | None = None
-        self.updated_at = ts
+        self.updated_at: Stamp = ts
         self.live = True
         self.pending = False  # changed since its owner last published its state
 

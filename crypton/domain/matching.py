@@ -27,7 +27,7 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import astuple
 
-from crypton.domain.book import Level, OrderBook, RestingOrder
+from crypton.domain.book import Level, OrderBook, RestingOrder, Stamp
 from crypton.domain.markets import Market
 from crypton.domain.messages import (
     CANCELED,
@@ -317,7 +317,7 @@ class BookMachine:
         maker: RestingOrder,
         level: Level,
         quantity: int,
-        ts: int,
+        ts: Stamp,
         send: Emit,
         emit: Emit,
     ) -> int:
@@ -381,7 +381,7 @@ class BookMachine:
         refund: int,
         receive: int,
         closed: bool,
-        ts: int,
+        ts: Stamp,
         send: Emit,
     ) -> None:
         """Send ``user``'s wallet a ``Settlement``, numbered on its link (``Outbound.link``,
@@ -402,7 +402,7 @@ class BookMachine:
         order: RestingOrder,
         status: OrderStatus,
         reason: str | None,
-        ts: int,
+        ts: Stamp,
         send: Emit,
     ) -> None:
         """Close an order with no fill in this message (cancel, expiry, refusal), and
@@ -410,7 +410,9 @@ class BookMachine:
         self._state(order, status, reason, ts)
         self._settle(order.user_id, order.order_id, 0, 0, 0, True, ts, send)
 
-    def _state(self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: int) -> None:
+    def _state(
+        self, order: RestingOrder, status: OrderStatus, reason: str | None, ts: Stamp
+    ) -> None:
         """A new state of ``order``, published at the next ``flush``."""
         order.version += 1
         order.status = status
