@@ -307,6 +307,19 @@ class KafkaBases:
             producer.poll(0)
         return write
 
+    def close(self) -> None:
+        """Close the readers and let the producer go once it has delivered what it
+        holds. The dataflow's process just exits; a test closes its own before its
+        broker stops, or librdkafka's threads go on dialling the broker that is gone."""
+        with self._read_lock:
+            for reader in self._readers.values():
+                reader.close()
+            self._readers.clear()
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(_TIMEOUT)
+                self._producer = None  # its handle is destroyed with the last reference
+
     def poll(self) -> None:
         with self._lock:
             if self._producer is not None:

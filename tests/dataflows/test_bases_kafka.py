@@ -157,6 +157,7 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
     restored.on_batch([_at(mine[80:81])])
     original.on_batch([_at(mine[80:81])])
     assert restored.machine.snapshot() == original.machine.snapshot()
+    bases.close()
 
 
 def test_a_base_kafka_refuses_leaves_the_wallet_whole_and_the_store_usable(
@@ -208,6 +209,7 @@ def test_a_base_kafka_refuses_leaves_the_wallet_whole_and_the_store_usable(
         bases.get("wallet", "small", *bases.wait(bases.send("wallet", "small", small, 0)), 0)
         == small
     )
+    bases.close()
 
 
 def test_the_topic_keeps_the_latest_base_of_each_slot_and_a_lost_one_is_never_misread(
@@ -258,3 +260,4 @@ def test_the_topic_keeps_the_latest_base_of_each_slot_and_a_lost_one_is_never_mi
     producer.produce(legacy, key=b"wallet/mm", value=b"an old base")
     assert producer.flush(30) == 0
     assert bases.get("wallet", "mm", 0, 0, LEGACY) == b"an old base"
+    bases.close()
