@@ -541,7 +541,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         ex.start_dataflow(1)
         _say(f"dataflow (1 process) answers after {wait_flowing(ex):.1f} s")
         _say(f"building the state: {args.users:,} users, {args.orders:,} lifetime orders")
-        results["build"] = build_state(ex, args.users, args.users // 10, args.orders)
+        resting = args.users // 10  # users u0.. each rest one order; ``wake`` skips them
+        results["build"] = build_state(ex, args.users, resting, args.orders)
         wait_flowing(ex)
         results["settle"] = settle(ex, args.snapshot_seconds)
 
@@ -603,7 +604,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
         results |= throughput(ex, args.throughput_orders, symbols)
         if args.wake:
-            results["wake"] = wake(ex, args.users, args.users // 10, args.wake)
+            results["wake"] = wake(ex, args.users, resting, args.wake)
         return results
     finally:
         if api is not None:
