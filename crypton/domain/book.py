@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterator
-from typing import Any, Final, TypeAlias
+from typing import Final
 
 from msgspec.structs import astuple
 
@@ -28,18 +28,13 @@ from crypton.domain.messages import (
     PlaceOrder,
     SelfTradePrevention,
     Side,
+    Stamp,
     TimeInForce,
 )
 from crypton.domain.money import BPS
 from crypton.domain.orders import code_of
 
-__all__ = ["BookSide", "Level", "OrderBook", "RestingOrder", "Stamp"]
-
-Stamp: TypeAlias = Any
-"""A message time the book passes on unchanged into the records it makes (an order's
-``created_at`` and ``updated_at``, a trade's and a settlement's ``ts``): kept as the int
-object it came in. Compiled (``make mypyc``), an ``int`` is a machine integer, boxed
-into a new object at each use as a record's field, five or so times a command."""
+__all__ = ["BookSide", "Level", "OrderBook", "RestingOrder"]
 
 # Compiled (``make mypyc``), a name imported from an interpreted module (``messages``,
 # msgspec) is looked up in this module's dict at each use; a ``Final`` alias is a C

@@ -27,7 +27,7 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import astuple
 
-from crypton.domain.book import Level, OrderBook, RestingOrder, Stamp
+from crypton.domain.book import Level, OrderBook, RestingOrder
 from crypton.domain.markets import Market
 from crypton.domain.messages import (
     CANCELED,
@@ -47,6 +47,7 @@ from crypton.domain.messages import (
     PlaceOrder,
     Rejection,
     Settlement,
+    Stamp,
     Trade,
 )
 from crypton.domain.money import BPS, fee_ceil, mul_div

@@ -18,7 +18,7 @@ memory (``crypton.domain.sequencing``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
@@ -48,6 +48,7 @@ __all__ = [
     "PlaceOrder",
     "Rejection",
     "Settlement",
+    "Stamp",
     "Trade",
     "TransferState",
     "WalletInbox",
@@ -84,6 +85,12 @@ class Message(msgspec.Struct, tag_field="msg", kw_only=True, gc=False):
 
 Emit = Callable[[Message], None]
 """Where a state machine puts a message it causes: a list's or a queue's ``append``."""
+
+Stamp: TypeAlias = Any
+"""A message's ``ts`` that a machine passes on unchanged into the records it makes (an
+order's ``created_at`` and ``updated_at``, a trade's and a settlement's ``ts``): kept as
+the int object it came in. Compiled (``make mypyc``), an ``int`` is a machine integer,
+boxed into a new object at each use as a record's field."""
 
 
 # --- Commands, written by the API to the wallet inbox (key: user_id) -----------------

@@ -72,6 +72,7 @@ from crypton.domain.messages import (
     Rejection,
     Settlement,
     Side,
+    Stamp,
     TimeInForce,
     TransferState,
     WalletInbox,
@@ -304,10 +305,9 @@ class WalletMachine:
         funds: int | None
         time_in_force: TimeInForce
         post_only: bool
-        # The time twice: ``ts`` as a machine integer to compare, ``stamp`` as the
-        # command's own int object for the records. An ``int`` local, compiled, is boxed
-        # into a new object at each use as a record's field (three here).
-        stamp: Any
+        # The time twice: ``ts`` as a machine integer to compare, ``stamp`` for the
+        # records (three here).
+        stamp: Stamp
         ts: int
         (_v, user_id, order_id, client_order_id, symbol, side, kind, price, quantity, funds,
          time_in_force, post_only, stp, stamp) = _astuple(cmd)  # fmt: skip
