@@ -435,7 +435,7 @@ def _reader_config(settings: Settings, bases: bool) -> dict[str, Any]:
             "fetch.wait.max.ms": 1,
             # Reading a base with fetches as large as the largest base brought in (and
             # decoded) every base written after it: 6 ms of CPU a base at 50,000 users,
-            # 0.2 ms now. A record batch larger than a fetch still comes whole.
+            # 0.2-0.3 ms now. A record batch larger than a fetch still comes whole.
             "fetch.max.bytes": max(fetch, 2**20),  # at least message.max.bytes
             "max.partition.fetch.bytes": fetch,
             "receive.message.max.bytes": _MAX_BYTES + 2**20,
