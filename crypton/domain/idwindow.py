@@ -46,6 +46,13 @@ __all__ = ["IdWindow", "id_digest"]
 _xxh3: Final = xxh3_64_intdigest
 """A C static, compiled (``make mypyc``): an imported name is looked up at each use."""
 
+_DIGESTS: Final = "L" if array("L").itemsize == 8 else "Q"
+"""The ``array`` type code of 8-byte unsigned integers: ``L`` (unsigned long) where that is
+8 bytes, as on 64-bit Linux and macOS. Appending to an ``L`` array converts the digest
+with a loop over its three digits; a ``Q`` array converts it through
+``_PyLong_AsByteArray``, 360 instructions a command more (``loadtest.core_instructions``).
+The bytes are the same either way."""
+
 
 def id_digest(key: str) -> int:
     """The 64-bit digest ``IdWindow`` keeps of a command id: XXH3 of its UTF-8 bytes.
@@ -98,7 +105,7 @@ class IdWindow:
         self.horizon = horizon  # every id dropped so far was added before this
         self.current: set[int] = set()
         self.previous: set[int] = set()
-        self.added = array("Q")  # the current generation's digests, in order
+        self.added = array(_DIGESTS)  # the current generation's digests, in order
         self.packed = b""  # the previous generation's blob
 
     def tick(self, clock: int) -> bool:
@@ -110,7 +117,7 @@ class IdWindow:
         self.previous = self.current
         self.packed = _blob(self.added)
         self.current = set()
-        self.added = array("Q")
+        self.added = array(_DIGESTS)
         self.since = clock
         return True
 
@@ -161,12 +168,12 @@ def _packed(generation: bytes | Sequence[str]) -> bytes:
     """A generation's blob, from a blob or from the ids themselves."""
     if isinstance(generation, bytes | bytearray):
         return bytes(generation)
-    return _blob(array("Q", [id_digest(key) for key in generation]))
+    return _blob(array(_DIGESTS, [id_digest(key) for key in generation]))
 
 
 def _array(blob: bytes) -> array[int]:
     """The digests packed in ``blob`` (little-endian, 8 bytes each)."""
-    digests = array("Q", blob)
+    digests = array(_DIGESTS, blob)
     if _SWAP:
         digests.byteswap()
     return digests
@@ -175,10 +182,10 @@ def _array(blob: bytes) -> array[int]:
 def _blob(digests: array[int]) -> bytes:
     """The blob of an array of digests (little-endian, 8 bytes each)."""
     if _SWAP:
-        digests = array("Q", digests)
+        digests = array(_DIGESTS, digests)
         digests.byteswap()
     return digests.tobytes()
 
 
 _SWAP: Final = sys.byteorder != "little"
-assert array("Q").itemsize == 8, "IdWindow packs digests as 8-byte unsigned integers"
+assert array(_DIGESTS).itemsize == 8, "IdWindow packs digests as 8-byte unsigned integers"
