@@ -442,9 +442,39 @@ _PARTITION_CACHE: Final = 100_000
 _POLL_EVERY_S: Final = 0.01
 
 
+class _Failures:
+    """What the sink's producer reported going wrong. The two callbacks run inside
+    ``poll()`` and ``flush()`` on the worker's thread; they only record what happened,
+    and the sink raises after the call returns.
+
+    Apart from the sink so that the producer does not hold it: a queued record holds a
+    reference to its callback that Python's collector cannot see, so a producer whose
+    callbacks were the sink's own methods was never freed while a record waited, and
+    went on dialling its broker for the rest of the process (a test's sink on a dead
+    port printed "Connection refused" until the test run ended).
+    """
+
+    __slots__ = ("errors",)
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.errors.append(f"fatal: {error.str()}")
+        else:
+            log.warning("kafka: %s", error.str())
+
+    def delivered(self, error: KafkaError | None, _record: Any) -> None:
+        if error is not None:
+            self.errors.append(error.str())
+
+
 class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
     def __init__(self, settings: Settings, delivery_timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
-        self._errors: list[str] = []
+        failures = _Failures()
+        self._failures = failures
+        self._errors = failures.errors
         self._timeout = delivery_timeout_s
         # Delivery reports for failures only: a Python callback per acknowledged record
         # cost the flow's one thread as much as producing it; success is still
@@ -453,8 +483,8 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         config = producer_config(
             settings,
             **{
-                "error_cb": self._on_error,
-                "on_delivery": self._delivered,
+                "error_cb": failures.on_error,
+                "on_delivery": failures.delivered,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "delivery.report.only.error": True,
             },
@@ -467,18 +497,6 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         self._partition_of: dict[str, dict[bytes, int]] = {}
         self._counts: dict[str, int] = {}
         self._polled = 0.0
-
-    # The two callbacks run inside poll() and flush() on the worker's thread; they
-    # only record what happened, the sink raises after the call returns.
-    def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self._errors.append(f"fatal: {error.str()}")
-        else:
-            log.warning("kafka: %s", error.str())
-
-    def _delivered(self, error: KafkaError | None, _record: Any) -> None:
-        if error is not None:
-            self._errors.append(error.str())
 
     def write_batch(self, values: list[list[Tagged]]) -> None:
         produce = self._producer.produce

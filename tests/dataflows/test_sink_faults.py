@@ -44,7 +44,7 @@ def test_unacknowledged_records_fail_the_epoch_with_a_clear_error() -> None:
 def test_a_fatal_producer_error_is_raised_by_the_sink_not_by_the_callback() -> None:
     dead = dataclasses.replace(Settings(), kafka_port=free_ports(2))
     sink = _LogPartition(dead, delivery_timeout_s=1)
-    sink._on_error(KafkaError(KafkaError._FATAL, "test: fenced", fatal=True))  # no raise here
+    sink._failures.on_error(KafkaError(KafkaError._FATAL, "test: fenced", fatal=True))  # no raise
     with pytest.raises(SinkDeliveryError, match="fatal: test: fenced"):
         sink.write_batch([[(0, ("crypton.orders", b"k", b"v"))]])
 
