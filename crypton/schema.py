@@ -224,8 +224,11 @@ class TopicSpec:
         >>> BOOK_INBOX.decode_all(batch) == [one, two]
         True
         """
+        first = data[:1]
+        if first == b"{":  # one message as an object, as the API writes a command
+            return [self.decoder.decode(data)]
         batches = self.batch_decoder
-        if batches is not None and data[:1] == b"[":
+        if batches is not None and first == b"[":
             second = data[1:2]
             if second.isspace():
                 second = data[1:].lstrip()[:1]
