@@ -244,8 +244,8 @@ class KafkaBases:
         self._producer: Producer | None = None
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._readers: dict[bool, Consumer] = {}
-        """The consumer for bases (True: small fetches) and the one for inboxes."""
+        self._readers: dict[str, Consumer] = {}
+        """The consumer for bases (``"bases"``: small fetches) and the one for inboxes."""
         self._read_lock = threading.Lock()
 
     def _producing(self) -> Producer:
@@ -391,9 +391,10 @@ class KafkaBases:
         (connection, metadata, first fetch) every time, about as much as the read itself.
         """
         with self._read_lock:
-            consumer = self._readers.get(one)
+            reads = "bases" if one else "inboxes"
+            consumer = self._readers.get(reads)
             if consumer is None:
-                consumer = self._readers[one] = Consumer(_reader_config(self.settings, one))
+                consumer = self._readers[reads] = Consumer(_reader_config(self.settings, one))
             consumer.assign([TopicPartition(topic, partition, first)])
             try:
                 records: list[Any] = []
