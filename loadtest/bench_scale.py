@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ from crypton import topics
 from crypton.broker import KAFKA_VERSION, EmbeddedBroker
 from crypton.cli import api_command, dataflow_children, ensure_recovery_store
 from crypton.config import Settings
-from crypton.domain.messages import Credit
+from crypton.domain.messages import Credit, Message
 from crypton.process import Child, free_port, free_ports, settings_env
 from crypton.supervisor import Together
 from dataflows.recovery import SETTLE_AFTER_EPOCHS
@@ -343,39 +343,57 @@ def stall(
     }
 
 
+def _timed(
+    ex: Exchange,
+    messages: Iterable[Message],
+    landed: Callable[[Watcher], Mapping[str, int]],
+    keys: Sequence[str],
+    what: str,
+) -> tuple[float, list[float]]:
+    """Write ``messages`` at once and wait until every one of ``keys`` has landed
+    (``landed``: the watcher's times by key): the seconds from the first write to the last
+    landing, and each dataflow process's CPU seconds meanwhile."""
+    writer, watcher = Writer(ex.settings), Watcher(ex.settings)
+    pids = ex.flow_pids
+    cpu0 = [cpu_seconds(p) for p in pids]
+    try:
+        began_ms = now_ms()
+        writer.send(messages)
+        writer.flush()
+        seen = landed(watcher)
+
+        def done() -> bool:
+            ex.check_dataflow()
+            return all(k in seen for k in keys)
+
+        watcher.wait(done, 1800, what)
+        last = max(seen[k] for k in keys)
+        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+    finally:
+        watcher.close()
+    return max(0.001, (last - began_ms) / 1000), cpu
+
+
 def full_speed(ex: Exchange, count: int, tag: str, symbols: Sequence[str]) -> dict[str, Any]:
     """Orders/s to final state for ``count`` trading orders on ``symbols`` written at
     once, with the dataflow processes' CPU time per 1,000 orders, how busy the machine's
     cores were meanwhile (what bounds a second process on a machine without a core for
     it), and each process's share of the CPU and of the book messages (a market's book
     lives on one process: Bytewax routes each key to one worker)."""
-    writer, watcher = Writer(ex.settings), Watcher(ex.settings)
-    pids = ex.flow_pids
-    cpu0 = [cpu_seconds(p) for p in pids]
+    orders = trading_orders(count, random.Random(tag), tag, ex.settings.markets(), symbols)
     books0 = [_book_messages(text) for text in ex.flow_metrics()]
     busy0, total0 = machine_busy()
-    try:
-        orders = trading_orders(count, random.Random(tag), tag, ex.settings.markets(), symbols)
-        began_ms = now_ms()
-        writer.send(stamp(o) for o in orders)
-        writer.flush()
-        ids = [o.order_id for o in orders]
-
-        def done() -> bool:
-            ex.check_dataflow()
-            return all(i in watcher.final for i in ids)
-
-        watcher.wait(done, 1800, f"{count} orders")
-        last = max(watcher.final[i] for i in ids)
-        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
-        books = [
-            _book_messages(text) - b for text, b in zip(ex.flow_metrics(), books0, strict=True)
-        ]
-        busy, total = machine_busy()
-    finally:
-        watcher.close()
+    seconds, cpu = _timed(
+        ex,
+        (stamp(o) for o in orders),
+        lambda watcher: watcher.final,
+        [o.order_id for o in orders],
+        f"{count} orders",
+    )
+    books = [_book_messages(text) - b for text, b in zip(ex.flow_metrics(), books0, strict=True)]
+    busy, total = machine_busy()
     return {
-        "orders_per_s": count / max(0.001, (last - began_ms) / 1000),
+        "orders_per_s": count / seconds,
         "dataflow_cpu_ms_per_1000_orders": 1e6 * sum(cpu) / count,
         "machine_busy": (busy - busy0) / max(1e-9, total - total0),
         "cpu_share": [c / max(1e-9, sum(cpu)) for c in cpu],
@@ -470,30 +488,18 @@ def wake(ex: Exchange, users: int, resting: int, count: int) -> dict[str, float]
         for n in picked
     ]
     _say(f"waking {len(credits):,} idle users after the restart (one credit each, at once)")
-    writer, watcher = Writer(ex.settings), Watcher(ex.settings)
-    pids = ex.flow_pids
-    cpu0 = [cpu_seconds(p) for p in pids]
-    try:
-        began_ms = now_ms()
-        writer.send(credits)
-        writer.flush()
-        keys = [f"{c.transfer_id}@{c.user_id}" for c in credits]
-
-        def done() -> bool:
-            ex.check_dataflow()
-            return all(k in watcher.transfers for k in keys)
-
-        watcher.wait(done, 1800, f"{len(credits)} idle users' credits")
-        last = max(watcher.transfers[k] for k in keys)
-        cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu0)
-    finally:
-        watcher.close()
-    seconds = max(0.001, (last - began_ms) / 1000)
+    seconds, cpu = _timed(
+        ex,
+        credits,
+        lambda watcher: watcher.transfers,
+        [f"{c.transfer_id}@{c.user_id}" for c in credits],
+        f"{len(credits)} idle users' credits",
+    )
     result = {
         "users": len(credits),
         "seconds": seconds,
         "users_per_s": len(credits) / seconds,
-        "dataflow_cpu_ms_per_user": 1000 * cpu / len(credits),
+        "dataflow_cpu_ms_per_user": 1000 * sum(cpu) / len(credits),
     }
     _say(
         f"  {len(credits):,} idle users woken in {seconds:.1f} s ({result['users_per_s']:,.0f}/s;"
