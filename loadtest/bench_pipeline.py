@@ -212,8 +212,9 @@ class _Watcher(threading.Thread):
 class _Sender:
     """Writes commands as the API does (keyed records on the wallet inbox), as cheaply as
     it can: the bench shares the two cores with what it measures. One encoder for the run
-    and a ``poll`` every ``_POLL_EVERY`` records, where building the encoder and polling
-    for each order cost the bench about 5 us an order (measured)."""
+    and a ``poll`` every ``_POLL_EVERY`` records: it built the encoder for each order
+    (3 us, timeit) and polled after each, and the bench used 45% of a core where it now
+    uses about a third."""
 
     def __init__(self, producer: Producer, settings: Settings) -> None:
         self.producer = producer
