@@ -434,6 +434,16 @@ DELIVERY_TIMEOUT_S = float(os.environ.get("CRYPTON_SINK_TIMEOUT", "60"))
 flush): a broker that restarts within it costs a pause, a longer outage a restart of
 the dataflow."""
 
+LINGER_MS = int(os.environ.get("CRYPTON_SINK_LINGER_MS", "5"))
+"""How long the sink's producer holds a partition's records before it sends them
+(``linger.ms``). librdkafka sends one produce request per partition (its issue #1700),
+so under a steady trickle every partition the flow writes to (order states, balances,
+trades, both inboxes) costs the broker a request per linger: at 500 orders/s and 5 ms,
+1,700 produce requests a second (Kafka's request log), and the broker at 76-94% of a
+core. Longer trades latency for the broker's CPU: measured in docs/benchmarks.md.
+Under full load a partition's batch fills before its linger ends, which then costs
+nothing."""
+
 
 _BATCH_MESSAGES: Final = 1_000
 _BATCH_BYTES: Final = 256 * 1024
@@ -487,6 +497,7 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
                 "on_delivery": failures.delivered,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "delivery.report.only.error": True,
+                "linger.ms": LINGER_MS,
             },
         )
         self._producer = Producer(config)
