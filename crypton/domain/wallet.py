@@ -564,16 +564,20 @@ class WalletMachine:
         wallet = cls(user_id, markets)
         wallet.balances = {asset: Funds(a, h) for asset, (a, h) in balances.items()}
         if isinstance(holds, dict):  # before the packed holds: {id: (market, asset, amount)}
-            wallet.holds = {oid: _restored_hold(markets, *spec) for oid, spec in holds.items()}
+            wallet.holds = {
+                oid: _restored_hold(market, markets.assets_of[market], asset, amount)
+                for oid, (market, asset, amount) in holds.items()
+            }
         else:
             names, rows = holds
             wallet.holds = {}
             for oid, index, holds_base, amount in rows:
                 market = names[index]
-                base, quote = markets.assets_of[market]
-                asset, receives = (base, quote) if holds_base else (quote, base)
+                assets = markets.assets_of[market]
                 order_id = oid if isinstance(oid, str) else uuid_text(oid)
-                wallet.holds[order_id] = _Hold(market, asset, amount, receives)
+                wallet.holds[order_id] = _restored_hold(
+                    market, assets, assets[0] if holds_base else assets[1], amount
+                )
         wallet.clock, orders, transfers = window
         wallet.orders_seen = IdWindow.restore(orders)
         wallet.transfers_seen = IdWindow.restore(transfers)
@@ -595,8 +599,10 @@ WALLET_HANDLERS: Final[dict[type[Message], _Handler]] = {
 """What ``WalletMachine.apply`` does with each inbox type; ``Exchange`` dispatches through it."""
 
 
-def _restored_hold(markets: Markets, market: str, asset: str, amount: int) -> _Hold:
-    base, quote = markets.assets_of[market]
+def _restored_hold(market: str, assets: tuple[str, str], asset: str, amount: int) -> _Hold:
+    """The hold of ``amount`` of ``asset`` for an order on ``market`` (its ``assets``, base
+    then quote): it receives the other one."""
+    base, quote = assets
     return _Hold(market, asset, amount, base if asset == quote else quote)
 
 
