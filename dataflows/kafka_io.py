@@ -482,9 +482,7 @@ class _Failures:
 
 class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
     def __init__(self, settings: Settings, delivery_timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
-        failures = _Failures()
-        self._failures = failures
-        self._errors = failures.errors
+        failures = self._failures = _Failures()
         self._timeout = delivery_timeout_s
         # Delivery reports for failures only: a Python callback per acknowledged record
         # cost the flow's one thread as much as producing it; success is still
@@ -567,7 +565,7 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
                 self._producer.poll(0.05)
                 self._raise_if_failed()
             except KafkaException as exc:  # a fatal error refuses new records
-                self._errors.append(exc.args[0].str() if exc.args else str(exc))
+                self._failures.errors.append(exc.args[0].str() if exc.args else str(exc))
                 self._raise_if_failed()
 
     def _partition(self, topic: str, key: bytes) -> int:
@@ -595,11 +593,12 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
             )
 
     def _raise_if_failed(self) -> None:
-        if self._errors:
+        errors = self._failures.errors
+        if errors:
             # Crashing is the safe answer: the flow restarts from its last snapshot
             # and writes again everything after it.
             raise SinkDeliveryError(
-                f"kafka write failed ({len(self._errors)} errors, first: {self._errors[0]});"
+                f"kafka write failed ({len(errors)} errors, first: {errors[0]});"
                 " exiting so that the flow restarts from its last snapshot"
             )
 
