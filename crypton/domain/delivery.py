@@ -25,8 +25,11 @@ from crypton.domain.wallet import WALLET_HANDLERS, WalletMachine
 
 __all__ = ["run_batch"]
 
-_TO_BOOK: Final = frozenset((BookOrder, BookCancel))
-"""Message types keyed by market; everything else a machine sends is keyed by user."""
+# Message types keyed by market; everything else a machine sends is keyed by user.
+# ``Final`` aliases: C statics when compiled, compared by identity (a set's lookup of a
+# type cost the loop 1.6% of the core's instructions).
+_BookOrder: Final = BookOrder
+_BookCancel: Final = BookCancel
 
 
 def run_batch(
@@ -42,11 +45,11 @@ def run_batch(
     emitted: list[Message] = []
     touched: list[WalletMachine | BookMachine] = []  # each once: ``pending``
     send, emit, pop = queue.append, emitted.append, queue.popleft
-    to_book, wallet_handlers = _TO_BOOK, WALLET_HANDLERS
+    wallet_handlers = WALLET_HANDLERS
     while queue:
         msg = pop()
         kind = type(msg)
-        if kind in to_book:
+        if kind is _BookOrder or kind is _BookCancel:
             book = books[msg.market]
             if not book.pending:
                 book.pending = True
@@ -60,6 +63,5 @@ def run_batch(
                 touched.append(wallet)
             wallet_handlers[kind](wallet, msg, send, emit)
     for machine in touched:
-        machine.pending = False
-        machine.flush(emit)
+        machine.flush(emit)  # and leaves the batch: ``pending`` False
     return emitted

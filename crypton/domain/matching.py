@@ -141,7 +141,9 @@ class BookMachine:
             _HANDLERS[type(due)](self, _astuple(due), send, emit)
 
     def flush(self, emit: Emit) -> None:
-        """Emit the latest state of every order that changed since the last flush."""
+        """Emit the latest state of every order that changed since the last flush (and
+        leave the batch's list of machines to flush: ``pending``)."""
+        self.pending = False
         for order in self.changed:
             order.pending = False
             emit(order.state())

@@ -202,7 +202,9 @@ class WalletMachine:
         WALLET_HANDLERS[type(msg)](self, msg, send, emit)
 
     def flush(self, emit: Emit) -> None:
-        """Emit the balances record if they changed since the last flush."""
+        """Emit the balances record if they changed since the last flush (and leave the
+        batch's list of machines to flush: ``pending``)."""
+        self.pending = False
         ts = self.changed_at
         if ts is None:
             return
