@@ -115,7 +115,9 @@ class RestingOrder:
         self.post_only = post_only
         self.stp = stp
         self.created_at: Stamp = ts
-        self.remaining = quantity or 0
+        # Declared: inferred, it was an object, and every fill compared and subtracted
+        # it through Python's generic number protocol (compiled).
+        self.remaining: int = quantity or 0
         self.hold = hold
         self.spent = 0
         self.filled_quantity = 0

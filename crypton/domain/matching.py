@@ -157,6 +157,7 @@ class BookMachine:
     # --- cancel --------------------------------------------------------------------
 
     def _cancel(self, fields: _Fields, send: Emit, emit: Emit) -> None:
+        src: str  # declared: compared natively (compiled), where ``Any`` is not
         _market, src, _seq, order_id, ts, _prev, _v = fields  # a ``BookCancel``'s
         # Check the owner before taking the order out: removing first would let a
         # cancel naming someone else's order drop it from the book with its funds
@@ -207,7 +208,11 @@ class BookMachine:
         refund = fees = 0
         # Locals for the loop: it runs once per fill and once more to stop.
         makers = book.asks if buying else book.bids
-        limited, limit = taker.price is not None, taker.price or 0
+        # A machine integer, compared to each level's price natively (compiled): ``price or
+        # 0`` was an object, and every comparison boxed the level's price for it.
+        price = taker.price
+        limited = price is not None
+        limit: int = price if price is not None else 0
         while True:
             if not by_funds and taker.remaining == 0:
                 break
