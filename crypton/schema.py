@@ -71,10 +71,13 @@ __all__ = [
     "FirstWins",
     "Fold",
     "Record",
+    "Routes",
     "TopicSpec",
     "Upsert",
     "batch_value",
+    "encode_value",
     "record_encoder",
+    "record_routes",
     "spec_of",
     "topic_name",
 ]
@@ -333,9 +336,22 @@ def spec_of(message: msgspec.Struct) -> TopicSpec:
     return BY_TYPE[type(message)]
 
 
+Routes = dict[type[msgspec.Struct], tuple[str, Callable[[Any], str]]]
+"""Message type -> (its topic's name, its key function): where a message is written."""
+
+encode_value: Final = _encode
+"""A record's value (JSON with the type tag), as ``TopicSpec.encode`` makes it."""
+
+
+def record_routes(prefix: str = "") -> Routes:
+    """Where each message type is written under ``prefix``: the dataflow's steps encode
+    their outputs through this table in line (``record_encoder``, one call less a record)."""
+    return {kind: (spec.name(prefix), spec.key_of) for kind, spec in BY_TYPE.items()}
+
+
 def record_encoder(prefix: str = "") -> Callable[[Message], Record]:
     """Message -> (topic, key, value) under ``prefix``, as the dataflow's sink writes it."""
-    routes = {kind: (spec.name(prefix), spec.key_of) for kind, spec in BY_TYPE.items()}
+    routes = record_routes(prefix)
 
     def encode(message: Message) -> Record:
         topic, key_of = routes[type(message)]

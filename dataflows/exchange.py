@@ -86,7 +86,7 @@ from dataflows.bases import (
     KafkaBases,
     span_for,
 )
-from dataflows.kafka_io import Inbound, InboxSource, LogSink, Record, Tagged, is_book, offset_of
+from dataflows.kafka_io import Inbound, InboxSource, LogSink, Tagged, is_book, offset_of
 from dataflows.recovery import SettledSnapshots
 
 __all__ = ["LIVE_MACHINES", "BookLogic", "StateUnavailable", "WalletLogic", "build_flow", "flow"]
@@ -277,11 +277,11 @@ class _Step:
         "counts",
         "depth_levels",
         "dirty",
-        "encode",
         "first_whole",
         "live",
         "live_max",
         "markets",
+        "routes",
         "settled",
         "snapped",
         "state_id",
@@ -291,7 +291,7 @@ class _Step:
         self,
         name: str,
         markets: Markets,
-        encode: Callable[[Message], Record],
+        routes: schema.Routes,
         live_max: int,
         depth_levels: int,
         bases: Bases | None = None,
@@ -305,7 +305,8 @@ class _Step:
         self.state_id = f"{FLOW_ID}.{name}"
         """The step's id in the recovery store."""
         self.markets = markets
-        self.encode = encode
+        self.routes = routes
+        """Where each output is written (``schema.record_routes``)."""
         self.live: OrderedDict[_KeyLogic, None] = OrderedDict()
         self.live_max = max(1, live_max)
         self.depth_levels = depth_levels
@@ -327,13 +328,13 @@ class _Steps:
         self,
         name: str,
         markets: Markets,
-        encode: Callable[[Message], Record],
+        routes: schema.Routes,
         live_max: int,
         depth_levels: int = DEPTH_LEVELS,
         bases: Bases | None = None,
         settled: SettledSnapshots | None = None,
     ) -> None:
-        self.args = (name, markets, encode, live_max, depth_levels, bases, settled)
+        self.args = (name, markets, routes, live_max, depth_levels, bases, settled)
         self.by_thread: dict[int, _Step] = {}
 
     def here(self) -> _Step:
@@ -460,8 +461,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             if not self.stale and step.bases is not None:
                 step.dirty.append(self)
             self.stale = True
-        # One pass over the outputs: encode, tag and count.
-        encode = step.encode
+        # One pass over the outputs: encode (``schema.record_encoder``, in line), tag and count.
+        routes, encode = step.routes, schema.encode_value
         tagged: list[Tagged] = []
         add = tagged.append
         tag = trades = dead = 0
@@ -479,7 +480,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
                 trades += 1
             elif kind is DeadLetter:
                 dead += 1
-            add((tag, encode(message)))
+            topic, key_of = routes[kind]
+            add((tag, (topic, key_of(message).encode(), encode(message))))
         counts = step.counts
         counts.messages += processed
         counts.emitted += len(tagged)
@@ -780,9 +782,9 @@ def build_flow(
     prepared ``on_demand``).
     """
     flow = Dataflow(FLOW_ID)
-    encode = schema.record_encoder(prefix)
-    wallets = _Steps("wallet", markets, encode, live_machines, bases=bases, settled=settled)
-    books = _Steps("book", markets, encode, live_machines, depth_levels, bases, settled)
+    routes = schema.record_routes(prefix)
+    wallets = _Steps("wallet", markets, routes, live_machines, bases=bases, settled=settled)
+    books = _Steps("book", markets, routes, live_machines, depth_levels, bases, settled)
     # Input -> keyed step -> output and little else: every operator a record passes
     # costs the flow's one Python thread. One input for both inboxes, so that their
     # partitions close each epoch together (``InboxSource``).

@@ -58,7 +58,7 @@ def _book_phase(orders: int, changes: int, epochs: int) -> None:
     """Epoch closes of a book of ``orders`` resting orders, ``changes`` each."""
     markets = load_markets()
     market = markets.market("BTC-USDT")
-    steps = _Steps("book", markets, schema.record_encoder(), LIVE_MACHINES, 50)
+    steps = _Steps("book", markets, schema.record_routes(), LIVE_MACHINES, 50)
     logic = BookLogic(steps.here(), None)
     mid, seq = 50_000 * market.quote.scale, 0
 
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--book-changes", type=int, default=20)
     args = parser.parse_args(argv)
     markets = load_markets()
-    steps = _Steps("wallet", markets, schema.record_encoder(), args.live)
+    steps = _Steps("wallet", markets, schema.record_routes(), args.live)
     build: Callable[[bytes | None], WalletLogic] = lambda packed: WalletLogic(  # noqa: E731
         steps.here(), packed
     )
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     blob = pickle.dumps([logic.snapshot() for logic in logics.values()])
     del logics
     gc.collect()
-    restored_steps = _Steps("wallet", markets, schema.record_encoder(), args.live)
+    restored_steps = _Steps("wallet", markets, schema.record_routes(), args.live)
     tracemalloc.start()
     restored = [WalletLogic(restored_steps.here(), state) for state in pickle.loads(blob)]
     idle, _ = tracemalloc.get_traced_memory()

@@ -32,7 +32,7 @@ from dataflows.kafka_io import position
 from tests.domain.support import btc, contents, limit, usdt
 
 MARKETS = load_markets()
-ENCODE = schema.record_encoder()
+ROUTES = schema.record_routes()
 
 
 def _book_inbox() -> list[tuple[int, Message]]:
@@ -118,7 +118,7 @@ def test_a_machine_restored_from_any_delta_carries_on_exactly(step: str, rebase:
     logic_type, key, make = CASES[step]
     inbox = make()
     bases = MemoryBases({step: inbox}, inline_bytes=0, rebase_offsets=rebase)
-    steps = _Steps(step, MARKETS, ENCODE, 10_000, bases=bases)
+    steps = _Steps(step, MARKETS, ROUTES, 10_000, bases=bases)
     mine = _mine(inbox, key, step)
     batches = [mine[i : i + 3] for i in range(0, len(mine), 3)]  # an epoch every 3 messages
     original = logic_type(steps.here(), None)
@@ -133,7 +133,7 @@ def test_a_machine_restored_from_any_delta_carries_on_exactly(step: str, rebase:
         assert len(bases.stored) > (10 if rebase == 5 else 1)
     for k in (0, len(batches) // 3, len(batches) // 2, len(batches) - 2):
         # A restart after the k-th epoch: a new process's logic, the same store.
-        restored = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=bases).here(),
+        restored = logic_type(_Steps(step, MARKETS, ROUTES, 10_000, bases=bases).here(),
                               snapshots[k])  # fmt: skip
         later = [_feed(restored, batch) for batch in batches[k + 1 :]]
         assert later == outputs[k + 1 :]
@@ -143,7 +143,7 @@ def test_a_machine_restored_from_any_delta_carries_on_exactly(step: str, rebase:
 def test_a_small_state_stays_whole_and_a_large_one_becomes_a_delta() -> None:
     inbox = _wallet_inbox()
     bases = MemoryBases({"wallet": inbox}, inline_bytes=2_000)
-    logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
+    logic = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(), None)
     mine = _mine(inbox, "mm", "wallet")
     _feed(logic, mine[:2])
     assert not logic.snapshot().startswith(b"\x96")  # two credits: a few hundred bytes
@@ -159,15 +159,15 @@ def test_a_base_that_cannot_be_read_stops_the_flow_rather_than_lose_messages() -
     the process stops, and its supervisor starts it again from the snapshot."""
     inbox = _wallet_inbox()
     bases = MemoryBases({"wallet": inbox})
-    logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
+    logic = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(), None)
     mine = _mine(inbox, "mm", "wallet")
     _feed(logic, mine[:10])
     delta = logic.snapshot()
-    without = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), delta)
+    without = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000).here(), delta)
     with pytest.raises(StateUnavailable, match="no store of bases"):
         _feed(without, mine[10:11])
     bases.stored.clear()  # the base is gone
-    lost = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), delta)
+    lost = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(), delta)
     with pytest.raises(StateUnavailable, match="mm"):
         _feed(lost, mine[10:11])
 
@@ -219,7 +219,7 @@ def _maker_on_slow_bases() -> tuple[list[tuple[int, Message]], _SlowBases, _Step
     only when the test says so, every state a delta."""
     inbox = _wallet_inbox()
     bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
-    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    steps = _Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases)
     return _mine(inbox, "mm", "wallet"), bases, steps, WalletLogic(steps.here(), None)
 
 
@@ -237,7 +237,7 @@ def test_a_first_base_on_its_way_leaves_the_snapshot_whole_without_a_wait() -> N
     assert _delta(logic.snapshot()) == (DELTA, 0, 0, mine[3][0], mine[7][0], 0)
     assert bases.waited == 0
     # Each whole snapshot restores, as any: the first one, fed what came after it.
-    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), whole)
+    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000).here(), whole)
     _feed(restored, mine[4:8])
     assert _state(restored) == _state(logic)
 
@@ -250,7 +250,7 @@ def test_a_close_sends_every_base_due_before_waiting_for_one(
     monkeypatch.setattr(exchange, "FIRST_WHOLE_BYTES", 0)
     inbox = _wallet_inbox()
     bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
-    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    steps = _Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases)
     maker, other = WalletLogic(steps.here(), None), WalletLogic(steps.here(), None)
     _feed(maker, _mine(inbox, "mm", "wallet")[:4])
     _feed(other, _mine(inbox, "y", "wallet")[:4])
@@ -271,9 +271,9 @@ def test_a_changed_machine_put_away_sends_its_base_without_waiting(
     inbox = _wallet_inbox()
     mine, other = _mine(inbox, "mm", "wallet"), _mine(inbox, "y", "wallet")
     bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
-    tight = _Steps("wallet", MARKETS, ENCODE, 1, bases=bases).here()  # one machine decoded
+    tight = _Steps("wallet", MARKETS, ROUTES, 1, bases=bases).here()  # one machine decoded
     logic, neighbour = WalletLogic(tight, None), WalletLogic(tight, None)
-    reference = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), None)
+    reference = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000).here(), None)
     assert _feed(logic, mine[:4]) == _feed(reference, mine[:4])
     _feed(neighbour, other[:1])  # ``logic`` is put away, changed
     assert logic.machine is None and len(bases.stored) == 1 and bases.waited == 0
@@ -284,7 +284,7 @@ def test_a_changed_machine_put_away_sends_its_base_without_waiting(
     snapshot = logic.snapshot()
     assert _delta(snapshot) == (DELTA, 0, 0, mine[3][0], mine[5][0], 0)
     assert bases.waited == 0
-    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
+    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
                            snapshot)  # fmt: skip
     assert _feed(restored, mine[6:8]) == _feed(reference, mine[6:8])
     assert _state(restored) == _state(reference)
@@ -300,7 +300,7 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored(
     mine = _mine(inbox, "mm", "wallet")
     at = [offset for offset, _msg in mine]
     bases = _SlowBases({"wallet": inbox}, inline_bytes=0, rebase_offsets=40)
-    logic = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(), None)
+    logic = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(), None)
     _feed(logic, mine[:4])
     assert _delta(logic.snapshot()) is None  # its first base on its way
     bases.acknowledge()
@@ -320,7 +320,7 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored(
     assert _delta(logic.snapshot()) == (DELTA, 0, 2, at[59], at[59], 2)
     assert bases.waited == 1
     # The last delta rebuilds the machine.
-    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
+    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
                            logic.snapshot())  # fmt: skip
     _feed(restored, mine[60:61])
     _feed(logic, mine[60:61])
@@ -334,7 +334,7 @@ def test_a_small_base_spans_fewer_offsets_than_a_large_one() -> None:
     inbox = _wallet_inbox()
     mine = _mine(inbox, "mm", "wallet")
     bases = MemoryBases({"wallet": inbox}, inline_bytes=0, rebase_offsets=2_000)
-    steps = _Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases)
+    steps = _Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases)
     logic = WalletLogic(steps.here(), None)
     _feed(logic, mine[:4])
     logic.snapshot()
@@ -347,7 +347,7 @@ def test_a_small_base_spans_fewer_offsets_than_a_large_one() -> None:
         fed += 1
     # Sent at the first close past half the span, not half of ``rebase_offsets``.
     assert logic.span // 2 < mine[fed - 1][0] - mine[3][0] <= logic.span // 2 + 2
-    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000, bases=bases).here(),
+    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
                            logic.snapshot())  # fmt: skip
     _feed(restored, mine[fed : fed + 1])
     _feed(logic, mine[fed : fed + 1])
@@ -368,7 +368,7 @@ def test_a_base_the_store_refused_leaves_the_snapshot_whole_and_is_sent_again() 
     bases.acknowledge()
     _feed(logic, mine[8:10])
     assert _delta(logic.snapshot()) == (DELTA, 0, 1, mine[7][0], mine[9][0], 0)
-    restored = WalletLogic(_Steps("wallet", MARKETS, ENCODE, 10_000).here(), whole)
+    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000).here(), whole)
     _feed(restored, mine[4:10])
     assert _state(restored) == _state(logic)
 
@@ -397,9 +397,9 @@ def test_a_delta_machine_put_away_wakes_without_reading_its_base(step: str) -> N
     mine = _mine(inbox, key, step)
     other = next(m for m in inbox if type(m[1]) is not DeadLetter and m not in mine)
     bases = _NoReads({step: inbox}, inline_bytes=0)
-    tight = _Steps(step, MARKETS, ENCODE, 1, bases=bases).here()  # one machine decoded
+    tight = _Steps(step, MARKETS, ROUTES, 1, bases=bases).here()  # one machine decoded
     logic, neighbour = logic_type(tight, None), logic_type(tight, None)
-    reference = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=MemoryBases(
+    reference = logic_type(_Steps(step, MARKETS, ROUTES, 10_000, bases=MemoryBases(
         {step: inbox}, inline_bytes=0)).here(), None)  # fmt: skip
     thirds = [mine[: len(mine) // 3], mine[len(mine) // 3 : -1], mine[-1:]]
     for part in thirds:
@@ -412,7 +412,7 @@ def test_a_delta_machine_put_away_wakes_without_reading_its_base(step: str) -> N
     _feed(logic, [])  # nothing to wake it
     assert logic.machine is None
     # A restart (a new process) has no resident state: it reads the base, as before.
-    restored = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=bases).here(),
+    restored = logic_type(_Steps(step, MARKETS, ROUTES, 10_000, bases=bases).here(),
                           logic.snapshot())  # fmt: skip
     extra = [(mine[-1][0] + 1000, mine[-1][1])]
     assert _feed(restored, extra) == _feed(reference, extra)
@@ -443,7 +443,7 @@ def test_compaction_never_takes_a_base_a_restart_could_resume_from(
     bases = _SlowBases({step: inbox}, inline_bytes=0, rebase_offsets=rebase)
 
     def start(packed: bytes | None) -> tuple[_KeyLogic, _KeyLogic]:
-        tight = _Steps(step, MARKETS, ENCODE, 1, bases=bases).here()  # one decoded
+        tight = _Steps(step, MARKETS, ROUTES, 1, bases=bases).here()  # one decoded
         return logic_type(tight, packed), logic_type(tight, None)
 
     logic, neighbour = start(None)
@@ -478,7 +478,7 @@ def test_compaction_never_takes_a_base_a_restart_could_resume_from(
         bases.compact()
         for packed, state, _fed in handed:
             if _delta(packed) is not None:
-                restored = logic_type(_Steps(step, MARKETS, ENCODE, 10_000, bases=bases).here(),
+                restored = logic_type(_Steps(step, MARKETS, ROUTES, 10_000, bases=bases).here(),
                                       packed)  # fmt: skip
                 restored._wake(mine[0][1])
                 assert _state(restored) == state

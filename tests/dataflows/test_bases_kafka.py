@@ -142,7 +142,7 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
 
     # A wallet taken as a delta after 40 messages, rebuilt from Kafka, carries on exactly.
     original = WalletLogic(
-        _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases).here(), None
+        _Steps("wallet", MARKETS, schema.record_routes(), 100, bases=bases).here(), None
     )
     original.on_batch([_at(mine[:40])])
     assert len(original.snapshot()) > 40  # whole while its first base is on its way
@@ -152,7 +152,7 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
     later = original.snapshot()
     assert len(later) < 40  # a delta on it
     restored = WalletLogic(
-        _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases).here(), later
+        _Steps("wallet", MARKETS, schema.record_routes(), 100, bases=bases).here(), later
     )
     restored.on_batch([_at(mine[80:81])])
     original.on_batch([_at(mine[80:81])])
@@ -183,7 +183,7 @@ def test_a_base_kafka_refuses_leaves_the_wallet_whole_and_the_store_usable(
     mine = [(o, m) for o, m in inbox if getattr(m, "user_id", None) == "mm"]
     assert len(mine) == len(commands)
     bases = KafkaBases(settings, inline_bytes=0)
-    steps = _Steps("wallet", MARKETS, schema.record_encoder(), 100, bases=bases)
+    steps = _Steps("wallet", MARKETS, schema.record_routes(), 100, bases=bases)
     wallet = WalletLogic(steps.here(), None)
     wallet.on_batch([_at(mine)])
     whole = wallet.snapshot()
@@ -191,7 +191,7 @@ def test_a_base_kafka_refuses_leaves_the_wallet_whole_and_the_store_usable(
     assert wallet.next_base is not None
     with pytest.raises(KafkaException):
         bases.wait(wallet.next_base[0])  # refused
-    restored = WalletLogic(_Steps("wallet", MARKETS, schema.record_encoder(), 100).here(), whole)
+    restored = WalletLogic(_Steps("wallet", MARKETS, schema.record_routes(), 100).here(), whole)
     credit = Credit(user_id="mm", asset="USDT", amount=usdt("5"), transfer_id="h", ts=100)
     at = mine[-1][0] + 1
     for logic in (wallet, restored):

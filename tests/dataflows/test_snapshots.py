@@ -433,7 +433,7 @@ def _feed(logic: WalletLogic, *messages: Any) -> list[Any]:
 
 
 def test_a_demoted_wallet_keeps_its_change_and_carries_on() -> None:
-    step = _Step("wallet", MARKETS, schema.record_encoder(), live_max=2, depth_levels=5)
+    step = _Step("wallet", MARKETS, schema.record_routes(), live_max=2, depth_levels=5)
     logics = {user: WalletLogic(step, None) for user in ("a", "b", "c")}
     reference = WalletMachine("a", MARKETS)
     reference.handle(_credit("a", "t1"))
@@ -454,7 +454,7 @@ def test_a_demoted_wallet_keeps_its_change_and_carries_on() -> None:
 def test_stale_drops_are_counted_for_monitoring() -> None:
     """A book's stale drops (a forgotten user's old message again) reach the step's
     counter, which Prometheus reads as ``crypton_dataflow_stale_messages_total``."""
-    step = _Step("book", MARKETS, schema.record_encoder(), live_max=10, depth_levels=5)
+    step = _Step("book", MARKETS, schema.record_routes(), live_max=10, depth_levels=5)
     logic = BookLogic(step, None)
     t0, minute = 1_700_000_000_000, 60_000
     first: BookOrder | None = None
