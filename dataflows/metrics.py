@@ -31,7 +31,6 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -113,17 +112,27 @@ class StepCounts:
         self.trades += trades
         self.dead += dead
         if stamps:
-            # Per distinct stamp, not per state: a batch's orders were stamped within a
-            # few milliseconds of each other (at full speed 1,000 states, a dozen stamps),
-            # and a bucket per state cost the flow's thread 3% of its time (py-spy).
+            # Per run of equal stamps, not per state: a batch's orders were stamped within
+            # a few milliseconds of each other, in order (at full speed 1,000 states, a
+            # dozen stamps), and a bucket per state cost the flow's thread 3% of its time
+            # (py-spy). Runs, not a ``Counter``: most calls count a key's few states, and
+            # a Counter costs 1.4 us to make.
             now_ms = time.time() * 1000
-            buckets = self.latency_buckets
             total_ms = 0.0
-            for stamped, count in Counter(stamps).items():
-                ms = max(0.0, now_ms - stamped)
-                buckets[bisect_left(_BUCKETS_MS, ms)] += count
-                total_ms += ms * count
+            run, count = stamps[0], 0
+            for stamped in stamps:
+                if stamped != run:
+                    total_ms += self._observe(now_ms, run, count)
+                    run, count = stamped, 0
+                count += 1
+            total_ms += self._observe(now_ms, run, count)
             self.latency_sum += total_ms / 1000
+
+    def _observe(self, now_ms: float, stamped: int, count: int) -> float:
+        """Count ``count`` states of commands stamped at ``stamped``; their latency in ms."""
+        ms = max(0.0, now_ms - stamped)
+        self.latency_buckets[bisect_left(_BUCKETS_MS, ms)] += count
+        return ms * count
 
 
 class EpochStall:
