@@ -331,7 +331,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
                     dead = items[DEAD_LETTER_KEY] = batch()
                 dead.append(self._dead(record, offset, messages))
                 continue
-            at = position(offset)
+            at = offset << POSITION_BITS  # ``position(offset)``, in line: once a record
             for msg in messages:
                 # Keyed by user or market: Bytewax runs each key's logic on its messages
                 # in this order, and snapshots only the keys an epoch awoke. A key's
@@ -500,10 +500,13 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
         )
         self._producer = Producer(config)
         prefix = settings.topic_prefix
-        self._inboxes = frozenset((WALLET_INBOX.name(prefix), BOOK_INBOX.name(prefix)))
-        # Per inbox topic, key -> partition (Kafka's murmur2, as the producer's own
-        # partitioner puts a keyed record), bounded; the counts are read on first use.
-        self._partition_of: dict[str, dict[bytes, int]] = {}
+        # Per inbox topic, key -> (inbox, partition): where the producer's own partitioner
+        # (Kafka's murmur2) would put a keyed record, as one tuple that every record of
+        # the key reuses; bounded. The partition counts are read on first use.
+        self._where_of: dict[str, dict[bytes, tuple[str, int]]] = {
+            WALLET_INBOX.name(prefix): {},
+            BOOK_INBOX.name(prefix): {},
+        }
         self._counts: dict[str, int] = {}
         self._polled = 0.0
 
@@ -516,13 +519,14 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
             # of different partitions (or inboxes) interleave arbitrarily, as they may.
             tagged = [record for records in values for record in records]
             tagged.sort(key=_position)
-        inboxes = self._inboxes
+        where_of = self._where_of
         # Messages for the other step, per (inbox, partition), in order: one record each.
         batches: dict[tuple[str, int], tuple[list[Record], list[int]]] = {}
         for _, record in tagged:
             topic = record[0]
-            if topic in inboxes:
-                where = (topic, self._partition(topic, record[1]))
+            inbox = where_of.get(topic)
+            if inbox is not None:
+                where = inbox.get(record[1]) or self._where(topic, record[1])
                 batch = batches.get(where)
                 if batch is None:
                     batch = batches[where] = ([], [0])
@@ -568,19 +572,16 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
                 self._failures.errors.append(exc.args[0].str() if exc.args else str(exc))
                 self._raise_if_failed()
 
-    def _partition(self, topic: str, key: bytes) -> int:
-        cache = self._partition_of.get(topic)
-        if cache is None:
-            cache = self._partition_of[topic] = {}
-        found = cache.get(key)
-        if found is None:
-            count = self._counts.get(topic)
-            if count is None:
-                count = self._counts[topic] = len(topic_partitions(self._producer, topic))
-            if len(cache) >= _PARTITION_CACHE:
-                cache.clear()
-            found = cache[key] = partition_for(key, count)
-        return found
+    def _where(self, inbox: str, key: bytes) -> tuple[str, int]:
+        """(inbox, partition) of a record keyed ``key``, remembered (``_where_of``)."""
+        count = self._counts.get(inbox)
+        if count is None:
+            count = self._counts[inbox] = len(topic_partitions(self._producer, inbox))
+        cache = self._where_of[inbox]
+        if len(cache) >= _PARTITION_CACHE:
+            cache.clear()
+        where = cache[key] = (inbox, partition_for(key, count))
+        return where
 
     def snapshot(self) -> None:
         # The epoch may commit only once its output is acknowledged by the broker.
