@@ -481,7 +481,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             elif kind is DeadLetter:
                 dead += 1
             topic, key_of = routes[kind]
-            add((tag, (topic, key_of(message).encode(), encode(message))))
+            add((tag, topic, key_of(message).encode(), encode(message)))
         counts = step.counts
         counts.messages += processed
         counts.emitted += len(tagged)

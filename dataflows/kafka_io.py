@@ -58,7 +58,6 @@ __all__ = [
     "Inbound",
     "InboxSource",
     "LogSink",
-    "Record",
     "SinkDeliveryError",
     "Tagged",
     "WalletBatch",
@@ -70,14 +69,13 @@ __all__ = [
 
 log = logging.getLogger("crypton.dataflow")
 
-Record = tuple[str, bytes, bytes]
-"""What the sink writes: (topic, key, value)."""
-
 Inbound = tuple[int, Message]
 """An inbox message with its position in its inbox partition (``position``)."""
 
-Tagged = tuple[int, Record]
-"""A record to write with the inbox position of the message that caused it."""
+Tagged = tuple[int, str, bytes, bytes]
+"""A record to write, ``(position, topic, key, value)``, with the inbox position of the
+message that caused it (one tuple a record: a tuple in a tuple cost a record one more
+to make, free and track)."""
 
 _position = itemgetter(0)
 
@@ -521,42 +519,45 @@ class _LogPartition(StatefulSinkPartition[list[Tagged], None]):
             tagged.sort(key=_position)
         where_of = self._where_of
         # Messages for the other step, per (inbox, partition), in order: one record each.
-        batches: dict[tuple[str, int], tuple[list[Record], list[int]]] = {}
-        for _, record in tagged:
-            topic = record[0]
+        # (values, [their size], the first one's key): the key, should it stay alone.
+        batches: dict[tuple[str, int], tuple[list[bytes], list[int], bytes]] = {}
+        for _, topic, key, value in tagged:
             inbox = where_of.get(topic)
             if inbox is not None:
-                where = inbox.get(record[1]) or self._where(topic, record[1])
+                where = inbox.get(key) or self._where(topic, key)
                 batch = batches.get(where)
                 if batch is None:
-                    batch = batches[where] = ([], [0])
-                records, size = batch
-                records.append(record)
-                size[0] += len(record[2])
-                if len(records) >= _BATCH_MESSAGES or size[0] >= _BATCH_BYTES:
-                    self._write_batch(where, records)
+                    batch = batches[where] = ([], [0], key)
+                held, size, _first = batch
+                held.append(value)
+                size[0] += len(value)
+                if len(held) >= _BATCH_MESSAGES or size[0] >= _BATCH_BYTES:
+                    self._write_batch(where, batch)
                     del batches[where]
                 continue
             try:
-                produce(topic, record[2], record[1])
+                produce(topic, value, key)
             except (BufferError, KafkaException):  # the queue is full, or a fatal error
-                self._produce(topic, record[2], record[1])
-        for where, (records, _size) in batches.items():
-            self._write_batch(where, records)
+                self._produce(topic, value, key)
+        for where, batch in batches.items():
+            self._write_batch(where, batch)
         now = time.monotonic()
         if now - self._polled >= _POLL_EVERY_S:  # serves error callbacks only
             self._polled = now
             self._producer.poll(0)
         self._raise_if_failed()
 
-    def _write_batch(self, where: tuple[str, int], records: list[Record]) -> None:
-        """One inbox record for ``records``: itself if alone (keyed, as a command is),
-        else a batch in the partition all their keys map to."""
+    def _write_batch(
+        self, where: tuple[str, int], batch: tuple[list[bytes], list[int], bytes]
+    ) -> None:
+        """One inbox record for a batch's values: itself if alone (keyed, as a command
+        is), else a batch in the partition all their keys map to."""
         topic, partition = where
-        if len(records) == 1:
-            self._produce(topic, records[0][2], records[0][1])
+        values, _size, first = batch
+        if len(values) == 1:
+            self._produce(topic, values[0], first)
         else:
-            self._produce(topic, batch_value([r[2] for r in records]), None, partition)
+            self._produce(topic, batch_value(values), None, partition)
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
         """Write one record (``partition`` -1: where its key maps), waiting while the local

@@ -94,7 +94,7 @@ class Loop:
         more = False
         # In offset order, as the Kafka sink writes a batch (a round is one batch here).
         tagged = sorted((t for _key, batch in out for t in batch), key=itemgetter(0))
-        for _offset, (topic, _key, value) in tagged:
+        for _offset, topic, _key, value in tagged:
             logical = topic.removeprefix("crypton.")
             message = schema.BY_LOGICAL[logical].decode(value)
             if logical == topics.WALLET_INBOX:

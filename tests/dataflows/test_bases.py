@@ -92,7 +92,7 @@ def _wallet_inbox() -> list[tuple[int, Message]]:
 def _feed(logic: _KeyLogic, batch: list[tuple[int, Message]]) -> list[Any]:
     """Feed (offset, message)s as the source does: each at its position, one a record."""
     outputs, _retain = logic.on_batch([[(position(o), m) for o, m in batch]])
-    return [record for tagged in outputs for _tag, record in tagged]
+    return [(topic, key, value) for tagged in outputs for _tag, topic, key, value in tagged]
 
 
 def _mine(inbox: list[tuple[int, Message]], key: str, step: str) -> list[tuple[int, Message]]:

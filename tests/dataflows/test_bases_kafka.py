@@ -98,16 +98,16 @@ def test_a_base_round_trips_whole_and_a_delta_replays_its_own_records(
     settlements = [_settled("mm", seq) for seq in (1, 2)]
     sink = _LogPartition(settings)
     encode = schema.record_encoder(settings.topic_prefix)
-    sink.write_batch([[(position(0, i), encode(m)) for i, m in enumerate(settlements)]])
+    sink.write_batch([[(position(0, i), *encode(m)) for i, m in enumerate(settlements)]])
     # Two more batches in mm's partition: one holds mm among others (the replay must
     # find it there), one holds only others, one of them named mm and more ("mm..."), which
     # the replay may skip without decoding (``key_needle``).
     others = _same_partition(settings, "mm", 2)
     mixed = [_settled(others[0], 1), _settled("mm", 3), _settled(others[1], 1)]
     settlements.append(mixed[1])
-    sink.write_batch([[(position(1, i), encode(m)) for i, m in enumerate(mixed)]])
+    sink.write_batch([[(position(1, i), *encode(m)) for i, m in enumerate(mixed)]])
     not_mine = [_settled(others[0], 2), _settled(others[1], 2)]
-    sink.write_batch([[(position(2, i), encode(m)) for i, m in enumerate(not_mine)]])
+    sink.write_batch([[(position(2, i), *encode(m)) for i, m in enumerate(not_mine)]])
     sink.snapshot()
     sink.close()
     produce(settings, commands[250:])

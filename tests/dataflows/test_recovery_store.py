@@ -69,7 +69,7 @@ def _balances(outputs: list[Any]) -> dict[str, dict[str, tuple[int, int]]]:
     """Each user's last balances record."""
     last: dict[str, dict[str, tuple[int, int]]] = {}
     for _key, tagged in outputs:
-        for _offset, (topic, _k, value) in tagged:
+        for _offset, topic, _k, value in tagged:
             if topic.endswith("balances"):
                 record = schema.BALANCES.decode(value)
                 last[record.user_id] = {

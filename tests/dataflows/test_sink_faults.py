@@ -34,7 +34,7 @@ MARKETS = load_markets()
 def test_unacknowledged_records_fail_the_epoch_with_a_clear_error() -> None:
     dead = dataclasses.replace(Settings(), kafka_port=free_ports(2))
     sink = _LogPartition(dead, delivery_timeout_s=1)
-    sink.write_batch([[(0, ("crypton.orders", b"k", b"v"))] * 3])
+    sink.write_batch([[(0, "crypton.orders", b"k", b"v")] * 3])
     began = time.monotonic()
     with pytest.raises(SinkDeliveryError, match="restarts from its last snapshot"):
         sink.snapshot()
@@ -46,7 +46,7 @@ def test_a_fatal_producer_error_is_raised_by_the_sink_not_by_the_callback() -> N
     sink = _LogPartition(dead, delivery_timeout_s=1)
     sink._failures.on_error(KafkaError(KafkaError._FATAL, "test: fenced", fatal=True))  # no raise
     with pytest.raises(SinkDeliveryError, match="fatal: test: fenced"):
-        sink.write_batch([[(0, ("crypton.orders", b"k", b"v"))]])
+        sink.write_batch([[(0, "crypton.orders", b"k", b"v")]])
 
 
 def test_a_flow_whose_output_is_not_acknowledged_stops_with_the_sink_error() -> None:
@@ -54,7 +54,7 @@ def test_a_flow_whose_output_is_not_acknowledged_stops_with_the_sink_error() -> 
     exit non-zero and be restarted) and the cause says why, with no SystemError."""
     dead = dataclasses.replace(Settings(), kafka_port=free_ports(2))
     flow = Dataflow("sink_faults")
-    records: list[tuple[str, list[Tagged]]] = [("u", [(0, ("crypton.orders", b"k", b"v"))])] * 5
+    records: list[tuple[str, list[Tagged]]] = [("u", [(0, "crypton.orders", b"k", b"v")])] * 5
     stream = op.input("in", flow, TestingSource(records))
     op.output("out", stream, LogSink(dead, delivery_timeout_s=1))
     began = time.monotonic()

@@ -39,11 +39,11 @@ def test_a_batch_is_written_in_offset_order_and_each_key_keeps_its_own() -> None
     # Bytewax hands the outputs grouped by key, keys in key order: "alice" (offsets 1, 5)
     # before "bob" (offset 3). Offset 5 caused two records, kept in their order.
     alice: list[Tagged] = [
-        (1, ("t", b"a", b"a1")),
-        (5, ("t", b"a", b"a5")),
-        (5, ("t", b"a", b"a5+")),
+        (1, "t", b"a", b"a1"),
+        (5, "t", b"a", b"a5"),
+        (5, "t", b"a", b"a5+"),
     ]
-    bob: list[Tagged] = [(3, ("t", b"b", b"b3"))]
+    bob: list[Tagged] = [(3, "t", b"b", b"b3")]
     sink.write_batch([alice, bob])
     assert [value for _topic, value in recorder.written] == [b"a1", b"b3", b"a5", b"a5+"]
 
@@ -75,13 +75,13 @@ def test_messages_for_the_other_step_go_as_one_record_per_inbox_partition() -> N
     where = {m: partition_for(m.encode(), 64) for m in markets}
     assert len(set(where.values())) == 3, "three markets, three partitions"
     # Bytewax hands keys one after another: positions put back the log's order.
-    btc = [(position(1, i), encode(_cancel("BTC-USDT", 1 + i))) for i in range(3)]
+    btc = [(position(1, i), *encode(_cancel("BTC-USDT", 1 + i))) for i in range(3)]
     eth = [
-        (position(1, 3), encode(_cancel("ETH-USDT", 9))),
-        (position(2), encode(_cancel("ETH-USDT", 10))),
+        (position(1, 3), *encode(_cancel("ETH-USDT", 9))),
+        (position(2), *encode(_cancel("ETH-USDT", 10))),
     ]
-    sol = [(position(3), encode(_cancel("SOL-USDT", 1)))]
-    state: list[Tagged] = [(position(1, 1), ("crypton.orders", b"o", b"state"))]
+    sol = [(position(3), *encode(_cancel("SOL-USDT", 1)))]
+    state: list[Tagged] = [(position(1, 1), "crypton.orders", b"o", b"state")]
     sink.write_batch([btc, eth, sol, state])
     assert recorder.written[0] == ("crypton.orders", b"state")  # state records as they come
     batches = {
@@ -103,7 +103,7 @@ def test_messages_for_the_other_step_go_as_one_record_per_inbox_partition() -> N
 def test_a_batch_record_closes_at_a_thousand_messages() -> None:
     encode = schema.record_encoder()
     sink, recorder = _sink(partitions=4)
-    many = [(position(i), encode(_cancel("BTC-USDT", i + 1))) for i in range(2_500)]
+    many = [(position(i), *encode(_cancel("BTC-USDT", i + 1))) for i in range(2_500)]
     sink.write_batch([many])
     sizes = [len(schema.BOOK_INBOX.decode_all(v)) for _t, v in recorder.written]
     assert sizes == [1_000, 1_000, 500]

@@ -417,7 +417,7 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
     balances = [
         schema.BALANCES.decode(value)
         for _key, tagged in out
-        for _offset, (topic, _k, value) in tagged
+        for _offset, topic, _k, value in tagged
         if topic.endswith("balances")
     ]
     # The resumed run carried on from the stored wallets.
@@ -429,7 +429,7 @@ def test_an_epoch_writes_only_the_users_it_touched(tmp_path: Path) -> None:
 
 def _feed(logic: WalletLogic, *messages: Any) -> list[Any]:
     (tagged,) = logic.on_batch([list(enumerate(messages))])[0]
-    return [record for _offset, record in tagged]
+    return [(topic, key, value) for _position, topic, key, value in tagged]
 
 
 def test_a_demoted_wallet_keeps_its_change_and_carries_on() -> None:
