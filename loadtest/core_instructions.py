@@ -16,11 +16,7 @@ run. Needs valgrind (``apt-get install valgrind``); about a minute.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -28,6 +24,7 @@ from pathlib import Path
 
 from crypton.domain import matching
 from crypton.runtime import tune_gc
+from loadtest import callgrind
 from loadtest.bench_core import _funded, build_commands
 
 _LOOP = "CPyPy_delivery___run_batch"
@@ -58,39 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.commands <= 0:
         parser.error("--commands must be positive")
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        print("error: valgrind not found (apt-get install valgrind)", file=sys.stderr)
-        return 2
     with tempfile.TemporaryDirectory() as tmp:
         commands = Path(tmp) / "commands.pkl"
         commands.write_bytes(pickle.dumps(build_commands(args.commands, args.seed)))
-        out = Path(tmp) / "callgrind.out"
-        print(f"counting {args.commands:,} commands under valgrind ...", file=sys.stderr)
-        run = subprocess.run(
-            [
-                valgrind,
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                f"--toggle-collect={_LOOP}",
-                sys.executable,
-                "-m",
+        try:
+            counted = callgrind.count(
+                f"{args.commands:,} commands",
                 "loadtest.core_instructions",
+                _LOOP,
                 "--child",
                 str(commands),
-            ],
-            env=os.environ | {"PYTHONHASHSEED": "0"},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        found = re.search(r"I\s+refs:\s+([\d,]+)", run.stderr)
-        if run.returncode != 0 or found is None:
-            last = run.stderr.strip().splitlines()[-1:] or ["no output"]
-            print(f"error: valgrind run failed: {last[0]}", file=sys.stderr)
-            return 1
-        total = int(found.group(1).replace(",", ""))
-        core = "compiled" if "compiled" in run.stderr else "plain Python"
+            )
+        except callgrind.CountFailed as failed:
+            print(f"error: {failed.line}", file=sys.stderr)
+            return failed.code
+    total = counted.instructions
+    core = "compiled" if "compiled" in counted.stderr else "plain Python"
     if total == 0:
         print("error: nothing counted: the core is not compiled (make mypyc)", file=sys.stderr)
         return 1

@@ -23,11 +23,8 @@ Needs valgrind (``apt-get install valgrind``); a few minutes.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +44,7 @@ from crypton.topics import partition_for
 from dataflows import metrics
 from dataflows.exchange import LIVE_MACHINES, BookLogic, WalletLogic, _KeyLogic, _Steps
 from dataflows.kafka_io import BookBatch, Inbound, WalletBatch, _InboxPartition, _LogPartition
+from loadtest import callgrind
 from loadtest.bench_pipeline import USERS, _orders
 
 PARTITIONS = 4
@@ -254,28 +252,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.orders <= 0:
         parser.error("--orders must be positive")
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        print("error: valgrind not found (apt-get install valgrind)", file=sys.stderr)
-        return 2
-    print(f"counting {args.orders:,} orders under valgrind ...", file=sys.stderr, flush=True)
-    run = subprocess.run(
-        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         f"--toggle-collect={_COUNTED}", sys.executable, "-m", "loadtest.flow_instructions",
-         "--child", str(args.orders), "--seed", str(args.seed)],
-        env=os.environ | {"PYTHONHASHSEED": "0"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    found = re.search(r"I\s+refs:\s+([\d,]+)", run.stderr)
-    tallied = re.search(r"calls=(\d+) emitted=(\d+) inbox=(\d+)", run.stderr)
-    if run.returncode != 0 or found is None or tallied is None:
-        last = run.stderr.strip().splitlines()[-1:] or ["no output"]
-        print(f"error: valgrind run failed: {last[0]}", file=sys.stderr)
-        return 1
-    total = int(found.group(1).replace(",", ""))
-    if total == 0:
+    try:
+        counted = callgrind.count(
+            f"{args.orders:,} orders", "loadtest.flow_instructions", _COUNTED,
+            "--child", str(args.orders), "--seed", str(args.seed),
+        )  # fmt: skip
+    except callgrind.CountFailed as failed:
+        print(f"error: {failed.line}", file=sys.stderr)
+        return failed.code
+    total = counted.instructions
+    tallied = re.search(r"calls=(\d+) emitted=(\d+) inbox=(\d+)", counted.stderr)
+    if tallied is None or total == 0:
         print(f"error: nothing counted: no {_COUNTED} in this Python", file=sys.stderr)
         return 1
     calls, emitted, inbox = (int(n) for n in tallied.groups())
