@@ -20,7 +20,8 @@ __all__ = ["CountFailed", "Counted", "count"]
 
 class CountFailed(Exception):  # noqa: N818 (it is what it says)
     """Why nothing was counted, in one line, and the exit code that says so (2: no
-    valgrind, 1: the run failed or counted nothing)."""
+    valgrind, 1: the run failed). A run that counted 0 (the function never ran) is the
+    caller's to explain: it knows why."""
 
     def __init__(self, line: str, code: int) -> None:
         super().__init__(line)
