@@ -199,9 +199,12 @@ class Flow:
                     self.sink.write_batch(outputs)
 
 
-def _run(orders: int, seed: int, client_config: Path) -> Flow:
+def _run(orders: int, seed: int) -> Flow:
     """Fund the users, then run the orders on a thread of their own (``_COUNTED``)."""
-    flow = Flow(client_config)
+    with tempfile.TemporaryDirectory() as tmp:  # read once, as the sink's producer is made
+        client = Path(tmp) / "client.properties"
+        client.write_text("".join(f"{k}={v}\n" for k, v in _CLIENT.items()))
+        flow = Flow(client)
     flow.send(
         [
             Credit(user_id=f"user{u}", asset=a, amount=10**15, transfer_id=f"fund-{a}", ts=1)
@@ -241,10 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child is not None:
         tune_gc()
-        with tempfile.TemporaryDirectory() as tmp:
-            client = Path(tmp) / "client.properties"
-            client.write_text("".join(f"{k}={v}\n" for k, v in _CLIENT.items()))
-            flow = _run(args.child, args.seed, client)
+        flow = _run(args.child, args.seed)
         print(
             f"calls={flow.calls} emitted={flow.emitted} inbox={sum(flow.sink.records.values())}",
             file=sys.stderr,

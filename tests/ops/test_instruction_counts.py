@@ -62,10 +62,8 @@ def test_it_counts_the_compiled_core_or_says_it_is_not_compiled() -> None:
         )
 
 
-def test_the_orders_go_through_both_steps_until_nothing_is_left(tmp_path: Path) -> None:
-    client = tmp_path / "client.properties"
-    client.write_text("".join(f"{k}={v}\n" for k, v in flow_instructions._CLIENT.items()))
-    flow = flow_instructions._run(300, 2024, client)
+def test_the_orders_go_through_both_steps_until_nothing_is_left() -> None:
+    flow = flow_instructions._run(300, 2024)
     logs = flow.wallet_logs + flow.book_logs
     assert all(log.taken == len(log.records) for log in logs)
     # Every order reached a book (held orders in batches) and came back settled.
