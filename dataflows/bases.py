@@ -46,6 +46,13 @@ the new one; only a machine fed more than half its span in one epoch waits for i
 base Kafka refused is counted (``crypton_dataflow_base_failures_total``) and sent again
 at the machine's next close; its snapshot stays whole, or on its old base, meanwhile.
 
+**Bases are taken while the flow is idle** (``_Step.take_bases`` in ``dataflows.exchange``).
+A machine due a base joins its step's queue, and the step packs and sends the queue's
+machines from a source poll that found no record in any partition
+(``kafka_io.when_idle``), in the last quarter of an epoch: the close then only names
+them. Once the flow has idled in an epoch, the close also leaves a delta that has used
+half its span, but not all of it, for the next idle moment.
+
 Why it is safe. A base is acknowledged (acks from all in-sync replicas) before any
 snapshot names it, so a committed snapshot never names a base the log does not have.
 Inboxes are never deleted (``retention.ms`` -1), and a base stays as long as a snapshot
@@ -64,8 +71,9 @@ snapshot a restart could resume from names its base:
 - Bytewax closes an epoch E+1 only once E is committed (its inputs advance only as far
   as the commit's progress allows), so at the close of E+1 a restart resumes from each
   key's snapshot of E or later, and while the items of E+1 are processed (a machine put
-  away to bound memory may write a base then) from its snapshot of E-1 or later. Each
-  is one of the key's last two snapshots handed to Bytewax;
+  away to bound memory, or one due while the flow is idle, may write a base then) from
+  its snapshot of E-1 or later. Each is one of the key's last two snapshots handed to
+  Bytewax;
 - a new base takes a slot that neither of those two names, nor the base the machine's
   delta names now (``_KeyLogic._free_slot`` in ``dataflows.exchange``). Four slots
   always leave one.

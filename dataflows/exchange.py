@@ -49,7 +49,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -86,7 +86,15 @@ from dataflows.bases import (
     KafkaBases,
     span_for,
 )
-from dataflows.kafka_io import Inbound, InboxSource, LogSink, Tagged, is_book, offset_of
+from dataflows.kafka_io import (
+    Inbound,
+    InboxSource,
+    LogSink,
+    Tagged,
+    is_book,
+    offset_of,
+    when_idle,
+)
 from dataflows.recovery import SettledSnapshots
 
 __all__ = ["LIVE_MACHINES", "BookLogic", "StateUnavailable", "WalletLogic", "build_flow", "flow"]
@@ -119,6 +127,11 @@ trader's wallet, about 4 KiB) costs a few pages written whole once, where waitin
 the whole flow a round trip to Kafka at that close (5-6 ms of a 10 ms stall, once in a
 run of ``bench_scale``); a crowd of them at once (201 market makers funded together:
 1.9 MB) waits one round trip for all, as before."""
+
+IDLE_LEAD = 0.25
+"""The last part of an epoch in which bases due are taken while the flow is idle
+(``_Step.take_bases``), when the epoch's length is known: a base taken then usually
+still serves the close, where one taken early would be used up and taken again."""
 
 LIVE_MACHINES = int(os.environ.get("CRYPTON_LIVE_MACHINES", "10000"))
 """Machines kept decoded per step and worker (the most recently used); the others
@@ -272,12 +285,18 @@ class _Step:
     may do (Bytewax calls a key's logic on the worker that owns the key).
     """
 
+    # ``__weakref__``: its idle work is held weakly (``kafka_io.when_idle``).
     __slots__ = (
+        "__weakref__",
         "bases",
+        "closed_at",
         "counts",
         "depth_levels",
         "dirty",
+        "due",
+        "epoch_s",
         "first_whole",
+        "idled",
         "live",
         "live_max",
         "markets",
@@ -296,6 +315,7 @@ class _Step:
         depth_levels: int,
         bases: Bases | None = None,
         settled: SettledSnapshots | None = None,
+        epoch_s: float | None = None,
     ) -> None:
         self.bases = bases
         """Where large states keep their base (``dataflows.bases``); None: always whole."""
@@ -319,6 +339,61 @@ class _Step:
         self.first_whole = 0
         """Bytes snapshotted whole at this close while their first base is on its way
         (``FIRST_WHOLE_BYTES``)."""
+        self.due: deque[_KeyLogic] = deque()
+        """The logics due a base, in the order they became due: taken while the flow
+        waits for input (``take_bases``), else at the close."""
+        self.idled = False
+        """Whether the flow waited for input since the last close (``take_bases`` ran): a
+        delta that has used half its span but not all of it then waits for that moment,
+        not the close (``_KeyLogic._send_ahead``)."""
+        self.epoch_s = epoch_s
+        """Seconds between epoch closes (Bytewax's ``-s``), if known: bases are then taken
+        idle only late in an epoch (``IDLE_LEAD``); else whenever the flow is idle."""
+        self.closed_at = time.monotonic()
+        """When the last epoch close began (``time.monotonic``); the flow's start before."""
+
+    def take_bases(self, budget_s: float) -> None:
+        """Take the bases due while the flow waits for input (``kafka_io.when_idle``),
+        for about ``budget_s`` seconds, oldest due first.
+
+        A base is the machine packed whole, which the epoch close would otherwise do for
+        every machine due at once, on the flow's only thread: after a burst that was the
+        close's whole cost (after 100,000 orders: 201 wallets, 1.5 MB, 87 ms, and the two
+        books, 54 ms), and a command arriving during it waited for all of it. Taken here,
+        one machine at a time between polls, a command waits at most for one machine's
+        packing; the close names the base in a delta as it would have (``_KeyLogic._pack``).
+        A machine taken here stays ``queued`` until the close: due again in the same epoch,
+        the close takes it, so a machine is packed at most once an epoch, as before. With
+        ``epoch_s`` known, only in the last ``IDLE_LEAD`` of an epoch: a small base's span
+        (1,000 offsets of its inbox partition) lasts a few seconds at 500 orders a second,
+        and a wallet based early in an epoch was based again at its close (``bench_pipeline
+        --seconds 40``: 12.5 MB of bases, against 6.3 MB before idle bases).
+        """
+        self.idled = True
+        bases, due = self.bases, self.due
+        if bases is None or not due:
+            return
+        epoch_s = self.epoch_s
+        if epoch_s and time.monotonic() - self.closed_at < epoch_s * (1 - IDLE_LEAD):
+            return  # a base taken now would often be used up by the close, and taken again
+        began = time.perf_counter()
+        deadline = began + budget_s
+        taken = 0
+        while due:
+            logic = due.popleft()
+            if not logic.stale:  # deferred by the close, unchanged since: nothing to take
+                logic.queued = False
+            elif logic.machine is not None:  # else put away, its base sent then (``_demote``)
+                sent = logic.next_base
+                logic._send_ahead(bases)
+                logic.whole = None  # named by the close's delta; the machine may change
+                taken += logic.next_base is not sent
+            if time.perf_counter() >= deadline:
+                break
+        if taken:
+            counts = self.counts
+            counts.idle_bases += taken
+            counts.idle_base_s += time.perf_counter() - began
 
 
 class _Steps:
@@ -333,8 +408,9 @@ class _Steps:
         depth_levels: int = DEPTH_LEVELS,
         bases: Bases | None = None,
         settled: SettledSnapshots | None = None,
+        epoch_s: float | None = None,
     ) -> None:
-        self.args = (name, markets, routes, live_max, depth_levels, bases, settled)
+        self.args = (name, markets, routes, live_max, depth_levels, bases, settled, epoch_s)
         self.by_thread: dict[int, _Step] = {}
 
     def here(self) -> _Step:
@@ -342,6 +418,8 @@ class _Steps:
         step = self.by_thread.get(ident)
         if step is None:
             step = self.by_thread[ident] = _Step(*self.args)
+            if step.bases is not None:
+                when_idle(step.take_bases)
         return step
 
 
@@ -364,6 +442,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         "machine",
         "next_base",
         "packed",
+        "queued",
         "resident",
         "span",
         "stale",
@@ -404,6 +483,8 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         """The whole state of a machine put away while its snapshot is a delta, or before
         the close that snapshots its changes (``_demote``): it wakes from these bytes, not
         from its base and inbox in Kafka."""
+        self.queued = False
+        """Whether this epoch made the logic due a base (``_Step.due``), taken or not."""
 
     def restore(self, key: str, snapshot: Any) -> Any:
         raise NotImplementedError
@@ -458,8 +539,17 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             step.counts.stale += machine.inbound.stale - stale
             if self.depth:
                 self.finish(machine, last, emit)
-            if not self.stale and step.bases is not None:
-                step.dirty.append(self)
+            bases = step.bases
+            if bases is not None:
+                if not self.stale:
+                    step.dirty.append(self)
+                if not self.queued and self.next_base is None:
+                    # Due a base, by ``_send_ahead``'s rule: taken when idle, else at the close.
+                    base = self.base
+                    half = (self.span or bases.rebase_offsets) // 2
+                    if base is None or self.applied - base[2] > half:
+                        self.queued = True
+                        step.due.append(self)
             self.stale = True
         # One pass over the outputs: encode (``schema.record_encoder``, in line), tag and count.
         routes, encode = step.routes, schema.encode_value
@@ -578,15 +668,26 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             self.resident = _pack(self.machine.snapshot())
         self.machine = None
 
-    def _send_ahead(self, bases: Bases) -> None:
+    def _send_ahead(self, bases: Bases, defer: bool = False) -> None:
         """Pack and send the machine's next base now if one is due, without waiting:
         called for every machine the epoch changed, before any snapshot of the close
-        waits for a base (``snapshot``). Keeps what it packed for ``_pack``."""
-        if self.next_base is not None or self.whole is not None:
-            return  # on its way already, or packed already
+        waits for a base (``snapshot``), and while the flow is idle (``_Step.take_bases``).
+        Keeps what it packed for ``_pack``. With ``defer`` (a close, when the flow waits
+        for input now and then) a delta that has used half its span but not all of it
+        waits for the next such moment instead, ``queued``."""
+        if self.whole is not None:
+            return  # packed already
         base = self._adopt(bases)
-        if base is not None and self.applied - base[2] <= self._span(bases) // 2:
-            return  # a delta on the current base
+        if self.next_base is not None:
+            return  # on its way already
+        if base is not None:
+            used, span = self.applied - base[2], self._span(bases)
+            if used <= span // 2:
+                return  # a delta on the current base
+            if defer and used <= span:
+                self.queued = True
+                self.step.due.append(self)
+                return
         whole = self.whole = _pack(self.machine.snapshot())
         if len(whole) > bases.inline_bytes:
             self._send(bases, whole)
@@ -614,7 +715,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
         if base is not None:
             span = self.applied - base[2]
             if span <= limit:
-                if self.next_base is None and span > limit // 2:
+                if self.next_base is None and span > limit // 2 and not self.queued:
                     whole = whole or _pack(self.machine.snapshot())
                     if len(whole) <= bases.inline_bytes:
                         self.base = None
@@ -691,9 +792,15 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             bases = step.bases
             assert bases is not None
             step.first_whole = 0
+            defer, step.idled = step.idled, False
+            step.closed_at = time.monotonic()
+            for logic in step.due:  # the changed ones are in ``dirty`` too, and may be due again
+                logic.queued = False
+            step.due.clear()
             for logic in step.dirty:
+                logic.queued = False
                 if logic.stale and logic.machine is not None:
-                    logic._send_ahead(bases)
+                    logic._send_ahead(bases, defer)
             step.dirty.clear()
         if self.stale:
             self.packed = self._pack()
@@ -767,6 +874,7 @@ def build_flow(
     live_machines: int = LIVE_MACHINES,
     bases: Bases | None = None,
     settled: SettledSnapshots | None = None,
+    epoch_s: float | None = None,
 ) -> Dataflow:
     """The exchange flow over any source and sink (Kafka in production, in-memory in tests).
 
@@ -779,12 +887,15 @@ def build_flow(
     ``bases`` reads.
     With ``settled``, a key Bytewax resumed without state reads its settled snapshot
     there on its first message (``dataflows.recovery``; the store must have been
-    prepared ``on_demand``).
+    prepared ``on_demand``). ``epoch_s``, the seconds between epoch closes, times the
+    bases taken while the flow is idle (``_Step.take_bases``).
     """
     flow = Dataflow(FLOW_ID)
     routes = schema.record_routes(prefix)
-    wallets = _Steps("wallet", markets, routes, live_machines, bases=bases, settled=settled)
-    books = _Steps("book", markets, routes, live_machines, depth_levels, bases, settled)
+    wallets = _Steps(
+        "wallet", markets, routes, live_machines, DEPTH_LEVELS, bases, settled, epoch_s
+    )
+    books = _Steps("book", markets, routes, live_machines, depth_levels, bases, settled, epoch_s)
     # Input -> keyed step -> output and little else: every operator a record passes
     # costs the flow's one Python thread. One input for both inboxes, so that their
     # partitions close each epoch together (``InboxSource``).
@@ -825,6 +936,7 @@ def _kafka_flow() -> Dataflow:
         prefix=settings.topic_prefix,
         bases=bases,
         settled=settled,
+        epoch_s=settings.snapshot_seconds,
     )
 
 

@@ -31,6 +31,7 @@ import operator
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,7 @@ __all__ = [
     "is_book",
     "offset_of",
     "position",
+    "when_idle",
     "worker_hash",
 ]
 
@@ -107,6 +109,47 @@ DEAD_LETTER_KEY = ""
 _IDLE = timedelta(milliseconds=2)
 _QUIET = timedelta(milliseconds=50)
 _QUIET_AFTER_S = 1.0
+IDLE_BUDGET_S: Final = 0.002
+"""Seconds of idle work (``when_idle``) one empty poll starts, at most: a unit of work
+already begun (one machine's base) runs to its end."""
+
+
+class _Idle(threading.local):
+    """Whether each inbox partition of this worker thread came up empty at its last
+    poll, and what to do on the thread while all of them do. Bytewax builds a worker's
+    partitions on its thread (``join``), and the polls keep the rest up to date."""
+
+    def __init__(self) -> None:
+        self.empty: dict[tuple[str, int], bool] = {}
+        self.work: list[weakref.WeakMethod[Callable[[float], None]]] = []
+
+    def join(self, partition: tuple[str, int]) -> None:
+        """Count ``partition`` (topic, number) as not empty until it is polled."""
+        self.empty[partition] = False
+
+
+_idle = _Idle()
+
+
+def when_idle(work: Callable[[float], None]) -> None:
+    """Call ``work(seconds)`` on this thread whenever every inbox partition it reads had
+    nothing at its last poll: the flow is waiting for input, and ``work`` may spend about
+    ``seconds`` (``IDLE_BUDGET_S``) on what it would otherwise do at the epoch close.
+    A burst never waits for it: while any partition has records, it is not called.
+    ``work`` is a bound method, held weakly: its object (a step, with its producer of
+    bases) goes when the flow that made it does."""
+    _idle.work.append(weakref.WeakMethod(work))
+
+
+def _run_idle_work(idle: _Idle) -> None:
+    for ref in list(idle.work):
+        work = ref()
+        if work is None:
+            idle.work.remove(ref)
+        else:
+            work(IDLE_BUDGET_S)
+
+
 # Kafka answers a waiting fetch as soon as a record arrives, so a long wait costs no
 # latency and keeps an idle consumer from polling the broker many times a second.
 FETCH_WAIT_MS = int(os.environ.get("CRYPTON_FETCH_WAIT_MS", "500"))
@@ -291,6 +334,9 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         self._quiet_since: float | None = None
         self._stall = metrics.PartitionStall()
         self._batch: type[list[Inbound]] = batch
+        self._idle = _idle
+        self._idle_key = (topic, partition)
+        _idle.join(self._idle_key)
 
     def next_batch(self) -> list[tuple[str, list[Inbound]]]:
         self._stall.polled(time.monotonic())
@@ -307,7 +353,12 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
             back_off = _QUIET if quiet else _IDLE
             self._awake = datetime.now(UTC) + back_off
             self._stall.backing_off(now + back_off.total_seconds())
+            idle = self._idle
+            idle.empty[self._idle_key] = True
+            if idle.work and all(idle.empty.values()):
+                _run_idle_work(idle)
             return []
+        self._idle.empty[self._idle_key] = False
         self._awake = None
         self._stall.backing_off(0.0)
         self._quiet_since = None
@@ -362,6 +413,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         return self._offset
 
     def close(self) -> None:
+        self._idle.empty.pop(self._idle_key, None)
         self._shared.leave(self._partition)
 
 

@@ -84,6 +84,8 @@ class StepCounts:
         "base_failures",
         "dead",
         "emitted",
+        "idle_base_s",
+        "idle_bases",
         "latency_buckets",
         "latency_sum",
         "messages",
@@ -101,8 +103,8 @@ class StepCounts:
         self.step = step
         self.messages = self.emitted = self.trades = self.dead = self.snapshot_bytes = 0
         self.stale = self.base_bytes = self.replayed = self.restored = 0
-        self.settled = self.base_failures = 0
-        self.snapshot_s = self.latency_sum = 0.0
+        self.settled = self.base_failures = self.idle_bases = 0
+        self.snapshot_s = self.latency_sum = self.idle_base_s = 0.0
         self.latency_buckets = [0] * (len(COMMAND_STATE_BUCKETS) + 1)
         _Counts.all.append(self)
 
@@ -271,6 +273,14 @@ class _Counts(Collector):
             "base_failures": (
                 "crypton_dataflow_base_failures",
                 "Bases the bases topic did not store (the state stayed whole or on its old base)",
+            ),
+            "idle_bases": (
+                "crypton_dataflow_idle_bases",
+                "Bases taken while the flow waited for input, not at an epoch close",
+            ),
+            "idle_base_s": (
+                "crypton_dataflow_idle_base_seconds",
+                "Seconds spent taking bases while the flow waited for input",
             ),
             "replayed": (
                 "crypton_dataflow_replayed_messages",

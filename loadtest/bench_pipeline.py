@@ -404,6 +404,8 @@ _CLOSES = (
     "crypton_dataflow_epoch_snapshot_seconds",
     "crypton_dataflow_snapshot_bytes",
     "crypton_dataflow_base_bytes",
+    "crypton_dataflow_idle_bases",
+    "crypton_dataflow_idle_base_seconds",
 )
 
 
@@ -440,6 +442,8 @@ class _Closes:
                 "largest_close_ms_at_most": None if largest is None else 1000 * largest,
                 "snapshot_bytes": mine.get(_CLOSES[1] + "_total", 0.0),
                 "base_bytes": mine.get(_CLOSES[2] + "_total", 0.0),
+                "idle_bases": int(mine.get(_CLOSES[3] + "_total", 0.0)),
+                "idle_base_ms": 1000 * mine.get(_CLOSES[4] + "_total", 0.0),
             }
             r = result[step]
             bound = (
@@ -451,6 +455,7 @@ class _Closes:
                 f"{step} {closes} in {r['snapshot_ms']:.0f} ms{bound},"
                 f" {r['snapshot_bytes'] / 1e6:.2f} MB to the store,"
                 f" {r['base_bytes'] / 1e6:.2f} MB of bases"
+                f" ({r['idle_bases']} taken idle, in {r['idle_base_ms']:.0f} ms)"
             )
         return "    epoch closes (snapshot()): " + "; ".join(parts), result
 

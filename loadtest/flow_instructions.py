@@ -41,7 +41,7 @@ from crypton.domain import matching
 from crypton.domain.messages import Credit, Message
 from crypton.runtime import tune_gc
 from crypton.topics import partition_for
-from dataflows import metrics
+from dataflows import kafka_io, metrics
 from dataflows.exchange import LIVE_MACHINES, BookLogic, WalletLogic, _KeyLogic, _Steps
 from dataflows.kafka_io import BookBatch, Inbound, WalletBatch, _InboxPartition, _LogPartition
 from loadtest import callgrind
@@ -105,6 +105,8 @@ class _Source(_InboxPartition):
         self._quiet_since = None
         self._stall = metrics.PartitionStall()
         self._batch = batch
+        self._idle, self._idle_key = kafka_io._idle, (self._topic, id(log))
+        self._idle.join(self._idle_key)
 
 
 class _Sink(_LogPartition):

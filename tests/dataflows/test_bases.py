@@ -25,10 +25,11 @@ from crypton.domain.messages import (
     DeadLetter,
     Message,
 )
-from dataflows import exchange
+from dataflows import exchange, kafka_io
 from dataflows.bases import DELTA, BaseWrite, MemoryBases, base_key, span_for
 from dataflows.exchange import BookLogic, StateUnavailable, WalletLogic, _KeyLogic, _Steps
 from dataflows.kafka_io import position
+from loadtest.flow_instructions import _Log, _Source
 from tests.domain.support import btc, contents, limit, usdt
 
 MARKETS = load_markets()
@@ -431,7 +432,8 @@ def test_compaction_never_takes_a_base_a_restart_could_resume_from(
 ) -> None:
     """The topic of bases is compacted: Kafka keeps the latest record of each slot and
     may drop the others at any time. Whatever the schedule (batches, epoch closes,
-    machines put away mid-epoch, writes acknowledged late, restarts from either of the
+    machines put away mid-epoch, bases taken while the flow is idle, writes acknowledged
+    late, restarts from either of the
     last two snapshots with the crashed run's bases left behind), every snapshot a restart could
     resume from (the key's last two handed to Bytewax) still restores exactly the state
     it was taken of, with the store compacted after every step."""
@@ -452,7 +454,9 @@ def test_compaction_never_takes_a_base_a_restart_could_resume_from(
     handed: list[tuple[bytes, Any, int]] = []
     restores = 0
     for _ in range(80):
-        action = data.draw(st.sampled_from(["feed", "feed", "close", "away", "ack", "restart"]))
+        action = data.draw(
+            st.sampled_from(["feed", "feed", "close", "away", "idle", "ack", "restart"])
+        )
         if action == "feed" and fed < len(mine):
             n = data.draw(st.integers(1, 12))
             _feed(logic, mine[fed : fed + n])
@@ -465,6 +469,8 @@ def test_compaction_never_takes_a_base_a_restart_could_resume_from(
             closed = fed
         elif action == "away":
             _feed(neighbour, [other])  # wakes the neighbour: ``logic`` is put away
+        elif action == "idle":  # the source found nothing to read: one base due, or all
+            logic.step.take_bases(data.draw(st.sampled_from([0.0, 60.0])))
         elif action == "ack":
             bases.acknowledge()
         elif action == "restart" and handed:
@@ -484,3 +490,117 @@ def test_compaction_never_takes_a_base_a_restart_could_resume_from(
                 assert _state(restored) == state
                 restores += 1
     assert restores or all(_delta(packed) is None for packed, _state, _fed in handed)
+
+
+def test_a_base_due_is_taken_while_the_flow_is_idle_and_the_close_only_names_it() -> None:
+    """A machine due a base is packed and sent while the flow waits for input
+    (``_Step.take_bases``, which the source calls through ``kafka_io.when_idle``), one
+    machine at a time: the close then names that base in a delta without packing the
+    machine again, and the delta restores the machine exactly."""
+    mine, bases, steps, logic = _maker_on_slow_bases()
+    other = WalletLogic(steps.here(), None)
+    step = steps.here()
+    _feed(logic, mine[:4])
+    _feed(other, _mine(_wallet_inbox(), "y", "wallet")[:2])
+    assert list(step.due) == [logic, other]  # both due their first base
+    step.take_bases(0.0)  # a budget spent at once still takes one machine
+    assert len(bases.stored) == 1 and list(step.due) == [other]
+    step.take_bases(60.0)
+    assert len(bases.stored) == 2 and not step.due
+    assert step.counts.idle_bases == 2 and step.counts.idle_base_s > 0
+    bases.acknowledge()
+    _feed(logic, mine[4:6])  # changed since its base: a delta replays it
+    assert not step.due  # taken this epoch: not due again before the close
+    packed: list[Any] = []
+    real = exchange._pack
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exchange, "_pack", lambda state: packed.append(state) or real(state))
+        snapshot = logic.snapshot()
+    assert _delta(snapshot) == (DELTA, 0, 0, mine[3][0], mine[5][0], 0)
+    assert [state[0] for state in packed] == [DELTA]  # the delta alone: no whole state
+    assert len(bases.stored) == 2 and bases.waited == 0
+    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
+                           snapshot)  # fmt: skip
+    _feed(restored, mine[6:8])
+    _feed(logic, mine[6:8])
+    assert _state(restored) == _state(logic)
+
+
+def test_a_close_leaves_a_half_used_span_to_the_next_idle_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the flow has been idle in an epoch, a close does not pack a machine whose
+    delta has used half its span but not all of it: it names the old base, and the next
+    idle moment sends the next one. A span used up is still rebased at the close."""
+    monkeypatch.setattr(exchange, "span_for", lambda size, rebase: rebase)  # a large base
+    inbox = _wallet_inbox()
+    mine = _mine(inbox, "mm", "wallet")
+    at = [offset for offset, _msg in mine]
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0, rebase_offsets=40)
+    step = _Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here()
+    logic = WalletLogic(step, None)
+    _feed(logic, mine[:4])
+    step.take_bases(60.0)  # its first base, while idle
+    bases.acknowledge()
+    _feed(logic, mine[4:16])  # 24 offsets past the base: more than half the span
+    assert at[15] - at[3] == 24
+    step.take_bases(60.0)  # idle, but already based this epoch: the close's to decide
+    assert len(bases.stored) == 1
+    assert _delta(logic.snapshot()) == (DELTA, 0, 0, at[3], at[15], 0)  # deferred
+    assert len(bases.stored) == 1 and list(step.due) == [logic]
+    step.take_bases(60.0)  # unchanged since the close: nothing to take yet
+    assert len(bases.stored) == 1 and not step.due
+    _feed(logic, mine[16:18])  # changed: due again, taken at the next idle moment
+    assert list(step.due) == [logic]
+    step.take_bases(60.0)
+    assert len(bases.stored) == 2
+    bases.acknowledge()
+    assert _delta(logic.snapshot()) == (DELTA, 0, 1, at[17], at[17], 1)
+    # A close with no idle moment in its epoch rebases as before.
+    _feed(logic, mine[18:30])
+    assert at[29] - at[17] > 20
+    logic.snapshot()
+    assert len(bases.stored) == 3
+    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
+                           logic.snapshot())  # fmt: skip
+    _feed(restored, mine[30:31])
+    _feed(logic, mine[30:31])
+    assert _state(restored) == _state(logic)
+
+
+def test_idle_work_runs_only_while_every_inbox_partition_comes_up_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The source calls ``kafka_io.when_idle``'s work from a poll that found nothing,
+    and only when every other partition of the thread found nothing at its last poll:
+    a burst never waits for it."""
+    monkeypatch.setattr(kafka_io._idle, "empty", {})
+    monkeypatch.setattr(kafka_io._idle, "work", [])
+    budgets: list[float] = []
+
+    class Step:
+        def take(self, budget: float) -> None:
+            budgets.append(budget)
+
+    step = Step()
+    kafka_io.when_idle(step.take)
+    _topic, key, value = schema.record_encoder()(
+        Credit(user_id="u", asset="USDT", amount=1, transfer_id="t", ts=1)
+    )
+    busy, quiet = _Log(), _Log()
+    busy.append(key, value)
+    reading = _Source(busy, schema.WALLET_INBOX, kafka_io.WalletBatch)
+    waiting = _Source(quiet, schema.WALLET_INBOX, kafka_io.WalletBatch)
+    assert waiting.next_batch() == [] and budgets == []  # the other not polled yet
+    assert [k for k, _batch in reading.next_batch()] == ["u"]
+    assert waiting.next_batch() == [] and budgets == []  # the other had a record
+    assert reading.next_batch() == [] and budgets == [kafka_io.IDLE_BUDGET_S]
+    assert waiting.next_batch() == [] and len(budgets) == 2
+    busy.append(key, value)
+    assert reading.next_batch() != []
+    assert waiting.next_batch() == [] and len(budgets) == 2
+    # The work is held weakly: a flow's steps go with it, and their work with them.
+    reading.next_batch()
+    assert len(budgets) == 3
+    del step
+    assert waiting.next_batch() == [] and len(budgets) == 3 and kafka_io._idle.work == []

@@ -12,8 +12,11 @@ import pytest
 from loadtest.bench_pipeline import _Closes
 
 
-def _text(closes: int, fast: int, seconds: float, stored: float, bases: float) -> str:
-    """The wallet step's metrics after ``closes`` closes, ``fast`` of them under 5 ms."""
+def _text(
+    closes: int, fast: int, seconds: float, stored: float, bases: float, idle: int = 0
+) -> str:
+    """The wallet step's metrics after ``closes`` closes, ``fast`` of them under 5 ms, and
+    ``idle`` bases taken while the flow was idle, 2 ms each."""
     return "\n".join(
         [
             f'crypton_dataflow_epoch_snapshot_seconds_bucket{{step="wallet",le="0.005"}} {fast}',
@@ -23,6 +26,8 @@ def _text(closes: int, fast: int, seconds: float, stored: float, bases: float) -
             f'crypton_dataflow_epoch_snapshot_seconds_sum{{step="wallet"}} {seconds}',
             f'crypton_dataflow_snapshot_bytes_total{{step="wallet"}} {stored}',
             f'crypton_dataflow_base_bytes_total{{step="wallet"}} {bases}',
+            f'crypton_dataflow_idle_bases_total{{step="wallet"}} {idle}',
+            f'crypton_dataflow_idle_base_seconds_total{{step="wallet"}} {idle * 0.002}',
             'crypton_dataflow_snapshot_bytes_total{step="book"} 7',
             "",
         ]
@@ -59,9 +64,9 @@ def test_a_phase_reports_its_own_closes_not_the_ones_before(
     served: tuple[list[str], int],
 ) -> None:
     texts, port = served
-    texts.append(_text(closes=2, fast=1, seconds=0.06, stored=5e6, bases=0))
+    texts.append(_text(closes=2, fast=1, seconds=0.06, stored=5e6, bases=0, idle=3))
     closes = _Closes(port)
-    texts.append(_text(closes=6, fast=4, seconds=0.13, stored=5.02e6, bases=1.9e6))
+    texts.append(_text(closes=6, fast=4, seconds=0.13, stored=5.02e6, bases=1.9e6, idle=13))
     line, result = closes.report()
     wallet = result["wallet"]
     assert wallet["closes"] == 4
@@ -70,9 +75,10 @@ def test_a_phase_reports_its_own_closes_not_the_ones_before(
     assert wallet["largest_close_ms_at_most"] == 100
     assert wallet["snapshot_bytes"] == pytest.approx(2e4)
     assert wallet["base_bytes"] == pytest.approx(1.9e6)
+    assert wallet["idle_bases"] == 10 and wallet["idle_base_ms"] == pytest.approx(20)
     assert result["book"]["closes"] == 0 and result["book"]["snapshot_bytes"] == 0
     assert "wallet 4 in 70 ms, median <= 5 ms, largest <= 100 ms" in line
-    assert "0.02 MB to the store, 1.90 MB of bases" in line
+    assert "0.02 MB to the store, 1.90 MB of bases (10 taken idle, in 20 ms)" in line
 
 
 def test_a_dataflow_that_does_not_answer_reads_as_no_closes() -> None:
