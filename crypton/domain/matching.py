@@ -21,6 +21,7 @@ history; ``crypton.domain.sequencing`` proves no message is applied twice.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -101,6 +102,10 @@ class BookMachine:
         self.changed: list[RestingOrder] = []
         self.pending = False  # in a batch's list of machines to flush (``run_batch``)
         self.fees = 0  # both fees of the last fill (``_fill``)
+        # Where ``warm``'s pass stopped on each side: the sort key of the last level it
+        # reached (``BookSide.keys``), None before its first.
+        self.warmed_bids: int | None = None
+        self.warmed_asks: int | None = None
 
     def handle(self, msg: BookInbox) -> list[Message]:
         """Apply one inbox message and flush; return everything it causes, in order."""
@@ -454,8 +459,7 @@ class BookMachine:
             for level in book.levels_from_best(side):
                 packed = level.packed
                 if packed is None:
-                    rows = [_pack_order(o, clock, symbol) for o in level.orders if o.live]
-                    packed = level.packed = msgspec.Raw(_encode((level.price, clock, rows)))
+                    packed = _pack_level(level, clock, symbol)
                 levels.append(packed)
             sides.append(levels)
         return (
@@ -467,6 +471,35 @@ class BookMachine:
             self.outbound.snapshot(),
             tuple(sides),
         )
+
+    def warm(self, orders: int) -> bool:
+        """Pack ahead what ``snapshot`` would pack, a slice at a time: the levels changed
+        since they were last packed, about ``orders`` resting orders' worth a call (one
+        level at least), each side from its worst price towards its best, carrying on
+        where the last call stopped. True once a pass has reached both sides' best (and
+        the next call starts a new pass): ``snapshot`` then packs only what changed
+        since, the levels at the touch, where a base of the whole book packed in one go
+        held the flow's only thread for 57 ms (``bench_pipeline``, 100,000 orders).
+        """
+        clock, symbol, book = self.clock, self.symbol, self.book
+        for side in (book.bids, book.asks):
+            buying = side.buying
+            last = self.warmed_bids if buying else self.warmed_asks
+            keys, levels = side.keys, side.levels
+            start = 0 if last is None else bisect_right(keys, last)
+            for key in keys[start:]:
+                level = levels[key if buying else -key]
+                if level.packed is None:
+                    if orders <= 0:
+                        return False
+                    _pack_level(level, clock, symbol)
+                    orders -= level.live
+                if buying:
+                    self.warmed_bids = key
+                else:
+                    self.warmed_asks = key
+        self.warmed_bids = self.warmed_asks = None
+        return True
 
     @classmethod
     def restore(cls, snapshot: tuple[Any, ...], market: Market) -> BookMachine:
@@ -495,6 +528,14 @@ class BookMachine:
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_level = msgspec.msgpack.Decoder(tuple[int, int, list[Any]]).decode
+
+
+def _pack_level(level: Level, clock: int, symbol: str) -> msgspec.Raw:
+    """A level's live orders packed (``BookMachine.snapshot``), kept as ``level.packed``
+    until the level changes."""
+    rows = [_pack_order(o, clock, symbol) for o in level.orders if o.live]
+    packed = level.packed = msgspec.Raw(_encode((level.price, clock, rows)))
+    return packed
 
 
 def _fits(order: RestingOrder, symbol: str) -> bool:

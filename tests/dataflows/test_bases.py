@@ -604,3 +604,34 @@ def test_idle_work_runs_only_while_every_inbox_partition_comes_up_empty(
     assert len(budgets) == 3
     del step
     assert waiting.next_batch() == [] and len(budgets) == 3 and kafka_io._idle.work == []
+
+
+def test_a_book_packs_its_base_ahead_a_slice_per_idle_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the flow is idle, a book due a base packs it a slice of levels per poll
+    (``WARM_ORDERS`` resting orders, a level at least) and sends it once every level is
+    packed: a command arriving meanwhile waits for one slice, not for the whole book.
+    The base restores the book exactly."""
+    monkeypatch.setattr(exchange, "WARM_ORDERS", 1)  # one level a slice
+    inbox = _book_inbox()
+    mine = _mine(inbox, "BTC-USDT", "book")
+    bases = _SlowBases({"book": inbox}, inline_bytes=0)
+    step = _Steps("book", MARKETS, ROUTES, 10_000, bases=bases).here()
+    logic = BookLogic(step, None)
+    _feed(logic, mine[:60])
+    book = logic.machine.book
+    levels = len(book.bids.levels) + len(book.asks.levels)
+    assert levels > 3 and list(step.due) == [logic]
+    polls = 0
+    while not bases.stored:
+        step.take_bases(0.0)  # each poll's budget spent by its first slice
+        polls += 1
+    assert polls == levels and step.counts.idle_bases == 1 and not step.due
+    bases.acknowledge()
+    _feed(logic, mine[60:70])
+    snapshot = logic.snapshot()
+    assert _delta(snapshot) == (DELTA, 0, 0, mine[59][0], mine[69][0], 0)
+    restored = BookLogic(_Steps("book", MARKETS, ROUTES, 10_000, bases=bases).here(), snapshot)
+    assert _feed(restored, mine[70:]) == _feed(logic, mine[70:])
+    assert _state(restored) == _state(logic)

@@ -395,6 +395,45 @@ def test_snapshot_restore_mid_book_gives_identical_outputs(cut: int) -> None:
     assert contents(original.machine) == contents(restored.machine)
 
 
+@pytest.mark.parametrize("orders", [1, 4, 10**6])
+def test_a_book_packed_ahead_in_slices_restores_exactly(orders: int) -> None:
+    """``warm`` packs a book's levels ahead, about ``orders`` resting orders a call and
+    a level at least, while the book keeps trading between calls; the snapshot after it
+    (packing again only what changed since) restores exactly the book it was taken of,
+    and a finished pass leaves every level packed."""
+    steps = _script()
+    original = Feeder(BookMachine(BTC_USDT))
+    book = original.machine.book
+    passes = sliced = 0
+    for i in range(0, 40, 2):
+        _run(original, steps[i : i + 2])
+        unpacked = _unpacked(original.machine)
+        passes += original.machine.warm(orders)
+        if orders == 1 and len(unpacked) > 1:
+            assert len(_unpacked(original.machine)) == len(unpacked) - 1  # one level a call
+            sliced += 1
+    assert passes > 0 and len(book) >= 3 and (sliced > 0 or orders > 1)
+    snapshot = original.machine.snapshot()
+    restored = Feeder(BookMachine.restore(snapshot, BTC_USDT))
+    restored.seq = dict(original.seq)
+    assert contents(original.machine) == contents(restored.machine)
+    first, second = _run(original, steps[40:]), _run(restored, steps[40:])
+    assert msgspec.json.encode(first) == msgspec.json.encode(second)
+    while not original.machine.warm(orders):
+        pass
+    assert _unpacked(original.machine) == []
+
+
+def _unpacked(machine: BookMachine) -> list[int]:
+    """The prices of the levels ``snapshot`` would pack again."""
+    return [
+        level.price
+        for side in ("buy", "sell")
+        for level in machine.book.levels_from_best(side)
+        if level.packed is None
+    ]
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     asks=st.lists(st.tuples(st.integers(1, 50), st.integers(1, 30)), min_size=1, max_size=6),
