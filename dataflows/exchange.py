@@ -354,7 +354,8 @@ class _Step:
         """Seconds between epoch closes (Bytewax's ``-s``), if known: bases are then taken
         idle only late in an epoch (``IDLE_LEAD``); else whenever the flow is idle."""
         self.closed_at = time.monotonic()
-        """When the last epoch close began (``time.monotonic``); the flow's start before."""
+        """When the step's last epoch close began (``time.monotonic``): the first call of
+        ``snapshot()`` at a close; the flow's start before the first."""
 
     def take_bases(self, budget_s: float) -> None:
         """Take the bases due while the flow waits for input (``kafka_io.when_idle``),
@@ -378,7 +379,9 @@ class _Step:
         if bases is None or not due:
             return
         epoch_s = self.epoch_s
-        if epoch_s and time.monotonic() - self.closed_at < epoch_s * (1 - IDLE_LEAD):
+        # Epochs close every ``epoch_s``: a close that snapshotted none of this step's keys
+        # did not move ``closed_at``, hence the remainder.
+        if epoch_s and (time.monotonic() - self.closed_at) % epoch_s < epoch_s * (1 - IDLE_LEAD):
             return  # a base taken now would often be used up by the close, and taken again
         began = time.perf_counter()
         deadline = began + budget_s

@@ -8,6 +8,7 @@ the same through Kafka with every state a delta, crashes included.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import msgspec
@@ -635,3 +636,21 @@ def test_a_book_packs_its_base_ahead_a_slice_per_idle_poll(
     restored = BookLogic(_Steps("book", MARKETS, ROUTES, 10_000, bases=bases).here(), snapshot)
     assert _feed(restored, mine[70:]) == _feed(logic, mine[70:])
     assert _state(restored) == _state(logic)
+
+
+def test_with_the_epoch_known_bases_are_taken_idle_only_late_in_it() -> None:
+    """A base taken early in an epoch would often be used up by the close and taken
+    again there: with the epoch's length known, the idle flow takes bases only in its
+    last ``IDLE_LEAD``, counted from the step's last close (a close that snapshotted
+    none of its keys still counts: epochs close at a steady pace)."""
+    inbox = _wallet_inbox()
+    bases = _SlowBases({"wallet": inbox}, inline_bytes=0)
+    step = _Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases, epoch_s=10.0).here()
+    logic = WalletLogic(step, None)
+    _feed(logic, _mine(inbox, "mm", "wallet")[:4])
+    step.closed_at = time.monotonic() - 1.0  # an epoch closed a second ago
+    step.take_bases(60.0)
+    assert bases.stored == [] and list(step.due) == [logic] and step.idled
+    step.closed_at = time.monotonic() - 28.0  # 8 s into the third epoch since
+    step.take_bases(60.0)
+    assert len(bases.stored) == 1 and not step.due
