@@ -108,6 +108,16 @@ def _state(logic: _KeyLogic) -> Any:
     return contents(machine) if type(logic) is BookLogic else machine.snapshot()
 
 
+def _carries_on(logic: _KeyLogic, snapshot: bytes, bases: MemoryBases | None,
+                more: list[tuple[int, Message]]) -> None:  # fmt: skip
+    """A new process's logic resumed from ``snapshot`` (its bases in ``bases``) does with
+    ``more`` what ``logic`` does, and ends in the same state."""
+    restored = type(logic)(_Steps(logic.name, MARKETS, ROUTES, 10_000, bases=bases).here(),
+                           snapshot)  # fmt: skip
+    assert _feed(restored, more) == _feed(logic, more)
+    assert _state(restored) == _state(logic)
+
+
 CASES = {
     "book": (BookLogic, "BTC-USDT", _book_inbox),
     "wallet": (WalletLogic, "mm", _wallet_inbox),
@@ -321,12 +331,7 @@ def test_the_next_base_is_sent_ahead_and_named_once_stored(
     _feed(logic, mine[20:60])
     assert _delta(logic.snapshot()) == (DELTA, 0, 2, at[59], at[59], 2)
     assert bases.waited == 1
-    # The last delta rebuilds the machine.
-    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
-                           logic.snapshot())  # fmt: skip
-    _feed(restored, mine[60:61])
-    _feed(logic, mine[60:61])
-    assert _state(restored) == _state(logic)
+    _carries_on(logic, logic.snapshot(), bases, mine[60:61])  # the last delta rebuilds it
 
 
 def test_a_small_base_spans_fewer_offsets_than_a_large_one() -> None:
@@ -349,11 +354,7 @@ def test_a_small_base_spans_fewer_offsets_than_a_large_one() -> None:
         fed += 1
     # Sent at the first close past half the span, not half of ``rebase_offsets``.
     assert logic.span // 2 < mine[fed - 1][0] - mine[3][0] <= logic.span // 2 + 2
-    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
-                           logic.snapshot())  # fmt: skip
-    _feed(restored, mine[fed : fed + 1])
-    _feed(logic, mine[fed : fed + 1])
-    assert _state(restored) == _state(logic)
+    _carries_on(logic, logic.snapshot(), bases, mine[fed : fed + 1])
 
 
 def test_a_base_the_store_refused_leaves_the_snapshot_whole_and_is_sent_again() -> None:
@@ -520,11 +521,7 @@ def test_a_base_due_is_taken_while_the_flow_is_idle_and_the_close_only_names_it(
     assert _delta(snapshot) == (DELTA, 0, 0, mine[3][0], mine[5][0], 0)
     assert [state[0] for state in packed] == [DELTA]  # the delta alone: no whole state
     assert len(bases.stored) == 2 and bases.waited == 0
-    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
-                           snapshot)  # fmt: skip
-    _feed(restored, mine[6:8])
-    _feed(logic, mine[6:8])
-    assert _state(restored) == _state(logic)
+    _carries_on(logic, snapshot, bases, mine[6:8])
 
 
 def test_a_close_leaves_a_half_used_span_to_the_next_idle_moment(
@@ -562,11 +559,7 @@ def test_a_close_leaves_a_half_used_span_to_the_next_idle_moment(
     assert at[29] - at[17] > 20
     logic.snapshot()
     assert len(bases.stored) == 3
-    restored = WalletLogic(_Steps("wallet", MARKETS, ROUTES, 10_000, bases=bases).here(),
-                           logic.snapshot())  # fmt: skip
-    _feed(restored, mine[30:31])
-    _feed(logic, mine[30:31])
-    assert _state(restored) == _state(logic)
+    _carries_on(logic, logic.snapshot(), bases, mine[30:31])
 
 
 def test_idle_work_runs_only_while_every_inbox_partition_comes_up_empty(
@@ -633,9 +626,7 @@ def test_a_book_packs_its_base_ahead_a_slice_per_idle_poll(
     _feed(logic, mine[60:70])
     snapshot = logic.snapshot()
     assert _delta(snapshot) == (DELTA, 0, 0, mine[59][0], mine[69][0], 0)
-    restored = BookLogic(_Steps("book", MARKETS, ROUTES, 10_000, bases=bases).here(), snapshot)
-    assert _feed(restored, mine[70:]) == _feed(logic, mine[70:])
-    assert _state(restored) == _state(logic)
+    _carries_on(logic, snapshot, bases, mine[70:])
 
 
 def test_with_the_epoch_known_bases_are_taken_idle_only_late_in_it() -> None:
