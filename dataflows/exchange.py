@@ -294,6 +294,7 @@ class _Step:
         "__weakref__",
         "bases",
         "closed_at",
+        "closes",
         "counts",
         "depth_levels",
         "dirty",
@@ -351,11 +352,25 @@ class _Step:
         delta that has used half its span but not all of it then waits for that moment,
         not the close (``_KeyLogic._send_ahead``)."""
         self.epoch_s = epoch_s
-        """Seconds between epoch closes (Bytewax's ``-s``), if known: bases are then taken
-        idle only late in an epoch (``IDLE_LEAD``); else whenever the flow is idle."""
+        """Seconds between epoch closes, if known: bases are then taken idle only late in
+        an epoch (``IDLE_LEAD``); else whenever the flow is idle. Given as the flow's
+        setting (``CRYPTON_SNAPSHOT_SECONDS``), then measured: the first gap between two
+        of the step's closes, or a shorter one since (a gap spans several epochs when
+        none of the step's keys changed in some), so a flow run with another ``-s``
+        than its setting still takes its bases late in the epoch."""
         self.closed_at = time.monotonic()
         """When the step's last epoch close began (``time.monotonic``): the first call of
         ``snapshot()`` at a close; the flow's start before the first."""
+        self.closes = 0
+        """The step's epoch closes so far."""
+
+    def closed(self, now: float) -> None:
+        """An epoch close began at ``now`` (``time.monotonic``): learn the epoch's length."""
+        if self.epoch_s is not None and self.closes:
+            gap = now - self.closed_at
+            self.epoch_s = gap if self.closes == 1 else min(self.epoch_s, gap)
+        self.closes += 1
+        self.closed_at = now
 
     def take_bases(self, budget_s: float) -> None:
         """Take the bases due while the flow waits for input (``kafka_io.when_idle``),
@@ -808,7 +823,7 @@ class _KeyLogic(StatefulBatchLogic[list[Inbound], list[Tagged], bytes]):
             assert bases is not None
             step.first_whole = 0
             defer, step.idled = step.idled, False
-            step.closed_at = time.monotonic()
+            step.closed(time.monotonic())
             for logic in step.due:  # the changed ones are in ``dirty`` too, and may be due again
                 logic.queued = False
             step.due.clear()

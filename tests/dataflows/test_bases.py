@@ -645,3 +645,21 @@ def test_with_the_epoch_known_bases_are_taken_idle_only_late_in_it() -> None:
     step.closed_at = time.monotonic() - 28.0  # 8 s into the third epoch since
     step.take_bases(60.0)
     assert len(bases.stored) == 1 and not step.due
+
+
+def test_the_epoch_length_is_learned_from_the_closes() -> None:
+    """The setting gives the epoch's length until two closes measured it: the first gap
+    replaces it, and only a shorter gap changes it after (a step none of whose keys
+    changed in an epoch skips that close). Without a setting, bases are taken at any
+    idle moment, and nothing is learned."""
+    step = _Steps("wallet", MARKETS, ROUTES, 10_000, bases=MemoryBases({}), epoch_s=10.0).here()
+    step.closed(100.0)
+    assert step.epoch_s == 10.0  # the setting, until a gap is measured
+    step.closed(101.0)  # run with another ``-s`` than the setting
+    assert step.epoch_s == 1.0
+    step.closed(104.0)  # two epochs without a change of this step's
+    assert step.epoch_s == 1.0 and step.closed_at == 104.0
+    free = _Steps("wallet", MARKETS, ROUTES, 10_000, bases=MemoryBases({})).here()
+    free.closed(100.0)
+    free.closed(101.0)
+    assert free.epoch_s is None

@@ -91,6 +91,41 @@ def test_sigkill_while_commands_stream_in(settings: Settings, spawn: Callable[..
     assert len(state_view(settings).trades) > 100
 
 
+def test_sigkill_after_bases_taken_idle_resumes_from_them(
+    settings: Settings, spawn: Callable[..., Child]
+) -> None:
+    """Commands trickle in, so the flow is idle between them and takes the bases due
+    then (``dataflows.exchange._Step.take_bases``) instead of at the closes; killed once
+    it has, the flow resumes from deltas on those bases, rebuilds machines from them,
+    and loses and repeats nothing."""
+    rng = random.Random(_seed())
+    commands = trading(MARKETS, 600, seed=rng.randrange(1 << 30))
+    port = free_port()
+    env = {"CRYPTON_DATAFLOW_METRICS_PORT": str(port), "CRYPTON_STATE_REBASE_OFFSETS": "500"}
+    dataflow = start_dataflow(spawn, settings, env=env)
+    funded = funding(MARKETS)
+    produce(settings, funded)
+    wait_settled(settings, funded)
+    deadline = time.monotonic() + 60
+    taken, done = 0.0, 0
+    while not taken or done < len(commands) // 2:  # a trickle: idle between chunks
+        assert time.monotonic() < deadline, "no base was taken while the flow was idle"
+        produce(settings, commands[done : done + 20])
+        done += 20
+        time.sleep(0.2)
+        taken = _metric(port, "crypton_dataflow_idle_bases_total")
+    wait_settled(settings, funded + commands[:done])
+    print(f"bases taken while idle before the kill: {taken:.0f}")
+    dataflow.signal(signal.SIGKILL)
+    dataflow.wait(10)
+    dataflow.start()
+    produce(settings, commands[done:])
+    wait_settled(settings, funded + commands, timeout=240)
+    assert _metric(port, "crypton_dataflow_restored_from_base_total") > 0
+    report = wait_clean_audit(settings)
+    assert report.clean, "\n".join(report.lines)
+
+
 def test_sigkill_over_a_written_inbox_matches_a_crash_free_run(
     settings: Settings, spawn: Callable[..., Child], broker_kind: str
 ) -> None:
@@ -265,6 +300,13 @@ def _bases_kept(run: Settings) -> tuple[int, int]:
     topic = topics.topic_name(topics.BASES, run.topic_prefix)
     records = list(read_topics(run, [topic]))
     return len(records), _end(run, topic)
+
+
+def _metric(port: int, name: str) -> float:
+    """The sum of the running flow's counter ``name`` over its steps."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return sum(float(m[1]) for m in re.finditer(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
 
 
 def _wait_restored_from_bases(port: int, dataflow: Child, timeout: float = 60) -> dict[str, float]:
