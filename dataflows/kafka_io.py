@@ -110,8 +110,11 @@ _IDLE = timedelta(milliseconds=2)
 _QUIET = timedelta(milliseconds=50)
 _QUIET_AFTER_S = 1.0
 IDLE_BUDGET_S: Final = 0.002
-"""Seconds of idle work (``when_idle``) one empty poll starts, at most: a unit of work
-already begun (one machine's base) runs to its end."""
+"""Seconds of idle work (``when_idle``) one empty poll starts, at most (a unit of work
+already begun, one machine's base or a slice of a book's, runs to its end); as long
+again passes before the next, so that every partition is polled between two: Bytewax
+polls a worker's partitions one after another, and each ran its own slice, so a record
+arriving then waited for up to eight."""
 
 
 class _Idle(threading.local):
@@ -122,6 +125,8 @@ class _Idle(threading.local):
     def __init__(self) -> None:
         self.empty: dict[tuple[str, int], bool] = {}
         self.work: list[weakref.WeakMethod[Callable[[float], None]]] = []
+        self.next_at = 0.0
+        """When idle work may run again (``time.monotonic``; ``IDLE_BUDGET_S``)."""
 
     def join(self, partition: tuple[str, int]) -> None:
         """Count ``partition`` (topic, number) as not empty until it is polled."""
@@ -355,8 +360,9 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
             self._stall.backing_off(now + back_off.total_seconds())
             idle = self._idle
             idle.empty[self._idle_key] = True
-            if idle.work and all(idle.empty.values()):
+            if idle.work and now >= idle.next_at and all(idle.empty.values()):
                 _run_idle_work(idle)
+                idle.next_at = time.monotonic() + IDLE_BUDGET_S
             return []
         self._idle.empty[self._idle_key] = False
         self._awake = None

@@ -567,9 +567,15 @@ def test_idle_work_runs_only_while_every_inbox_partition_comes_up_empty(
 ) -> None:
     """The source calls ``kafka_io.when_idle``'s work from a poll that found nothing,
     and only when every other partition of the thread found nothing at its last poll:
-    a burst never waits for it."""
+    a burst never waits for it. After a slice of work the partitions are all polled
+    again before the next (``IDLE_BUDGET_S``)."""
     monkeypatch.setattr(kafka_io._idle, "empty", {})
     monkeypatch.setattr(kafka_io._idle, "work", [])
+    monkeypatch.setattr(kafka_io._idle, "next_at", 0.0)
+
+    def later() -> None:  # the gap after a slice has passed
+        kafka_io._idle.next_at = 0.0
+
     budgets: list[float] = []
 
     class Step:
@@ -589,13 +595,17 @@ def test_idle_work_runs_only_while_every_inbox_partition_comes_up_empty(
     assert [k for k, _batch in reading.next_batch()] == ["u"]
     assert waiting.next_batch() == [] and budgets == []  # the other had a record
     assert reading.next_batch() == [] and budgets == [kafka_io.IDLE_BUDGET_S]
+    assert waiting.next_batch() == [] and len(budgets) == 1  # the gap after a slice
+    later()
     assert waiting.next_batch() == [] and len(budgets) == 2
+    later()
     busy.append(key, value)
     assert reading.next_batch() != []
     assert waiting.next_batch() == [] and len(budgets) == 2
     # The work is held weakly: a flow's steps go with it, and their work with them.
     reading.next_batch()
     assert len(budgets) == 3
+    later()
     del step
     assert waiting.next_batch() == [] and len(budgets) == 3 and kafka_io._idle.work == []
 
