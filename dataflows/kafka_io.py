@@ -339,7 +339,6 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         self._quiet_since: float | None = None
         self._stall = metrics.PartitionStall()
         self._batch: type[list[Inbound]] = batch
-        self._idle = _idle
         self._idle_key = (topic, partition)
         _idle.join(self._idle_key)
 
@@ -358,13 +357,13 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
             back_off = _QUIET if quiet else _IDLE
             self._awake = datetime.now(UTC) + back_off
             self._stall.backing_off(now + back_off.total_seconds())
-            idle = self._idle
+            idle = _idle
             idle.empty[self._idle_key] = True
             if idle.work and now >= idle.next_at and all(idle.empty.values()):
                 _run_idle_work(idle)
                 idle.next_at = time.monotonic() + IDLE_BUDGET_S
             return []
-        self._idle.empty[self._idle_key] = False
+        _idle.empty[self._idle_key] = False
         self._awake = None
         self._stall.backing_off(0.0)
         self._quiet_since = None
@@ -419,7 +418,7 @@ class _InboxPartition(StatefulSourcePartition[tuple[str, list[Inbound]], int]):
         return self._offset
 
     def close(self) -> None:
-        self._idle.empty.pop(self._idle_key, None)
+        _idle.empty.pop(self._idle_key, None)
         self._shared.leave(self._partition)
 
 

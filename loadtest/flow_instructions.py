@@ -105,8 +105,8 @@ class _Source(_InboxPartition):
         self._quiet_since = None
         self._stall = metrics.PartitionStall()
         self._batch = batch
-        self._idle, self._idle_key = kafka_io._idle, (self._topic, id(log))
-        self._idle.join(self._idle_key)
+        self._idle_key = (self._topic, id(log))
+        kafka_io._idle.join(self._idle_key)
 
 
 class _Sink(_LogPartition):
